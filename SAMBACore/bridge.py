@@ -1,0 +1,230 @@
+"""The one place that touches MRML: volumes <-> numpy with geometry, labels <-> segmentations, files.
+
+Written against the MRML API only, so it runs unchanged inside Slicer (on slicer.mrmlScene)
+and headless on the slicer-core package (on a scene of our own). Arrays are in Slicer's
+numpy order (k, j, i); geometry is the 4x4 IJK-to-RAS matrix.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from SAMBACore.brats import Segment
+
+BINARY_LABELMAP = "Binary labelmap"
+
+
+class BridgeError(RuntimeError):
+    """A file could not be read or written; the message names the file and what to do."""
+
+
+def _register_segmentation_converters() -> None:
+    # slicer-core has no module loader to do this; inside Slicer the rules are already there.
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    if factory.GetConverterRules():
+        return
+    for rule in (
+        slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule,
+        slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule,
+        slicer.vtkClosedSurfaceToFractionalLabelmapConversionRule,
+        slicer.vtkFractionalLabelmapToClosedSurfaceConversionRule,
+    ):
+        factory.RegisterConverterRule(rule())
+
+
+def get_scene():
+    """Slicer's scene inside the application, otherwise a new headless scene."""
+    scene = getattr(slicer, "mrmlScene", None)
+    if scene is None:
+        scene = slicer.vtkMRMLScene()
+    _register_segmentation_converters()
+    return scene
+
+
+def ijk_to_ras(volume_node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def _vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            matrix.SetElement(r, c, float(array[r][c]))
+    return matrix
+
+
+def array_from_volume(volume_node) -> np.ndarray:
+    """A copy of the voxels, (k, j, i); a copy so that callers cannot change the scene by accident."""
+    return np.array(slicer.util.arrayFromVolume(volume_node), copy=True)
+
+
+def _image_data(array: np.ndarray) -> vtk.vtkImageData:
+    array = np.ascontiguousarray(array)
+    image = vtk.vtkImageData()
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
+    image.GetPointData().SetScalars(scalars)
+    return image
+
+
+def volume_from_array(scene, array: np.ndarray, ijk_to_ras_matrix: np.ndarray, name: str, labelmap: bool = False):
+    """Add a scalar (or labelmap) volume node holding a copy of `array` with the given geometry."""
+    if array.ndim != 3:
+        raise ValueError(f"Expected a 3D array (k, j, i), got shape {array.shape}.")
+    node_class = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
+    node = scene.AddNewNodeByClass(node_class, name)
+    node.SetIJKToRASMatrix(_vtk_matrix(ijk_to_ras_matrix))
+    node.SetAndObserveImageData(_image_data(array))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _read(storage_node, node, path: Path) -> None:
+    storage_node.SetFileName(str(path))
+    if not storage_node.ReadData(node):
+        raise BridgeError(f"Could not read {path}: check that it is a valid, complete image file.")
+
+
+def _write(storage_node, node, path: Path) -> None:
+    storage_node.SetFileName(str(path))
+    if not storage_node.WriteData(node):
+        raise BridgeError(f"Could not write {path}: check that the folder exists, is writable and has free space.")
+
+
+def load_volume(scene, path, name: str | None = None):
+    """Read a NIfTI/NRRD/MHA volume through Slicer's storage node into a new volume node.
+
+    On failure nothing is left in the scene.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BridgeError(f"{path} does not exist: check the path.")
+    if name is None:
+        name = path.name.split(".")[0]
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(name)
+    scene.AddNode(storage)
+    scene.AddNode(node)
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    try:
+        _read(storage, node, path)
+    except BridgeError:
+        scene.RemoveNode(node)
+        scene.RemoveNode(storage)
+        raise
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def save_volume(volume_node, path) -> Path:
+    """Write a volume through Slicer's storage node (.nii.gz, .nrrd, ...) without touching its own storage."""
+    path = Path(path)
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetUseCompression(True)
+    _write(storage, volume_node, path)
+    return path
+
+
+def _oriented_mask(mask: np.ndarray, ijk_to_ras_matrix: np.ndarray):
+    image = slicer.vtkOrientedImageData()
+    image.ShallowCopy(_image_data(mask.astype(np.uint8)))
+    image.SetImageToWorldMatrix(_vtk_matrix(ijk_to_ras_matrix))
+    return image
+
+
+def segmentation_from_labels(scene, labels: np.ndarray, reference_volume, segments: dict[int, Segment], name: str):
+    """A new segmentation node with one segment per entry of `segments` (label value -> display).
+
+    Every listed label gets a segment, empty or not, so the user sees that a sub-region was
+    looked for and not found. Geometry comes from `reference_volume`, which must match `labels`.
+    """
+    expected = tuple(reversed(reference_volume.GetImageData().GetDimensions()))
+    if labels.shape != expected:
+        raise ValueError(f"Label array {labels.shape} does not match the reference volume {expected}.")
+    geometry = ijk_to_ras(reference_volume)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    for value, display in segments.items():
+        segment = slicer.vtkSegment()
+        segment.SetName(display.name)
+        segment.SetNameAutoGenerated(False)
+        segment.SetColor(*display.color)
+        segment.SetColorAutoGenerated(False)
+        segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), display.terminology)
+        segment.AddRepresentation(BINARY_LABELMAP, _oriented_mask(labels == value, geometry))
+        node.GetSegmentation().AddSegment(segment, display.key)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def labels_from_segmentation(segmentation_node, reference_volume, values: dict[str, int]) -> np.ndarray:
+    """The segments named by id in `values` as one label array on the reference volume's grid."""
+    scene = segmentation_node.GetScene()
+    ids = vtk.vtkStringArray()
+    for segment_id in values:
+        if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+            raise KeyError(f"Segment {segment_id!r} is not in {segmentation_node.GetName()}.")
+        ids.InsertNextValue(segment_id)
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__labels")
+    try:
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation_node, ids, labelmap, reference_volume
+        )
+        if not ok:
+            raise BridgeError(f"Could not export {segmentation_node.GetName()} to the reference grid.")
+        exported = slicer.util.arrayFromVolume(labelmap)
+        # ExportSegmentsToLabelmapNode numbers segments 1..n in the order given.
+        out = np.zeros(exported.shape, np.uint8)
+        for index, value in enumerate(values.values(), start=1):
+            out[exported == index] = value
+        return out
+    finally:
+        scene.RemoveNode(labelmap)
+
+
+def save_segmentation(segmentation_node, path) -> Path:
+    """Write a .seg.nrrd through Slicer's segmentation storage node, via a temporary file
+    so that an existing file is never left half-written."""
+    path = Path(path)
+    if not path.name.endswith(".seg.nrrd"):
+        raise BridgeError(f"{path}: a Slicer segmentation file must end in .seg.nrrd.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name[: -len(".seg.nrrd")] + ".partial.seg.nrrd")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    try:
+        _write(storage, segmentation_node, partial)
+        os.replace(partial, path)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    return path
+
+
+def load_segmentation(scene, path, name: str | None = None):
+    """Read a .seg.nrrd through Slicer's storage node; on failure nothing is left in the scene."""
+    path = Path(path)
+    if not path.is_file():
+        raise BridgeError(f"{path} does not exist: check the path.")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    node = slicer.vtkMRMLSegmentationNode()
+    node.SetName(name or path.name[: -len(".seg.nrrd")])
+    scene.AddNode(storage)
+    scene.AddNode(node)
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    try:
+        _read(storage, node, path)
+    except BridgeError:
+        scene.RemoveNode(node)
+        scene.RemoveNode(storage)
+        raise
+    node.CreateDefaultDisplayNodes()
+    return node
