@@ -228,3 +228,21 @@ def load_segmentation(scene, path, name: str | None = None):
         raise
     node.CreateDefaultDisplayNodes()
     return node
+
+
+def modality_nodes(scene, need_seg: bool = False) -> dict:
+    """The loaded scalar volumes that are the four BraTS inputs, keyed by internal modality.
+
+    Names are read with the BraTS conventions; a missing or ambiguous modality raises
+    brats.ModalityError listing every volume found.
+    """
+    from SAMBACore.brats import assign_modalities
+
+    nodes = {}
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if node.IsA("vtkMRMLLabelMapVolumeNode") and not need_seg:
+            continue
+        nodes.setdefault(node.GetName(), node)
+    assigned = assign_modalities(list(nodes), need_seg=need_seg)
+    return {key: nodes[name] for key, name in assigned.items()}
