@@ -183,3 +183,24 @@ def from_internal_labels(labels: np.ndarray, naming: str = "2023") -> np.ndarray
 def region_masks(labels: np.ndarray) -> dict[str, np.ndarray]:
     """Boolean ET, TC, WT masks from an internal label array."""
     return {region: np.isin(labels, values) for region, values in REGION_LABELS.items()}
+
+
+def find_training_cases(data_dir: str | Path) -> tuple[list[dict[str, Path]], list[str]]:
+    """(usable cases, reasons others were skipped) for a folder of BraTS case folders.
+
+    A usable case has the four modalities and a ground-truth segmentation. Raises
+    ModalityError when there is nothing to train on, saying what was found instead.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise ModalityError(f"{data_dir} is not a folder: give a folder of BraTS case folders.")
+    cases, skipped = [], []
+    for case_dir in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+        try:
+            cases.append(find_case_files(case_dir, need_seg=True))
+        except ModalityError as error:
+            skipped.append(f"{case_dir.name}: {error}")
+    if not cases:
+        detail = f" Skipped: {skipped[0]}" + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else "") if skipped else ""
+        raise ModalityError(f"No usable BraTS case (four images and a seg file) in {data_dir}.{detail}")
+    return cases, skipped

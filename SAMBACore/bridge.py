@@ -43,6 +43,10 @@ def get_scene():
     scene = getattr(slicer, "mrmlScene", None)
     if scene is None:
         scene = slicer.vtkMRMLScene()
+        # Slicer adds its default colour tables at start-up; labelmap display nodes look them up.
+        colors = slicer.vtkMRMLColorLogic()
+        colors.SetMRMLScene(scene)
+        colors.SetMRMLScene(None)
     _register_segmentation_converters()
     return scene
 
@@ -141,17 +145,19 @@ def _oriented_mask(mask: np.ndarray, ijk_to_ras_matrix: np.ndarray):
     return image
 
 
-def segmentation_from_labels(scene, labels: np.ndarray, reference_volume, segments: dict[int, Segment], name: str):
-    """A new segmentation node with one segment per entry of `segments` (label value -> display).
+def segmentation_from_labels(scene, labels: np.ndarray, reference_volume, segments: dict[int, Segment], name: str, into=None):
+    """A segmentation node with one segment per entry of `segments` (label value -> display).
 
     Every listed label gets a segment, empty or not, so the user sees that a sub-region was
     looked for and not found. Geometry comes from `reference_volume`, which must match `labels`.
+    With `into`, that node's segments are replaced instead of adding a new node.
     """
     expected = tuple(reversed(reference_volume.GetImageData().GetDimensions()))
     if labels.shape != expected:
         raise ValueError(f"Label array {labels.shape} does not match the reference volume {expected}.")
     geometry = ijk_to_ras(reference_volume)
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    node = into if into is not None else scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    node.GetSegmentation().RemoveAllSegments()
     node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
     for value, display in segments.items():
         segment = slicer.vtkSegment()

@@ -11,3 +11,4 @@ def scene():
     scene = bridge.get_scene()
     yield scene
     scene.Clear(True)
+

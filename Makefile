@@ -1,0 +1,25 @@
+# The two commands of the README. Each makes the environment it needs on a fresh machine:
+# a virtual environment in .venv with the pinned requirements, and this project installed
+# into it in editable mode (which gives the `slicer-samba` command).
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test env clean
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+demo: $(STAMP)
+	YOLO_OFFLINE=true $(VENV)/bin/slicer-samba demo
+
+test: $(STAMP)
+	YOLO_OFFLINE=true $(VENV)/bin/python -m pytest
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,47 @@
+"""Each module file imports, and its Slicer self-test (the Test class) passes on a slicer-core scene."""
+
+import pytest
+import slicer
+
+from SAMBACore import bridge
+from slicer_app_stand_ins import import_module_file
+
+MODULES = ("SAMBASegment", "R2UNetSegment", "LoRATrainer")
+
+
+@pytest.fixture
+def app_scene(monkeypatch):
+    """slicer.mrmlScene as inside Slicer, removed again afterwards so other tests get their own scenes."""
+    scene = slicer.vtkMRMLScene()
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    assert bridge.get_scene() is scene
+    yield scene
+    scene.Clear(True)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_self_test_passes(name, app_scene):
+    module = import_module_file(name)
+    for suffix in ("", "Widget", "Logic", "Test"):
+        assert hasattr(module, name + suffix)
+    result = getattr(module, name + "Test")().run()
+    assert result.wasSuccessful(), result.failures + result.errors
+    assert result.testsRun == 1
+
+
+def test_samba_logic_from_the_console(app_scene, tmp_path):
+    """The one-call console use: SAMBASegmentLogic().run(t1, t1ce, t2, flair), result in slicer.mrmlScene,
+    and a second run into the same output node replaces its segments instead of adding a node."""
+    from SAMBACore.brats import MODALITIES, find_case_files
+    from SAMBACore.phantom import write_case
+
+    module = import_module_file("SAMBASegment")
+    files = find_case_files(write_case(tmp_path, "C", seed=20010))
+    nodes = [bridge.load_volume(app_scene, files[m]) for m in MODALITIES]
+    segmentation = module.SAMBASegmentLogic().run(*nodes)
+    assert segmentation.GetScene() is app_scene
+    count = app_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    again = module.SAMBASegmentLogic().run(*nodes, output=segmentation)
+    assert again is segmentation
+    assert app_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == count
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 3
