@@ -1,0 +1,127 @@
+"""The voting network: a small 3D U-Net that fuses the 12 SAM votes and the 4 images into sub-regions.
+
+Inputs, 16 channels: the four images (z-scored inside the brain) and the 12 binary SAM masks
+(4 modalities x 3 views). Outputs, 3 sigmoid channels: whole tumour, tumour core, enhancing
+tumour, the nested BraTS regions, turned into labels NETC/SNFH/ET with the nesting enforced.
+The network is MONAI's UNet at about 200,000 parameters, as in the SAMBA paper (the published
+code's network had 7.8M). Inference is MONAI's sliding window with Gaussian blending, so any
+volume size works and the output is on the input grid.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceLoss
+from monai.networks.nets import UNet
+
+from SAMBACore.brats import ET, MODALITIES, NETC, SNFH, region_masks
+
+CONFIG = {"channels": [20, 40, 64], "strides": [2, 2], "num_res_units": 1, "roi": [96, 96, 96]}
+IN_CHANNELS = len(MODALITIES) * 4  # 4 images + 4 modalities x 3 views of SAM votes
+OUT_REGIONS = ("WT", "TC", "ET")
+
+
+def build_voting_net(config: dict = CONFIG) -> UNet:
+    return UNet(
+        spatial_dims=3, in_channels=IN_CHANNELS, out_channels=len(OUT_REGIONS),
+        channels=config["channels"], strides=config["strides"], num_res_units=config["num_res_units"],
+    )
+
+
+def voting_inputs(images: dict[str, np.ndarray], votes: np.ndarray) -> np.ndarray:
+    """(16, K, J, I) float32: each image z-scored over its non-zero (brain) voxels, then the votes."""
+    channels = []
+    for m in MODALITIES:
+        image = images[m].astype(np.float32)
+        brain = image != 0
+        values = image[brain]
+        mean, std = (values.mean(), values.std() or 1.0) if values.size else (0.0, 1.0)
+        channels.append(np.where(brain, (image - mean) / std, 0.0).astype(np.float32))
+    if votes.shape[0] != IN_CHANNELS - len(MODALITIES):
+        raise ValueError(f"Expected {IN_CHANNELS - len(MODALITIES)} SAM vote volumes, got {votes.shape[0]}.")
+    return np.concatenate([np.stack(channels), votes.astype(np.float32)])
+
+
+def regions_to_labels(regions: np.ndarray) -> np.ndarray:
+    """(3, K, J, I) booleans WT, TC, ET -> internal labels, each region clipped to the one containing it."""
+    whole, core, enhancing = regions.astype(bool)
+    core &= whole
+    enhancing &= core
+    labels = np.zeros(whole.shape, np.uint8)
+    labels[whole] = SNFH
+    labels[core] = NETC
+    labels[enhancing] = ET
+    return labels
+
+
+def labels_to_regions(labels: np.ndarray) -> np.ndarray:
+    masks = region_masks(labels)
+    return np.stack([masks[r] for r in OUT_REGIONS]).astype(np.float32)
+
+
+@torch.inference_mode()
+def predict_labels(net: UNet, inputs: np.ndarray, roi=None, device: str = "cpu", overlap: float = 0.25) -> np.ndarray:
+    """Labels on the input grid, by sliding window (patches of `roi`, Gaussian-blended)."""
+    net = net.to(device).eval()
+    roi = tuple(roi or CONFIG["roi"])  # a volume smaller than the roi is padded by MONAI
+    x = torch.from_numpy(inputs[None]).to(device)
+    logits = sliding_window_inference(x, roi, sw_batch_size=1, predictor=net, overlap=overlap, mode="gaussian")
+    return regions_to_labels((logits[0] > 0).cpu().numpy())
+
+
+def _random_patch(rng, shape, patch, labels: np.ndarray, tumour_fraction: float):
+    """A patch corner; with probability `tumour_fraction` the patch is centred on a tumour voxel."""
+    size = np.minimum(patch, shape)
+    if labels.any() and rng.random() < tumour_fraction:
+        voxels = np.argwhere(labels > 0)
+        centre = voxels[rng.integers(len(voxels))]
+        corner = centre - size // 2
+    else:
+        corner = rng.integers(0, np.array(shape) - size + 1)
+    corner = np.clip(corner, 0, np.array(shape) - size)
+    return tuple(slice(c, c + s) for c, s in zip(corner, size))
+
+
+def train_voting(
+    net: UNet,
+    samples: list[tuple[np.ndarray, np.ndarray]],
+    steps: int,
+    patch=(64, 64, 64),
+    batch: int = 2,
+    lr: float = 3e-3,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Adam + sigmoid Dice loss on random patches of (inputs, labels) pairs, two thirds on tumour.
+
+    Returns the loss per step. `progress(step, loss)` may raise to cancel.
+    """
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    net = net.to(device).train()
+    loss_fn = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+    losses = []
+    for step in range(steps):
+        xs, ys = [], []
+        for _ in range(batch):
+            inputs, labels = samples[rng.integers(len(samples))]
+            where = _random_patch(rng, labels.shape, np.array(patch), labels, tumour_fraction=2 / 3)
+            xs.append(inputs[(slice(None),) + where])
+            ys.append(labels_to_regions(labels[where]))
+        x = torch.from_numpy(np.stack(xs)).to(device)
+        y = torch.from_numpy(np.stack(ys)).to(device)
+        optimiser.zero_grad()
+        loss = loss_fn(net(x), y)
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+        if progress:
+            progress(step, losses[-1])
+    net.eval()
+    return losses

@@ -1,0 +1,77 @@
+"""The voting network: size as in the paper, any volume size, and it learns to fuse noisy votes."""
+
+import numpy as np
+import torch
+
+from SAMBACore.brats import ET, NETC, SNFH
+from SAMBACore.metrics import region_metrics
+from SAMBASegmentLib import voting
+from SAMBASegmentLib.sam_model import count_parameters
+
+
+def _nested_case(rng, shape=(40, 48, 44)):
+    """Concentric shells around a random centre: ET rim, NETC inside, SNFH outside; images follow."""
+    grid = np.indices(shape).astype(np.float32)
+    centre = np.array(shape) / 2 + rng.uniform(-4, 4, 3)
+    r = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre)))
+    radius = rng.uniform(9, 13)
+    labels = np.zeros(shape, np.uint8)
+    labels[r < radius + 5] = SNFH
+    labels[r < radius] = ET
+    labels[r < radius - 3] = NETC
+    brain = np.ones(shape, bool)
+    images = {m: (rng.normal(100, 5, shape) + 40 * (labels == k)).astype(np.float32) * brain
+              for m, k in zip(("t1", "t1ce", "t2", "flair"), (NETC, ET, SNFH, SNFH))}
+    # 12 votes: the whole tumour, each randomly eroded or dilated by a voxel or two and with flipped voxels.
+    votes = []
+    for _ in range(12):
+        wobble = rng.uniform(-2, 2)
+        vote = r < radius + 5 + wobble
+        vote ^= rng.random(shape) < 0.02
+        votes.append(vote)
+    return voting.voting_inputs(images, np.stack(votes)), labels
+
+
+def test_size_is_the_papers():
+    assert 150_000 <= count_parameters(voting.build_voting_net()) <= 250_000
+
+
+def test_output_keeps_the_input_grid_for_any_size():
+    net = voting.build_voting_net()
+    inputs = np.zeros((voting.IN_CHANNELS, 23, 37, 101), np.float32)
+    labels = voting.predict_labels(net, inputs, roi=(32, 32, 32))
+    assert labels.shape == (23, 37, 101) and labels.dtype == np.uint8
+
+
+def test_regions_labels_round_trip_and_nesting():
+    labels = np.array([0, 1, 2, 3, 2], np.uint8).reshape(1, 1, 5)
+    np.testing.assert_array_equal(voting.regions_to_labels(voting.labels_to_regions(labels) > 0), labels)
+    # An ET vote outside the core is dropped: ET must lie inside TC, TC inside WT.
+    regions = np.zeros((3, 1, 1, 2), bool)
+    regions[:, 0, 0, 0] = [True, True, True]
+    regions[2, 0, 0, 1] = True
+    np.testing.assert_array_equal(voting.regions_to_labels(regions).ravel(), [ET, 0])
+
+
+def test_wrong_number_of_votes_is_refused():
+    images = {m: np.ones((2, 2, 2), np.float32) for m in ("t1", "t1ce", "t2", "flair")}
+    try:
+        voting.voting_inputs(images, np.zeros((4, 2, 2, 2)))
+    except ValueError as error:
+        assert "12 SAM vote volumes" in str(error)
+    else:
+        raise AssertionError("4 votes accepted")
+
+
+def test_learns_to_fuse_noisy_votes_into_sub_regions():
+    rng = np.random.default_rng(0)
+    shape = (32, 32, 32)
+    train = [_nested_case(rng, shape) for _ in range(3)]
+    test_inputs, test_labels = _nested_case(rng, shape)
+    torch.manual_seed(0)
+    net = voting.build_voting_net()
+    losses = voting.train_voting(net, train, steps=60, patch=shape, batch=2, lr=1e-2, seed=0)
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+    scores = region_metrics(voting.predict_labels(net, test_inputs, roi=shape), test_labels)
+    assert scores["WT"]["dice"] > 0.9, scores
+    assert scores["TC"]["dice"] > 0.8, scores
