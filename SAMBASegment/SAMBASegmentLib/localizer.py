@@ -1,0 +1,109 @@
+"""The YOLOv8 tumour localizer (ultralytics): one box per slice, trained on FLAIR slices.
+
+As in the SAMBA paper: YOLOv8n, one class, FLAIR slices normalised like SAM's input, boxes from
+the whole-tumour mask, tumour-free slices kept as background with probability 1/5; at inference
+the top box per slice above a confidence threshold, reused for all four modalities. Unlike the
+published code, boxes stay in each slice's own pixel frame (ultralytics letterboxes and maps
+back), so non-square coronal and sagittal slices are handled exactly.
+
+Weights travel as a safetensors state dict in a bundle, never as ultralytics' pickled .pt.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("YOLO_OFFLINE", "true")  # never reach for weights or fonts on the network
+
+from SAMBASegmentLib.prompts import Boxes, box_of_mask  # noqa: E402
+from SAMBASegmentLib.slices import normalise_slices, view_slices  # noqa: E402
+
+CONFIG = {"cfg": "yolov8n.yaml", "imgsz": 256, "conf": 0.25, "names": {0: "tumour"}}
+BACKGROUND_KEEP = 0.2
+
+
+def build_detector(config: dict = CONFIG, state_dict: dict | None = None):
+    """An ultralytics YOLO object for one class, optionally with weights from a bundle."""
+    from ultralytics import YOLO
+    from ultralytics.nn.tasks import DetectionModel
+
+    yolo = YOLO(config["cfg"], task="detect")
+    network = DetectionModel(config["cfg"], nc=len(config["names"]), verbose=False)
+    if state_dict is not None:
+        network.load_state_dict(state_dict)
+    network.names = {int(k): v for k, v in config["names"].items()}
+    yolo.model = network
+    return yolo
+
+
+def detector_state_dict(yolo) -> dict:
+    """float32, contiguous tensors: what safetensors stores."""
+    return {k: v.detach().float().contiguous().clone() for k, v in yolo.model.state_dict().items()}
+
+
+def export_dataset(cases: list[tuple[np.ndarray, np.ndarray]], out_dir, seed: int = 0, views=("axial", "coronal", "sagittal")) -> Path:
+    """Write a YOLO dataset from (flair volume, whole-tumour mask) pairs; returns its data.yaml.
+
+    Every other case goes to validation when there are at least two, so training can report
+    mAP on slices it has not seen.
+    """
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    for index, (flair, whole) in enumerate(cases):
+        split = "val" if len(cases) > 1 and index % 2 == 1 else "train"
+        (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
+        (out_dir / "labels" / split).mkdir(parents=True, exist_ok=True)
+        for view in views:
+            images = normalise_slices(view_slices(flair, view))
+            masks = view_slices(whole, view)
+            for n in range(images.shape[0]):
+                box = box_of_mask(masks[n])
+                if not images[n].any() or (box is None and rng.random() >= BACKGROUND_KEEP):
+                    continue
+                stem = f"c{index:03d}_{view}_{n:03d}"
+                Image.fromarray(images[n]).save(out_dir / "images" / split / f"{stem}.png")
+                height, width = masks[n].shape
+                label = ""
+                if box is not None:
+                    x0, y0, x1, y1 = box
+                    label = f"0 {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} {(x1 - x0) / width:.6f} {(y1 - y0) / height:.6f}\n"
+                (out_dir / "labels" / split / f"{stem}.txt").write_text(label)
+    has_val = (out_dir / "images" / "val").is_dir()
+    data = out_dir / "data.yaml"
+    data.write_text(
+        f"path: {out_dir.resolve()}\ntrain: images/train\nval: images/{'val' if has_val else 'train'}\n"
+        f"names:\n  0: {CONFIG['names'][0]}\n"
+    )
+    return data
+
+
+def train_detector(data_yaml, epochs: int, out_dir, config: dict = CONFIG, batch: int = 16, seed: int = 0, device: str = "cpu"):
+    """Train from scratch (no download of pretrained weights); returns the trained YOLO object."""
+    yolo = build_detector(config)
+    yolo.train(
+        data=str(data_yaml), epochs=epochs, imgsz=config["imgsz"], batch=batch, device=device, seed=seed,
+        deterministic=True, amp=False, plots=False, workers=0, pretrained=False, verbose=False,
+        project=str(Path(out_dir).resolve()), name="yolo", exist_ok=True,
+    )
+    return yolo
+
+
+def detect_boxes(yolo, slices_uint8: np.ndarray, conf: float = CONFIG["conf"], batch: int = 32, device: str = "cpu") -> Boxes:
+    """The top box per slice above `conf`, in each slice's pixel frame; empty slices are skipped."""
+    boxes: Boxes = {}
+    candidates = [n for n in range(slices_uint8.shape[0]) if slices_uint8[n].any()]
+    for start in range(0, len(candidates), batch):
+        chunk = candidates[start : start + batch]
+        results = yolo.predict(
+            [slices_uint8[n] for n in chunk], imgsz=CONFIG["imgsz"], conf=conf, device=device, verbose=False
+        )
+        for n, result in zip(chunk, results):
+            if len(result.boxes):
+                best = int(result.boxes.conf.argmax())
+                boxes[n] = result.boxes.xyxy[best].cpu().numpy().astype(np.float32)
+    return boxes

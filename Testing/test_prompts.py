@@ -1,0 +1,56 @@
+"""Box prompts from masks and ROIs, and the YOLO localizer's plumbing (weights as safetensors)."""
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from SAMBASegmentLib import localizer
+from SAMBASegmentLib.prompts import box_of_mask, boxes_from_mask, boxes_from_roi
+from SAMBASegmentLib.slices import view_slices
+
+
+def test_box_of_mask_is_tight_and_clipped():
+    mask = np.zeros((10, 20), bool)
+    mask[2:5, 7:12] = True
+    np.testing.assert_array_equal(box_of_mask(mask), [7, 2, 12, 5])  # x0, y0, x1, y1; ends exclusive
+    np.testing.assert_array_equal(box_of_mask(mask, margin=3), [4, 0, 15, 8])
+    assert box_of_mask(np.zeros((4, 4), bool)) is None
+
+
+def test_boxes_from_mask_per_view_cover_the_mask():
+    mask = np.zeros((11, 17, 23), bool)
+    mask[3:6, 4:9, 10:20] = True
+    for view, count in (("axial", 3), ("coronal", 5), ("sagittal", 10)):
+        boxes = boxes_from_mask(mask, view)
+        assert len(boxes) == count
+        stack = view_slices(mask, view)
+        for n, (x0, y0, x1, y1) in boxes.items():
+            inside = np.zeros(stack[n].shape, bool)
+            inside[int(y0):int(y1), int(x0):int(x1)] = True
+            np.testing.assert_array_equal(inside, stack[n])  # a box mask equals its own box
+
+
+def test_roi_projects_onto_every_slice_it_crosses():
+    boxes = boxes_from_roi((7, 2, 3), (2, 5, 9), (11, 17, 23), "coronal")  # corners in any order
+    assert sorted(boxes) == [2, 3, 4, 5]
+    np.testing.assert_array_equal(boxes[3], [3, 2, 10, 8])
+    outside = boxes_from_roi((-5, 0, 0), (1, 3, 50), (11, 17, 23), "axial")  # clipped to the volume
+    assert sorted(outside) == [0, 1] and outside[0][2] == 23
+
+
+def test_detector_weights_round_trip_through_safetensors(tmp_path):
+    torch.manual_seed(0)
+    yolo = localizer.build_detector()
+    state = localizer.detector_state_dict(yolo)
+    save_file(state, tmp_path / "yolo.safetensors")
+    again = localizer.build_detector(state_dict=load_file(tmp_path / "yolo.safetensors"))
+    slices = np.zeros((2, 155, 240, 3), np.uint8)  # non-square, like coronal slices
+    slices[:, 40:90, 100:170] = 200
+    a = localizer.detect_boxes(yolo, slices, conf=0.0)
+    b = localizer.detect_boxes(again, slices, conf=0.0)
+    assert a.keys() == b.keys()
+    for n in a:
+        np.testing.assert_allclose(a[n], b[n], atol=1e-3)
+        x0, y0, x1, y1 = a[n]
+        assert 0 <= x0 <= x1 <= 240 and 0 <= y0 <= y1 <= 155, "boxes come back in the slice's own frame"
+    assert localizer.detect_boxes(yolo, np.zeros((3, 20, 30, 3), np.uint8)) == {}, "empty slices are skipped"
