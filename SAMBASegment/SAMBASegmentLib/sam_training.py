@@ -1,0 +1,130 @@
+"""Fine-tuning SAM on box-prompted slices: the decoder alone (as the paper), or the whole small model.
+
+As in the SAMBA paper: the box is the whole tumour's box on the slice, jittered by up to 19
+pixels per side so the model does not learn to trust a perfect box; the loss is Dice on the
+sigmoid of the mask logits; with a frozen encoder the image embeddings are computed once and
+cached. Unlike the published code the loss is taken in the slice's own pixel frame (logits
+mapped back with sam.postprocess_masks), so non-square slices are trained exactly as they are
+segmented.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from monai.losses import DiceLoss
+from segment_anything.modeling import Sam
+
+from SAMBACore.brats import MODALITIES, region_masks
+from SAMBASegmentLib.prompts import box_of_mask
+from SAMBASegmentLib.sam_runner import decode_logits, encode_slices, input_size, resize_slices
+from SAMBASegmentLib.slices import VIEWS, normalise_slices, view_slices
+
+MAX_JITTER = 19  # pixels per side, as the paper
+
+
+@dataclass
+class SamSample:
+    image: np.ndarray  # (H, W, 3) uint8, normalised as at inference
+    box: np.ndarray  # (4,) whole-tumour box on this slice, x0 y0 x1 y1
+    target: np.ndarray  # (H, W) bool whole tumour, or (3, H, W) WT, TC, ET for SAMBA-mc
+
+
+def samples_from_case(images: dict[str, np.ndarray], labels: np.ndarray, views=VIEWS, modalities=MODALITIES,
+                      multimask: bool = False) -> list[SamSample]:
+    """One sample per (modality, view, slice) that shows tumour."""
+    masks = region_masks(labels)
+    regions = np.stack([masks["WT"], masks["TC"], masks["ET"]])
+    samples = []
+    for view in views:
+        whole = view_slices(masks["WT"], view)
+        with_tumour = np.flatnonzero(whole.reshape(whole.shape[0], -1).any(axis=1))
+        region_stack = np.stack([view_slices(region, view) for region in regions], axis=1)  # (N, 3, H, W)
+        for modality in modalities:
+            stack = normalise_slices(view_slices(images[modality], view)[with_tumour])
+            for image, n in zip(stack, with_tumour):
+                target = region_stack[n] if multimask else whole[n]
+                samples.append(SamSample(image, box_of_mask(whole[n]), target.copy()))
+    return samples
+
+
+def jitter_box(box: np.ndarray, size, rng: np.random.Generator, max_px: int = MAX_JITTER) -> np.ndarray:
+    """Move each side by up to max_px pixels, in or out, keeping a valid box inside the slice."""
+    height, width = size
+    x0, y0, x1, y1 = np.asarray(box) + rng.integers(-max_px, max_px + 1, 4)
+    x0, y0 = min(max(x0, 0), width - 1), min(max(y0, 0), height - 1)
+    x1, y1 = max(min(x1, width), x0 + 1), max(min(y1, height), y0 + 1)
+    return np.array([x0, y0, x1, y1], np.float32)
+
+
+def _groups_by_size(samples: list[SamSample]) -> list[list[int]]:
+    # postprocess_masks maps one batch to one original size, so batches never mix slice shapes.
+    groups: dict[tuple, list[int]] = {}
+    for index, sample in enumerate(samples):
+        groups.setdefault(sample.image.shape[:2], []).append(index)
+    return list(groups.values())
+
+
+def train_sam(
+    sam: Sam,
+    samples: list[SamSample],
+    steps: int,
+    batch: int = 8,
+    lr: float = 1e-4,
+    train_encoder: bool = False,
+    multimask: bool = False,
+    jitter: int = MAX_JITTER,
+    seed: int = 0,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Adam on Dice loss; returns the loss per step. `progress(step, loss)` may raise to cancel.
+
+    train_encoder False: only the mask decoder learns (image and prompt encoders frozen) and the
+    embeddings are computed once. True: the image encoder and decoder learn (for the small SAM
+    trained from scratch); the prompt encoder stays frozen as in the paper.
+    """
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    for name, module in (("image_encoder", sam.image_encoder), ("prompt_encoder", sam.prompt_encoder)):
+        module.requires_grad_(name == "image_encoder" and train_encoder)
+    sam.mask_decoder.requires_grad_(True)
+    trainable = [p for p in sam.parameters() if p.requires_grad]
+    optimiser = torch.optim.Adam(trainable, lr=lr)
+    loss_fn = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    groups = _groups_by_size(samples)
+    cached = None
+    if not train_encoder:  # frozen encoder: embed every sample once
+        sam.eval()
+        cached = {}
+        for group in groups:
+            embeddings = encode_slices(sam, np.stack([samples[i].image for i in group]))
+            cached.update({i: embeddings[k] for k, i in enumerate(group)})
+    sam.train()
+    losses = []
+    for step in range(steps):
+        group = groups[rng.integers(len(groups))]
+        chosen = rng.choice(group, size=min(batch, len(group)), replace=False)
+        size = samples[chosen[0]].image.shape[:2]
+        boxes = np.stack([jitter_box(samples[i].box, size, rng, jitter) for i in chosen])
+        if cached is not None:
+            embeddings = torch.stack([cached[i] for i in chosen])
+        else:
+            images = torch.as_tensor(resize_slices(sam, np.stack([samples[i].image for i in chosen])), device=sam.device)
+            embeddings = sam.image_encoder(sam.preprocess(images.permute(0, 3, 1, 2).float()))
+        logits, _ = decode_logits(sam, embeddings, boxes, size, multimask)
+        logits = sam.postprocess_masks(logits, input_size(sam, size), size)
+        target = torch.as_tensor(np.stack([samples[i].target for i in chosen]), dtype=torch.float32, device=sam.device)
+        if not multimask:
+            target = target[:, None]
+        loss = loss_fn(logits, target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+        if progress:
+            progress(step, losses[-1])
+    sam.eval()
+    return losses
