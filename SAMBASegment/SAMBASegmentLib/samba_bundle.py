@@ -1,0 +1,56 @@
+"""The SAMBA models in a bundle: SAM, the YOLO localizer and the voting network.
+
+Components (SAMBACore.bundles format, safetensors, sha256-checked on load):
+  sam     kind "sam"     config: sam_model.build_sam config   (the whole SAM, small or official shape)
+  yolo    kind "yolo"    config: localizer.CONFIG             (optional: without it, ROI or mask prompts only)
+  voting  kind "voting"  config: voting.CONFIG                (optional: without it, majority vote)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from SAMBACore.bundles import Bundle, BundleError, check_state_dict, load_bundle, load_state_dict, save_bundle
+from SAMBASegmentLib import localizer, voting
+from SAMBASegmentLib.sam_model import build_sam
+
+
+@dataclass
+class SambaModels:
+    sam: torch.nn.Module
+    yolo: object | None
+    voting: torch.nn.Module | None
+    bundle: Bundle | None = None
+
+
+def load_samba_models(path, device: str = "cpu") -> SambaModels:
+    """Build each model from its config and load its verified weights; BundleError names what is wrong."""
+    bundle = load_bundle(path)
+    components = bundle.components
+    if "sam" not in components:
+        raise BundleError(f"{Path(path)}: not a SAMBA bundle (no 'sam' component; it has {', '.join(components)}).")
+    sam = check_state_dict(build_sam(components["sam"].config), load_state_dict(bundle, "sam"), "sam")
+    yolo = None
+    if "yolo" in components:
+        yolo = localizer.build_detector(components["yolo"].config, load_state_dict(bundle, "yolo"))
+    net = None
+    if "voting" in components:
+        net = check_state_dict(voting.build_voting_net(components["voting"].config), load_state_dict(bundle, "voting"), "voting")
+    return SambaModels(sam.to(device).eval(), yolo, net.to(device).eval() if net is not None else None, bundle)
+
+
+def save_samba_bundle(path, models: SambaModels, configs: dict, manifest: dict) -> Bundle:
+    """Write the models' weights and `configs` (component name -> config) with the manifest fields given."""
+    state_dicts = {"sam": {k: v.detach().float().contiguous() for k, v in models.sam.state_dict().items()}}
+    kinds = {"sam": "sam"}
+    if models.yolo is not None:
+        state_dicts["yolo"], kinds["yolo"] = localizer.detector_state_dict(models.yolo), "yolo"
+    if models.voting is not None:
+        state_dicts["voting"] = {k: v.detach().float().contiguous() for k, v in models.voting.state_dict().items()}
+        kinds["voting"] = "voting"
+    manifest = dict(manifest)
+    manifest["components"] = {name: {"kind": kinds[name], "config": configs[name]} for name in state_dicts}
+    return save_bundle(path, manifest, state_dicts)

@@ -1,0 +1,93 @@
+"""The SAMBA pipeline's plumbing on tiny untrained models: shapes, prompts, cache, bundle round trip.
+
+Quality is measured with the trained demo bundle, not here: these models are random.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from SAMBACore.bundles import BundleError
+from SAMBASegmentLib import localizer, voting
+from SAMBASegmentLib.pipeline import run_samba
+from SAMBASegmentLib.sam_model import build_sam
+from SAMBASegmentLib.sam_runner import EmbeddingCache
+from SAMBASegmentLib.samba_bundle import SambaModels, load_samba_models, save_samba_bundle
+
+TINY_SAM = {"type": "small", "img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
+            "prompt_embed_dim": 32, "mlp_dim": 64, "decoder_heads": 2}
+MANIFEST = {"name": "tiny-random", "version": "0", "description": "random weights for plumbing tests",
+            "licence": "Apache-2.0", "intended_use": "tests only", "preprocessing": {}, "labels": {},
+            "training": {"how": "not trained"}, "metrics": {}}
+
+
+@pytest.fixture(scope="module")
+def case():
+    rng = np.random.default_rng(0)
+    shape = (12, 20, 18)
+    images = {m: rng.uniform(10, 100, shape).astype(np.float32) for m in ("t1", "t1ce", "t2", "flair")}
+    for image in images.values():
+        image[:, :2] = 0  # background outside the "brain"
+    return images
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    return SambaModels(build_sam(TINY_SAM).eval(), None, voting.build_voting_net().eval())
+
+
+def test_roi_prompt_gives_labels_and_agreement_on_the_input_grid(case, models):
+    roi = ((3, 5, 4), (8, 14, 12))
+    result = run_samba(case, models, prompt="roi", roi=roi)
+    assert result.labels.shape == case["flair"].shape and result.labels.dtype == np.uint8
+    assert result.agreement.shape == case["flair"].shape
+    assert 0 <= result.agreement.min() and result.agreement.max() <= 1
+    assert result.boxes == {"axial": 6, "coronal": 10, "sagittal": 9}
+    # SAM runs only on the slices the ROI crosses: a voxel on none of them (in no view) gets no vote.
+    k, j, i = np.indices(case["flair"].shape)
+    crossed = ((k >= 3) & (k <= 8)) | ((j >= 5) & (j <= 14)) | ((i >= 4) & (i <= 12))
+    assert not result.agreement[~crossed].any()
+
+
+def test_second_run_with_another_roi_reuses_cached_embeddings(case, models):
+    cache = EmbeddingCache()
+    run_samba(case, models, prompt="roi", roi=((3, 5, 4), (8, 14, 12)), cache=cache, volume_key="c1")
+    first_misses = cache.misses
+    run_samba(case, models, prompt="roi", roi=((4, 5, 4), (8, 15, 12)), cache=cache, volume_key="c1")
+    assert cache.hits > 0
+    assert cache.misses - first_misses < first_misses / 4, "only the few new slices are encoded"
+
+
+def test_multiclass_mode_and_missing_prompts(case, models):
+    result = run_samba(case, models, prompt="roi", roi=((3, 5, 4), (8, 14, 12)), mode="samba-mc")
+    assert set(np.unique(result.labels)) <= {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="no YOLO localizer"):
+        run_samba(case, models, prompt="yolo")
+    with pytest.raises(ValueError, match="needs a box"):
+        run_samba(case, models, prompt="roi")
+    with pytest.raises(ValueError, match="Unknown mode"):
+        run_samba(case, models, prompt="roi", roi=((0, 0, 0), (1, 1, 1)), mode="sam3")
+
+
+def test_yolo_finding_nothing_is_an_empty_result_not_a_crash(case, models):
+    torch.manual_seed(0)
+    with_yolo = SambaModels(models.sam, localizer.build_detector(), models.voting)
+    result = run_samba(case, with_yolo, prompt="yolo")
+    assert not result.tumour_found and not result.labels.any()
+    assert result.boxes == {"axial": 0, "coronal": 0, "sagittal": 0}
+
+
+def test_bundle_round_trip_gives_the_same_result(case, models, tmp_path):
+    configs = {"sam": TINY_SAM, "voting": voting.CONFIG}
+    save_samba_bundle(tmp_path / "b", models, configs, MANIFEST)
+    loaded = load_samba_models(tmp_path / "b")
+    roi = ((3, 5, 4), (8, 14, 12))
+    np.testing.assert_array_equal(run_samba(case, loaded, prompt="roi", roi=roi).agreement,
+                                  run_samba(case, models, prompt="roi", roi=roi).agreement)
+    weights = tmp_path / "b" / "voting.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="voting.safetensors.*checksum"):
+        load_samba_models(tmp_path / "b")
