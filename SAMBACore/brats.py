@@ -204,3 +204,22 @@ def find_training_cases(data_dir: str | Path) -> tuple[list[dict[str, Path]], li
         detail = f" Skipped: {skipped[0]}" + (f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else "") if skipped else ""
         raise ModalityError(f"No usable BraTS case (four images and a seg file) in {data_dir}.{detail}")
     return cases, skipped
+
+
+def read_case(files: dict[str, Path]) -> tuple[dict[str, np.ndarray], np.ndarray | None, tuple[float, float, float]]:
+    """(images, labels or None, spacing in (k, j, i) order) of one case, for training and batch work.
+
+    Read with SimpleITK, not MRML: training never touches a scene. Images are float32 (k, j, i);
+    labels are converted to the internal convention.
+    """
+    import SimpleITK as sitk
+
+    images, spacing = {}, None
+    for key in MODALITIES:
+        image = sitk.ReadImage(str(files[key]))
+        images[key] = sitk.GetArrayFromImage(image).astype(np.float32)
+        spacing = spacing or tuple(reversed(image.GetSpacing()))
+    labels = None
+    if "seg" in files:
+        labels = to_internal_labels(sitk.GetArrayFromImage(sitk.ReadImage(str(files["seg"]))))
+    return images, labels, spacing

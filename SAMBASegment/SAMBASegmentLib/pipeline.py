@@ -38,6 +38,7 @@ class SambaResult:
     agreement: np.ndarray  # (K, J, I) float32 in [0, 1]
     boxes: dict[str, int]  # view -> number of slices prompted
     seconds: dict[str, float] = field(default_factory=dict)
+    votes: np.ndarray | None = None  # (12, K, J, I) whole-tumour votes, when asked for (training)
 
     @property
     def tumour_found(self) -> bool:
@@ -72,6 +73,7 @@ def run_samba(
     volume_key: str = "case",
     device: str = "cpu",
     progress: Callable[[float, str], None] | None = None,
+    keep_votes: bool = False,
 ) -> SambaResult:
     """Segment one case. `roi` is ((k, j, i) min, (k, j, i) max) voxel corners, inclusive.
 
@@ -118,4 +120,4 @@ def run_samba(
         labels = voting.predict_labels(models.voting, voting.voting_inputs(images, whole_votes), device=device)
     seconds["fusion"] = time.perf_counter() - started
     report(1.0, "Done" if labels.any() else "No tumour found")
-    return SambaResult(labels, agreement, counts, seconds)
+    return SambaResult(labels, agreement, counts, seconds, whole_votes if keep_votes else None)

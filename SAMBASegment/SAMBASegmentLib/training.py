@@ -1,0 +1,142 @@
+"""Training each SAMBA component from a folder of BraTS cases into a bundle, one component at a time.
+
+`slicer-samba train yolo|sam|voting DATA_DIR -o BUNDLE_DIR` calls these. Each adds or replaces
+its component in the bundle (the others are kept) and records how it was trained in the
+manifest, so a bundle says exactly which command, seeds and steps made it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from SAMBACore.brats import MODALITIES, find_training_cases, read_case, region_masks
+from SAMBACore.bundles import load_bundle, load_state_dict, save_bundle
+from SAMBASegmentLib import localizer, sam_training, voting
+from SAMBASegmentLib.pipeline import run_samba
+from SAMBASegmentLib.sam_model import SMALL_DEFAULT, build_sam
+from SAMBASegmentLib.samba_bundle import load_samba_models
+
+Progress = Callable[[str], None]
+
+BASE_MANIFEST = {
+    "name": "samba",
+    "version": "0.1",
+    "description": "SAMBA models: YOLOv8 localizer, box-prompted SAM, voting 3D U-Net",
+    "licence": "Apache-2.0",
+    "intended_use": "research",
+    "preprocessing": {"slices": "per-slice 0.5/99.5 percentile clip to 0-255, zeros kept, 3 channels",
+                      "voting_inputs": "images z-scored inside the brain + 12 SAM votes (modality-major)"},
+    "labels": {"1": "NETC", "2": "SNFH", "3": "ET"},
+    "training": {},
+    "metrics": {},
+}
+
+
+def _load_cases(data_dir, log: Progress):
+    cases, skipped = find_training_cases(data_dir)
+    for reason in skipped:
+        log(f"skipped {reason}")
+    log(f"reading {len(cases)} case(s) from {data_dir}")
+    return [read_case(files)[:2] for files in cases]
+
+
+def _update_bundle(bundle_dir, name: str, kind: str, config: dict, state: dict, record: dict, manifest: dict | None = None):
+    """Replace one component, keep the others, and note how it was trained; atomic like save_bundle."""
+    bundle_dir = Path(bundle_dir)
+    if (bundle_dir / "manifest.json").exists():
+        bundle = load_bundle(bundle_dir)
+        base = dict(bundle.manifest)
+        states = {n: load_state_dict(bundle, n) for n in bundle.components if n != name}
+        components = {n: {"kind": c.kind, "config": c.config} for n, c in bundle.components.items() if n != name}
+    else:
+        base, states, components = dict(manifest or BASE_MANIFEST), {}, {}
+    base["training"] = {**base.get("training", {}), name: record}
+    base["components"] = {**components, name: {"kind": kind, "config": config}}
+    states[name] = state
+    return save_bundle(bundle_dir, base, states)
+
+
+def train_yolo(data_dir, bundle_dir, epochs: int = 30, seed: int = 0, batch: int = 16, device: str = "cpu",
+               views=("axial", "coronal", "sagittal"), command: str = "", log: Progress = print):
+    cases = _load_cases(data_dir, log)
+    with tempfile.TemporaryDirectory() as work:
+        log("exporting FLAIR slices and whole-tumour boxes")
+        data = localizer.export_dataset([(images["flair"], region_masks(labels)["WT"]) for images, labels in cases],
+                                        Path(work) / "dataset", seed=seed, views=views)
+        log(f"training YOLOv8n for {epochs} epoch(s)")
+        yolo = localizer.train_detector(data, epochs, Path(work) / "runs", batch=batch, seed=seed, device=device)
+    record = {"command": command, "cases": len(cases), "epochs": epochs, "seed": seed, "views": list(views),
+              "imgsz": localizer.CONFIG["imgsz"]}
+    return _update_bundle(bundle_dir, "yolo", "yolo", localizer.CONFIG, localizer.detector_state_dict(yolo), record)
+
+
+def train_sam(data_dir, bundle_dir, steps: int = 2000, seed: int = 0, batch: int = 8, lr: float = 3e-4,
+              train_encoder: bool = True, multimask: bool = False, sam_config: dict | None = None,
+              device: str = "cpu", command: str = "", log: Progress = print):
+    """The small SAM from scratch (train_encoder True) or, with an existing 'sam' in the bundle, its decoder."""
+    cases = _load_cases(data_dir, log)
+    torch.manual_seed(seed)
+    existing = Path(bundle_dir, "manifest.json").exists() and "sam" in load_bundle(bundle_dir).components
+    if existing:
+        bundle = load_bundle(bundle_dir)
+        sam_config = bundle.component("sam").config
+        sam = build_sam(sam_config)
+        sam.load_state_dict(load_state_dict(bundle, "sam"))
+    else:
+        sam_config = sam_config or SMALL_DEFAULT
+        sam = build_sam(sam_config)
+    sam.to(device)
+    samples = [s for images, labels in cases for s in sam_training.samples_from_case(images, labels, multimask=multimask)]
+    log(f"training SAM ({'encoder and decoder' if train_encoder else 'decoder'}) on {len(samples)} slices, {steps} steps")
+
+    def report(step, loss):
+        if step % 50 == 0 or step == steps - 1:
+            log(f"step {step + 1}/{steps} Dice loss {loss:.3f}")
+
+    sam_training.train_sam(sam, samples, steps, batch=batch, lr=lr, train_encoder=train_encoder,
+                           multimask=multimask, seed=seed, progress=report)
+    record = {"command": command, "cases": len(cases), "slices": len(samples), "steps": steps, "seed": seed,
+              "batch": batch, "lr": lr, "trained": "encoder+decoder" if train_encoder else "decoder",
+              "mode": "samba-mc" if multimask else "samba", "box_jitter_px": sam_training.MAX_JITTER}
+    state = {k: v.detach().float().cpu().contiguous() for k, v in sam.state_dict().items()}
+    return _update_bundle(bundle_dir, "sam", "sam", sam_config, state, record)
+
+
+def sam_votes_for_training(models, images, labels, device: str = "cpu") -> np.ndarray:
+    """The 12 SAM votes the voting net will see: from YOLO boxes when the bundle has YOLO (as at
+    inference), otherwise from the true whole-tumour boxes."""
+    if models.yolo is not None:
+        prompt, mask = "yolo", None
+    else:
+        prompt, mask = "mask", region_masks(labels)["WT"]
+    no_fusion = type(models)(models.sam, models.yolo, None)
+    result = run_samba(images, no_fusion, prompt=prompt, mask=mask, device=device, keep_votes=True)
+    return result.votes
+
+
+def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: int = 64, batch: int = 2,
+                 lr: float = 3e-3, device: str = "cpu", command: str = "", log: Progress = print):
+    cases = _load_cases(data_dir, log)
+    models = load_samba_models(bundle_dir, device)
+    samples = []
+    for index, (images, labels) in enumerate(cases):
+        log(f"SAM votes for case {index + 1}/{len(cases)}")
+        samples.append((voting.voting_inputs(images, sam_votes_for_training(models, images, labels, device)), labels))
+    torch.manual_seed(seed)
+    net = voting.build_voting_net()
+
+    def report(step, loss):
+        if step % 50 == 0 or step == steps - 1:
+            log(f"step {step + 1}/{steps} Dice loss {loss:.3f}")
+
+    voting.train_voting(net, samples, steps, patch=(patch,) * 3, batch=batch, lr=lr, seed=seed, device=device, progress=report)
+    record = {"command": command, "cases": len(cases), "steps": steps, "seed": seed, "patch": patch, "batch": batch,
+              "lr": lr, "votes_from": "yolo boxes" if models.yolo is not None else "true whole-tumour boxes",
+              "modalities": list(MODALITIES)}
+    state = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
+    return _update_bundle(bundle_dir, "voting", "voting", voting.CONFIG, state, record)

@@ -1,0 +1,57 @@
+"""Training commands build a bundle component by component from BraTS case folders.
+
+Tiny settings (a few steps) prove the plumbing and the manifest's record; the quality of a real
+training run is measured for the demo bundle, not here.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from SAMBACore.bundles import load_bundle
+from SAMBACore.phantom import write_cases
+from SAMBASegmentLib import training
+from SAMBASegmentLib.pipeline import run_samba
+from SAMBASegmentLib.samba_bundle import load_samba_models
+
+TINY_SAM = {"type": "small", "img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
+            "prompt_embed_dim": 32, "mlp_dim": 64, "decoder_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cases")
+    write_cases(folder, 2, seed=0)
+    return folder
+
+
+def test_components_accumulate_in_one_bundle(data, tmp_path):
+    bundle_dir = tmp_path / "bundle"
+    log = []
+    training.train_sam(data, bundle_dir, steps=2, batch=2, sam_config=TINY_SAM, command="test sam", log=log.append)
+    assert set(load_bundle(bundle_dir).components) == {"sam"}
+    training.train_yolo(data, bundle_dir, epochs=1, batch=8, views=("axial",), command="test yolo", log=log.append)
+    training.train_voting(data, bundle_dir, steps=2, patch=32, command="test voting", log=log.append)
+
+    bundle = load_bundle(bundle_dir)
+    assert set(bundle.components) == {"sam", "yolo", "voting"}
+    record = json.loads((bundle_dir / "manifest.json").read_text())["training"]
+    assert record["sam"]["command"] == "test sam" and record["sam"]["steps"] == 2 and record["sam"]["cases"] == 2
+    assert record["yolo"]["epochs"] == 1 and record["voting"]["votes_from"] == "yolo boxes"
+    assert any("reading 2 case(s)" in line for line in log)
+
+    models = load_samba_models(bundle_dir)
+    images = {m: np.ones((8, 16, 16), np.float32) for m in ("t1", "t1ce", "t2", "flair")}
+    result = run_samba(images, models, prompt="roi", roi=((2, 2, 2), (5, 12, 12)))
+    assert result.labels.shape == (8, 16, 16)
+
+
+def test_decoder_only_training_keeps_the_encoder(data, tmp_path):
+    bundle_dir = tmp_path / "b"
+    training.train_sam(data, bundle_dir, steps=1, batch=2, sam_config=TINY_SAM, log=lambda s: None)
+    before = load_samba_models(bundle_dir).sam.image_encoder.state_dict()
+    training.train_sam(data, bundle_dir, steps=2, batch=2, train_encoder=False, log=lambda s: None)
+    after = load_samba_models(bundle_dir).sam.image_encoder.state_dict()
+    assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
+    assert json.loads((bundle_dir / "manifest.json").read_text())["training"]["sam"]["trained"] == "decoder"
