@@ -252,3 +252,10 @@ def modality_nodes(scene, need_seg: bool = False) -> dict:
         nodes.setdefault(node.GetName(), node)
     assigned = assign_modalities(list(nodes), need_seg=need_seg)
     return {key: nodes[name] for key, name in assigned.items()}
+
+
+def ras_to_ijk(volume_node, ras) -> np.ndarray:
+    """Continuous (i, j, k) voxel coordinates of RAS points (N, 3) in this volume."""
+    matrix = np.linalg.inv(ijk_to_ras(volume_node))
+    points = np.column_stack([np.asarray(ras, float).reshape(-1, 3), np.ones(len(np.asarray(ras).reshape(-1, 3)))])
+    return (points @ matrix.T)[:, :3]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from SAMBACore.brats import ModalityError
 from SAMBACore.bridge import BridgeError
+from SAMBACore.bundles import BundleError
 from SAMBACore.inputs import InputError
 
 DEMO_SEED = 20261  # phantom seeds from 20000 up are never used for training
@@ -74,6 +75,85 @@ def _demo(args) -> int:
     return 0
 
 
+def _roi_ijk(reference, values: str):
+    """--roi R,A,S,R,A,S (two opposite corners in mm) -> inclusive (k, j, i) voxel corners."""
+    import itertools
+
+    import numpy as np
+
+    from SAMBACore import bridge
+
+    try:
+        numbers = [float(v) for v in values.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) != 6:
+        raise ValueError(f"--roi wants six numbers R,A,S,R,A,S (two corners in mm), got {values!r}.")
+    corners = np.array(list(itertools.product(*zip(numbers[:3], numbers[3:]))))  # the box's 8 corners
+    ijk = bridge.ras_to_ijk(reference, corners)
+    low, high = np.floor(ijk.min(axis=0)).astype(int), np.ceil(ijk.max(axis=0)).astype(int)
+    return tuple(low[::-1]), tuple(high[::-1])
+
+
+def _segment(args) -> int:
+    from SAMBACore import bridge, metrics
+    from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, find_case_files
+    from SAMBACore.device import choose_device
+    from SAMBASegmentLib.logic import arrays_from_nodes
+    from SAMBASegmentLib.pipeline import run_samba
+    from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
+
+    if not str(args.output).endswith(".seg.nrrd"):
+        raise ValueError(f"{args.output}: the output must end in .seg.nrrd.")
+    device = choose_device(args.device)
+    bundle = resolve_bundle(args.bundle)
+    scene = bridge.get_scene()
+    files = find_case_files(args.case_dir)
+    nodes = {m: bridge.load_volume(scene, files[m]) for m in MODALITIES}
+    images = arrays_from_nodes(nodes)
+    roi = _roi_ijk(nodes["t1"], args.roi) if args.roi else None
+    prompt = args.prompt or ("roi" if roi else "yolo")
+    started = time.perf_counter()
+    models = load_samba_models(bundle, device)
+    load_seconds = time.perf_counter() - started
+
+    def report(fraction, message):
+        print(f"[{fraction:4.0%}] {message}", flush=True)
+
+    result = run_samba(images, models, prompt=prompt, mode=args.mode, roi=roi, device=device, progress=report)
+    segmentation = bridge.segmentation_from_labels(scene, result.labels, nodes["t1"], LABEL_SEGMENTS, "Tumour segmentation")
+    out = bridge.save_segmentation(segmentation, args.output)
+    print(f"Segmentation: {out}")
+    if args.agreement:
+        agreement = bridge.volume_from_array(scene, result.agreement, bridge.ijk_to_ras(nodes["t1"]), "SAM agreement")
+        print(f"Agreement map: {bridge.save_volume(agreement, args.agreement)}")
+    if not result.tumour_found:
+        print("No tumour found: the segmentation is empty. Try an ROI prompt (--roi) around the lesion.")
+    volumes = metrics.volumes_ml(result.labels, tuple(reversed(nodes["t1"].GetSpacing())))
+    print("Volumes (mL): " + ", ".join(f"{name} {ml:.1f}" for name, ml in volumes.items()))
+    seconds = {"load models": load_seconds, **result.seconds}
+    print("Time per stage: " + ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items()))
+    return 0
+
+
+def _train(args) -> int:
+    from SAMBACore.device import choose_device
+    from SAMBASegmentLib import training
+
+    device = choose_device(args.device)
+    command = "slicer-samba " + " ".join(sys.argv[1:])
+    common = dict(seed=args.seed, device=device, command=command)
+    if args.component == "yolo":
+        training.train_yolo(args.data_dir, args.output, epochs=args.epochs, **common)
+    elif args.component == "sam":
+        training.train_sam(args.data_dir, args.output, steps=args.steps, train_encoder=not args.decoder_only,
+                           multimask=args.mode == "samba-mc", **common)
+    else:
+        training.train_voting(args.data_dir, args.output, steps=args.steps, **common)
+    print(f"Bundle updated: {args.output} ({args.component})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slicer-samba",
@@ -95,6 +175,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lowres", action="store_true", help="use a low-field-like phantom")
     demo.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     demo.set_defaults(run=_demo)
+
+    segment = commands.add_parser("segment", help="segment a BraTS case folder with SAMBA into a .seg.nrrd")
+    segment.add_argument("case_dir", type=Path, help="folder with the four images (BraTS 2021 or 2023 naming)")
+    segment.add_argument("-o", "--output", type=Path, required=True, help="the .seg.nrrd to write")
+    segment.add_argument("--bundle", default="phantom-demo", help="bundle folder or bundled name (default phantom-demo)")
+    segment.add_argument("--roi", help="box around the tumour, two opposite corners in RAS mm: --roi=R,A,S,R,A,S (the = keeps a leading minus sign from reading as an option)")
+    segment.add_argument("--prompt", choices=("yolo", "roi"), help="box source (default: roi if --roi, else yolo)")
+    segment.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary SAM + voting, or multi-class SAM")
+    segment.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    segment.add_argument("--agreement", type=Path, help="also write the per-voxel SAM agreement map (.nrrd or .nii.gz)")
+    segment.set_defaults(run=_segment)
+
+    train = commands.add_parser("train", help="train one SAMBA component into a bundle from BraTS case folders")
+    train.add_argument("component", choices=("yolo", "sam", "voting"), help="what to train")
+    train.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file")
+    train.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to create or update")
+    train.add_argument("--epochs", type=int, default=30, help="YOLO epochs (default 30)")
+    train.add_argument("--steps", type=int, default=2000, help="SAM or voting optimiser steps (default 2000)")
+    train.add_argument("--decoder-only", action="store_true", help="SAM: train only the mask decoder (as the paper)")
+    train.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="SAM: binary or three-class")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    train.set_defaults(run=_train)
     return parser
 
 
@@ -105,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
-    except (InputError, ModalityError, BridgeError, FileNotFoundError, ValueError) as error:
+    except (InputError, ModalityError, BridgeError, BundleError, FileNotFoundError, ValueError) as error:
         print(f"slicer-samba {args.command}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

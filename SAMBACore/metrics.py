@@ -129,3 +129,15 @@ def mean_over_cases(per_case: list[dict[str, dict[str, float]]]) -> dict[str, di
 def _nanmean(values: list[float]) -> float:
     kept = [v for v in values if not math.isnan(v)]
     return float(np.mean(kept)) if kept else math.nan
+
+
+def volumes_ml(labels, spacing: Spacing = None) -> dict[str, float]:
+    """Sub-region volumes in millilitres: NETC, SNFH, ET and the derived TC, WT."""
+    from .brats import ET, NETC, SNFH
+
+    labels = np.asarray(labels)
+    voxel_ml = float(np.prod(_spacing(spacing, labels.ndim))) / 1000.0
+    counts = {name: int(np.count_nonzero(labels == value)) for name, value in (("NETC", NETC), ("SNFH", SNFH), ("ET", ET))}
+    counts["TC"] = counts["NETC"] + counts["ET"]
+    counts["WT"] = counts["TC"] + counts["SNFH"]
+    return {name: count * voxel_ml for name, count in counts.items()}

@@ -54,3 +54,23 @@ def save_samba_bundle(path, models: SambaModels, configs: dict, manifest: dict) 
     manifest = dict(manifest)
     manifest["components"] = {name: {"kind": kinds[name], "config": configs[name]} for name in state_dicts}
     return save_bundle(path, manifest, state_dicts)
+
+
+# Bundles shipped with the module, by name. A path given instead of a name is used as it is.
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Bundles"
+BUNDLED = ("phantom-demo",)
+
+
+def resolve_bundle(name_or_path: str | Path) -> Path:
+    """A bundle folder from a path or the name of a bundled one; BundleError says what exists."""
+    path = Path(name_or_path)
+    if (path / "manifest.json").is_file():
+        return path
+    if str(name_or_path) in BUNDLED and (BUNDLED_DIR / str(name_or_path) / "manifest.json").is_file():
+        return BUNDLED_DIR / str(name_or_path)
+    shipped = [n for n in BUNDLED if (BUNDLED_DIR / n / "manifest.json").is_file()]
+    raise BundleError(
+        f"No model bundle at {name_or_path}: give a bundle folder (with manifest.json) "
+        f"or one of the bundled names ({', '.join(shipped) or 'none installed yet'}); "
+        "train one with `slicer-samba train sam|yolo|voting DATA_DIR -o BUNDLE_DIR`."
+    )
