@@ -154,6 +154,22 @@ def _train(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from SAMBACore.device import choose_device
+    from SAMBASegmentLib.evaluation import evaluate
+    from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
+
+    device = choose_device(args.device)
+    models = load_samba_models(resolve_bundle(args.bundle), device)
+    report = evaluate(models, args.data_dir, prompt=args.prompt, mode=args.mode, device=device)
+    print(f"Mean over {report['cases']} case(s), {args.prompt} prompts, {args.mode}: "
+          + ", ".join(f"{r} Dice {v['dice']:.3f} HD95 {v['hd95']:.1f} mm" for r, v in report["mean"].items())
+          + f"; {report['mean_seconds']:.0f} s per case")
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slicer-samba",
@@ -198,6 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a bundle on labelled BraTS cases (Dice, HD95 per region)")
+    evaluate.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file")
+    evaluate.add_argument("--bundle", default="phantom-demo", help="bundle folder or bundled name (default phantom-demo)")
+    evaluate.add_argument("--prompt", choices=("yolo", "roi"), default="yolo",
+                          help="yolo, or roi: the true tumour box grown by 5 voxels, standing in for a hand-drawn box")
+    evaluate.add_argument("--mode", choices=("samba", "samba-mc"), default="samba")
+    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    evaluate.add_argument("--json", action="store_true", help="also print the full report as one JSON line")
+    evaluate.set_defaults(run=_evaluate)
     return parser
 
 

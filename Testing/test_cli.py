@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import slicerio
 
 from SAMBACore.brats import LABEL_SEGMENTS
@@ -40,13 +41,14 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path):
 
 
 def test_every_subcommand_has_help():
-    for command in ("phantom", "demo", "segment", "train"):
+    for command in ("phantom", "demo", "segment", "train", "evaluate"):
         result = run_cli(command, "--help")
         assert result.returncode == 0 and "usage: slicer-samba " + command in result.stdout
 
 
-def test_segment_with_a_bundle_and_an_roi(tmp_path):
-    """SAMBA from the terminal on a phantom with a tiny random bundle: the plumbing, not the quality."""
+@pytest.fixture(scope="module")
+def tiny_bundle_and_case(tmp_path_factory):
+    """A tiny random SAMBA bundle and one phantom case: for the plumbing, not the quality."""
     import torch
 
     from SAMBACore.phantom import write_case
@@ -54,17 +56,22 @@ def test_segment_with_a_bundle_and_an_roi(tmp_path):
     from SAMBASegmentLib.sam_model import build_sam
     from SAMBASegmentLib.samba_bundle import SambaModels, save_samba_bundle
 
+    folder = tmp_path_factory.mktemp("tiny")
     tiny = {"type": "small", "img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
             "prompt_embed_dim": 32, "mlp_dim": 64, "decoder_heads": 2}
     torch.manual_seed(0)
-    save_samba_bundle(tmp_path / "bundle", SambaModels(build_sam(tiny), None, voting.build_voting_net()),
+    save_samba_bundle(folder / "bundle", SambaModels(build_sam(tiny), None, voting.build_voting_net()),
                       {"sam": tiny, "voting": voting.CONFIG},
                       {"name": "tiny", "version": "0", "description": "random", "licence": "Apache-2.0",
                        "intended_use": "tests", "preprocessing": {}, "labels": {}, "training": {}, "metrics": {}})
-    case = write_case(tmp_path, "CASE", seed=3)
+    return folder / "bundle", write_case(folder / "cases", "CASE", seed=3)
+
+
+def test_segment_with_a_bundle_and_an_roi(tiny_bundle_and_case, tmp_path):
+    bundle, case = tiny_bundle_and_case
     out = tmp_path / "out.seg.nrrd"
     # BraTS voxel (i, j, k) sits at LPS (i, j - 239, k), i.e. RAS (-i, 239 - j, k).
-    result = run_cli("segment", str(case), "-o", str(out), "--bundle", str(tmp_path / "bundle"),
+    result = run_cli("segment", str(case), "-o", str(out), "--bundle", str(bundle),
                      "--roi=-80,150,40,-120,100,80", "--agreement", str(tmp_path / "agree.nrrd"))
     assert result.returncode == 0, result.stderr
     assert out.exists() and (tmp_path / "agree.nrrd").exists()
@@ -72,7 +79,16 @@ def test_segment_with_a_bundle_and_an_roi(tmp_path):
     seg = slicerio.read_segmentation(str(out))
     assert [s["name"] for s in seg["segments"]] == [s.name for s in LABEL_SEGMENTS.values()]
 
-    bad = run_cli("segment", str(case), "-o", str(out), "--bundle", str(tmp_path / "bundle"), "--roi", "1,2,3")
+    bad = run_cli("segment", str(case), "-o", str(out), "--bundle", str(bundle), "--roi", "1,2,3")
     assert bad.returncode == 2 and "six numbers" in bad.stderr
     missing = run_cli("segment", str(case), "-o", str(out), "--bundle", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "No model bundle" in missing.stderr
+
+
+def test_evaluate_scores_every_case(tiny_bundle_and_case):
+    bundle, case = tiny_bundle_and_case
+    result = run_cli("evaluate", str(case.parent), "--bundle", str(bundle), "--prompt", "roi", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["cases"] == 1 and set(report["mean"]) == {"ET", "TC", "WT"}
+    assert 0 <= report["mean"]["WT"]["dice"] <= 1
