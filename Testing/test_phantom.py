@@ -1,93 +1,133 @@
-"""Phantom cases: deterministic, BraTS-shaped, nested labels inside the brain, plausible contrasts."""
+"""Phantom cases: determinism, label geometry, per-modality contrasts, low-field look, files."""
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from scipy import ndimage
 
-from SAMBACore.brats import ET, NETC, SNFH, find_case_files, region_masks
-from SAMBACore.phantom import SHAPE, make_case, write_case
+from SAMBACore import brats, phantom
+
+SEEDS = range(5)
 
 
 @pytest.fixture(scope="module")
 def cases():
-    return {seed: make_case(seed) for seed in (0, 1, 2)}
+    return {seed: phantom.make_case(seed) for seed in SEEDS}
 
 
 @pytest.fixture(scope="module")
 def lowres():
-    return make_case(0, lowres=True)
+    return phantom.make_case(0, lowres=True)
 
 
-def test_same_seed_same_case_other_seed_other_tumour(cases):
-    again = make_case(0)
-    np.testing.assert_array_equal(again.labels, cases[0].labels)
-    for m in again.images:
-        np.testing.assert_array_equal(again.images[m], cases[0].images[m])
-    centres = [np.argwhere(c.labels > 0).mean(axis=0) for c in cases.values()]
-    assert min(np.linalg.norm(a - b) for i, a in enumerate(centres) for b in centres[i + 1:]) > 5
-    volumes_ml = [np.count_nonzero(c.labels) / 1000 for c in cases.values()]
-    assert all(5 <= v <= 250 for v in volumes_ml), volumes_ml
-    assert len({round(v) for v in volumes_ml}) == 3
+def _normal(case, tissue, threshold):
+    """Voxels almost purely of one healthy tissue, away from the tumour."""
+    far = ~ndimage.binary_dilation(case.labels > 0, iterations=3)
+    return (getattr(phantom._anatomy(), tissue) > threshold) & far
 
 
-def test_shapes_types_and_labels(cases):
-    for case in cases.values():
-        assert case.labels.shape == SHAPE and case.labels.dtype == np.uint8
-        assert set(np.unique(case.labels)) <= {0, NETC, SNFH, ET}
-        for image in case.images.values():
-            assert image.shape == SHAPE and image.dtype == np.float32 and np.isfinite(image).all()
+def test_shapes_dtypes_and_geometry(cases):
+    case = cases[0]
+    assert set(case.images) == set(brats.MODALITIES)
+    for image in case.images.values():
+        assert image.shape == phantom.SHAPE == (155, 240, 240)
+        assert image.dtype == np.float32
+        assert image.min() >= 0 and image[0, 0, 0] == 0  # skull-stripped: background exactly 0
+        assert 300 < np.median(image[image > 0]) < 1000  # BraTS-like scale
+    assert case.labels.dtype == np.uint8 and case.labels.shape == phantom.SHAPE
+    assert set(np.unique(case.labels)) <= {0, 1, 2, 3}
+    assert case.spacing == (1.0, 1.0, 1.0) and case.origin == (0.0, -239.0, 0.0)
 
 
-def test_tumour_is_inside_the_brain_and_nested(cases):
-    for case in cases.values():
-        brain = case.images["t1"] > 0
-        assert not (case.labels.astype(bool) & ~brain).any()
-        masks = region_masks(case.labels)
-        # The core (NETC + ET) is wrapped by edema: most of its outer surface touches SNFH, not brain.
-        core = masks["TC"]
-        shell = ndimage.binary_dilation(core) & ~core
-        assert np.mean(case.labels[shell] == SNFH) > 0.7
-        assert masks["ET"].any()
+def test_same_seed_is_bit_identical(cases):
+    again = phantom.make_case(1)
+    np.testing.assert_array_equal(again.labels, cases[1].labels)
+    for key in brats.MODALITIES:
+        np.testing.assert_array_equal(again.images[key], cases[1].images[key])
 
 
-def test_relative_contrasts_per_modality(cases):
-    for case in cases.values():
-        im, lab = case.images, case.labels
-        brain = im["t1"] > 0
-        healthy = brain & (lab == 0)
-        # Normal white matter: the brightest healthy tissue on T1.
-        wm = healthy & (im["t1"] > np.percentile(im["t1"][healthy], 80))
-        assert im["flair"][lab == SNFH].mean() > 1.3 * im["flair"][wm].mean()
-        assert im["t1ce"][lab == ET].mean() > 1.2 * im["t1ce"][wm].mean()
-        if np.count_nonzero(lab == NETC) > 1000:  # a core of a few voxels is all partial volume
-            assert im["t1ce"][lab == ET].mean() > 2 * im["t1ce"][lab == NETC].mean()
-        csf_on_t1 = healthy & (im["t1"] < np.percentile(im["t1"][healthy], 5))
-        assert im["t2"][csf_on_t1].mean() > im["t2"][wm].mean()
+def test_seeds_give_different_tumours(cases):
+    centroids = [np.argwhere(c.labels > 0).mean(axis=0) for c in cases.values()]
+    volumes = [(c.labels > 0).sum() / 1000 for c in cases.values()]  # mL at 1 mm
+    for i in range(len(centroids)):
+        for j in range(i):
+            assert np.linalg.norm(centroids[i] - centroids[j]) > 5
+    assert all(8 <= v <= 160 for v in volumes), volumes
+    assert max(volumes) > 2 * min(volumes), volumes
+    # Label mix varies too: some cores almost without necrosis, some largely necrotic.
+    necrotic = [(c.labels == brats.NETC).sum() / np.isin(c.labels, (1, 3)).sum() for c in cases.values()]
+    assert min(necrotic) < 0.1 and max(necrotic) > 0.2, necrotic
 
 
-def test_lowres_is_blurrier_along_z_and_noisier(cases, lowres):
-    def z_detail(image):  # energy of slice-to-slice change inside the brain
-        return np.abs(np.diff(image, axis=0))[(image[1:] > 0) & (image[:-1] > 0)].mean()
+@pytest.mark.parametrize("seed", SEEDS)
+def test_labels_are_nested_inside_the_brain(cases, seed):
+    labels = cases[seed].labels
+    assert (cases[seed].images["t1"][labels > 0] > 0).all()  # tumour only where there is brain
+    assert (labels == brats.ET).sum() > 500 and (labels == brats.SNFH).sum() > 2000
+    core = np.isin(labels, (brats.NETC, brats.ET))
+    ring = ndimage.binary_dilation(core) & ~core
+    assert (labels[ring] == 0).mean() < 0.25  # edema surrounds the core
+    # Necrosis sits inside the enhancing rim: it rarely touches edema or background.
+    necrosis = labels == brats.NETC
+    if necrosis.sum() > 200:
+        around = ndimage.binary_dilation(necrosis) & ~necrosis
+        assert (labels[around] == brats.ET).mean() > 0.7
 
-    def in_plane_noise(image):  # high-frequency residual within slices
-        smooth = ndimage.uniform_filter(image, size=(1, 3, 3))
-        inside = ndimage.binary_erosion(image > 0, iterations=3)
-        return np.abs(image - smooth)[inside].mean() / image[inside].mean()
 
-    normal = cases[0].images["flair"]
-    low = lowres.images["flair"]
-    assert z_detail(low) / in_plane_noise(low) < z_detail(normal) / in_plane_noise(normal)
-    assert in_plane_noise(low) > in_plane_noise(normal)
-    np.testing.assert_array_equal(lowres.labels, cases[0].labels)  # the truth stays on the 1 mm grid
+@pytest.mark.parametrize("seed", SEEDS)
+def test_relative_contrasts(cases, seed):
+    case = cases[seed]
+    mean = {k: lambda mask, k=k: float(case.images[k][mask].mean()) for k in brats.MODALITIES}
+    wm, gm, csf = _normal(case, "wm", 0.95), _normal(case, "gm", 0.8), _normal(case, "csf", 0.95)
+    edema, et, netc = (case.labels == v for v in (brats.SNFH, brats.ET, brats.NETC))
+    assert mean["t1"](wm) > mean["t1"](gm) > mean["t1"](csf)
+    assert mean["t1ce"](et) > 1.15 * mean["t1ce"](wm)
+    assert mean["t2"](csf) > mean["t2"](gm) > mean["t2"](wm)
+    assert mean["t2"](edema) > mean["t2"](wm)
+    assert mean["flair"](edema) > 1.3 * mean["flair"](wm)
+    assert mean["flair"](csf) < mean["flair"](wm)
+    if netc.sum() > 1000:
+        assert mean["t1ce"](et) > mean["t1ce"](netc)
+        assert mean["t1"](netc) < mean["t1"](wm)
 
 
-@pytest.mark.parametrize("naming, et_value", [("2023", 3), ("2021", 4)])
-def test_written_case_follows_brats_naming(tmp_path, naming, et_value):
-    folder = write_case(tmp_path, "CASE", seed=0, naming=naming)
-    files = find_case_files(folder, need_seg=True)
-    assert files["t1ce"].name == ("CASE-t1c.nii.gz" if naming == "2023" else "CASE_t1ce.nii.gz")
-    seg = sitk.ReadImage(str(files["seg"]))
+def _z_over_x_gradient(image, mask):
+    dz = np.abs(np.diff(image, axis=0))[mask[1:] & mask[:-1]].mean()
+    dx = np.abs(np.diff(image, axis=2))[mask[:, :, 1:] & mask[:, :, :-1]].mean()
+    return dz / dx, dx / image[mask].mean()
+
+
+def test_lowres_is_blurred_along_z_and_noisier(cases, lowres):
+    np.testing.assert_array_equal(lowres.labels, cases[0].labels)  # same anatomy and tumour
+    wm = _normal(cases[0], "wm", 0.95)
+    for key in brats.MODALITIES:
+        z_ratio_hi, noise_hi = _z_over_x_gradient(cases[0].images[key], wm)
+        z_ratio_lo, noise_lo = _z_over_x_gradient(lowres.images[key], wm)
+        assert z_ratio_hi > 0.8 and z_ratio_lo < 0.5 * z_ratio_hi  # thick slices smear along z
+        assert noise_lo > 1.5 * noise_hi  # in-plane voxel-to-voxel noise
+    # Lower contrast: FLAIR edema stands out less from white matter.
+    edema = cases[0].labels == brats.SNFH
+    contrast = [c.images["flair"][edema].mean() / c.images["flair"][wm].mean() for c in (cases[0], lowres)]
+    assert contrast[1] < contrast[0]
+
+
+@pytest.mark.parametrize(
+    "naming, suffixes, et_value",
+    [("2021", ("t1", "t1ce", "t2", "flair", "seg"), 4), ("2023", ("t1n", "t1c", "t2w", "t2f", "seg"), 3)],
+)
+def test_write_cases(tmp_path, cases, naming, suffixes, et_value):
+    sitk = pytest.importorskip("SimpleITK")
+    calls = []
+    folders = phantom.write_cases(tmp_path, 1, seed=2, naming=naming, progress=lambda *a: calls.append(a))
+    case_id = "PHANTOM_00002" if naming == "2021" else "PHANTOM-00002-000"
+    assert folders == [tmp_path / case_id] and calls == [(0, 1, folders[0])]
+    sep = brats.SEPARATOR[naming]
+    assert sorted(p.name for p in folders[0].iterdir()) == sorted(f"{case_id}{sep}{s}.nii.gz" for s in suffixes)
+    seg = sitk.ReadImage(str(folders[0] / f"{case_id}{sep}seg.nii.gz"))
     assert seg.GetSize() == (240, 240, 155) and seg.GetSpacing() == (1.0, 1.0, 1.0)
-    values = set(np.unique(sitk.GetArrayFromImage(seg)).tolist())
-    assert et_value in values and ({3, 4} - {et_value}).isdisjoint(values)
+    assert seg.GetOrigin() == (0.0, -239.0, 0.0)
+    values = sitk.GetArrayFromImage(seg)
+    assert set(np.unique(values)) == {0, 1, 2, et_value}
+    np.testing.assert_array_equal(brats.to_internal_labels(values, naming), cases[2].labels)
+    flair = sitk.ReadImage(str(folders[0] / brats.case_file_name(case_id, "flair", naming)))
+    assert flair.GetSize() == (240, 240, 155)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(flair), cases[2].images["flair"])
