@@ -256,6 +256,22 @@ def modality_nodes(scene, need_seg: bool = False) -> dict:
 
 def ras_to_ijk(volume_node, ras) -> np.ndarray:
     """Continuous (i, j, k) voxel coordinates of RAS points (N, 3) in this volume."""
-    matrix = np.linalg.inv(ijk_to_ras(volume_node))
-    points = np.column_stack([np.asarray(ras, float).reshape(-1, 3), np.ones(len(np.asarray(ras).reshape(-1, 3)))])
-    return (points @ matrix.T)[:, :3]
+    ras = np.asarray(ras, float).reshape(-1, 3)
+    points = np.column_stack([ras, np.ones(len(ras))])
+    return (points @ np.linalg.inv(ijk_to_ras(volume_node)).T)[:, :3]
+
+
+def ras_box_to_voxels(volume_node, corner_a, corner_b):
+    """An axis-aligned RAS box (two opposite corners, mm) as inclusive (k, j, i) voxel corners:
+    the voxel box holding all eight corners, so an oblique volume still gets the whole box."""
+    corners = [(x, y, z) for x in (corner_a[0], corner_b[0]) for y in (corner_a[1], corner_b[1]) for z in (corner_a[2], corner_b[2])]
+    ijk = ras_to_ijk(volume_node, corners)
+    low, high = np.floor(ijk.min(axis=0)).astype(int), np.ceil(ijk.max(axis=0)).astype(int)
+    return tuple(int(v) for v in low[::-1]), tuple(int(v) for v in high[::-1])
+
+
+def roi_node_to_voxels(roi_node, volume_node):
+    """A markups ROI drawn in Slicer as inclusive (k, j, i) voxel corners of `volume_node`."""
+    bounds = [0.0] * 6
+    roi_node.GetRASBounds(bounds)
+    return ras_box_to_voxels(volume_node, bounds[0::2], bounds[1::2])

@@ -33,54 +33,55 @@ def _phantom(args) -> int:
 
 
 def _demo(args) -> int:
-    """Phantom case -> Slicer storage nodes -> segmentation -> .seg.nrrd -> Dice, timing each stage."""
+    """Phantom case -> Slicer storage nodes -> SAMBA with the demo bundle -> .seg.nrrd -> Dice, timed."""
     from SAMBACore import bridge, metrics
-    from SAMBACore.brats import find_case_files, to_internal_labels
+    from SAMBACore.brats import MODALITIES, find_case_files, to_internal_labels
+    from SAMBACore.device import choose_device
     from SAMBACore.phantom import write_case
     from SAMBASegmentLib.logic import SAMBASegmentCore
 
     out_dir = Path(args.out_dir)
-    times = {}
+    seconds: dict[str, float] = {}
+    clock = [time.perf_counter()]
 
     def stage(name):
-        times[name] = time.perf_counter()
-        print(f"- {name} ...", flush=True)
+        now = time.perf_counter()
+        seconds[name] = now - clock[0]
+        clock[0] = now
 
-    stage("make a phantom case (MNI152 brain + synthetic glioma)")
+    print(f"Making a phantom case (MNI152 brain, synthetic glioma, seed {args.seed}) ...", flush=True)
     case_dir = write_case(out_dir, f"PHANTOM-{args.seed:05d}-000", seed=args.seed, lowres=args.lowres)
-    stage("load the four volumes through Slicer's storage nodes")
+    stage("phantom")
     scene = bridge.get_scene()
     files = find_case_files(case_dir, need_seg=True)
-    nodes = {key: bridge.load_volume(scene, path) for key, path in files.items() if key != "seg"}
-    stage("segment (threshold baseline: FLAIR and T1CE rules)")
-    segmentation = SAMBASegmentCore().process(scene, nodes, name="Tumour segmentation")
-    stage("write the Slicer segmentation")
+    nodes = {key: bridge.load_volume(scene, files[key]) for key in MODALITIES}
+    stage("load volumes")
+    core = SAMBASegmentCore()
+    core.models(args.bundle, choose_device(args.device))
+    stage("load models")
+    print(f"Segmenting with SAMBA (bundle {args.bundle}, YOLO boxes) ...", flush=True)
+    request = core.prepare(nodes, method="samba", bundle=args.bundle, prompt="yolo", device=choose_device(args.device))
+    result = core.compute(request, lambda fraction, message: print(f"  [{fraction:4.0%}] {message}", flush=True))
+    seconds.update({f"SAMBA {name}": value for name, value in result.seconds.items()})
+    clock[0] = time.perf_counter()
+    segmentation, _ = core.finish(scene, result, nodes["t1"], name="Tumour segmentation")
     out_path = bridge.save_segmentation(segmentation, out_dir / f"{case_dir.name}.seg.nrrd")
-    stage("score against the phantom's ground truth")
+    stage("write .seg.nrrd")
     truth = to_internal_labels(bridge.array_from_volume(bridge.load_volume(scene, files["seg"])))
-    spacing = tuple(reversed(nodes["t1"].GetSpacing()))
-    predicted = bridge.labels_from_segmentation(segmentation, nodes["t1"], {"NETC": 1, "SNFH": 2, "ET": 3})
-    scores = metrics.region_metrics(predicted, truth, spacing)
-    times["end"] = time.perf_counter()
+    scores = metrics.region_metrics(result.labels, truth, tuple(reversed(nodes["t1"].GetSpacing())))
 
-    names = list(times)
-    durations = {names[i]: times[names[i + 1]] - times[names[i]] for i in range(len(names) - 1)}
-    print(f"\nCase: {case_dir}\nSegmentation: {out_path}")
+    print(f"\nCase: {case_dir}\nSegmentation: {out_path} (segments NETC, SNFH, ET)")
     print("Region  Dice   HD95 (mm)")
     for region, values in scores.items():
         print(f"{region:<6}  {values['dice']:.3f}  {values['hd95']:.1f}")
-    print("Time per stage: " + ", ".join(f"{name.split(' (')[0]} {seconds:.1f} s" for name, seconds in durations.items()))
+    print("Time per stage: " + ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items()))
     if args.json:
-        print(json.dumps({"case": str(case_dir), "segmentation": str(out_path), "metrics": scores, "seconds": durations}))
+        print(json.dumps({"case": str(case_dir), "segmentation": str(out_path), "metrics": scores, "seconds": seconds}))
     return 0
 
 
 def _roi_ijk(reference, values: str):
     """--roi R,A,S,R,A,S (two opposite corners in mm) -> inclusive (k, j, i) voxel corners."""
-    import itertools
-
-    import numpy as np
-
     from SAMBACore import bridge
 
     try:
@@ -89,10 +90,7 @@ def _roi_ijk(reference, values: str):
         numbers = []
     if len(numbers) != 6:
         raise ValueError(f"--roi wants six numbers R,A,S,R,A,S (two corners in mm), got {values!r}.")
-    corners = np.array(list(itertools.product(*zip(numbers[:3], numbers[3:]))))  # the box's 8 corners
-    ijk = bridge.ras_to_ijk(reference, corners)
-    low, high = np.floor(ijk.min(axis=0)).astype(int), np.ceil(ijk.max(axis=0)).astype(int)
-    return tuple(low[::-1]), tuple(high[::-1])
+    return bridge.ras_box_to_voxels(reference, numbers[:3], numbers[3:])
 
 
 def _segment(args) -> int:
@@ -185,10 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--naming", choices=("2023", "2021"), default="2023", help="BraTS file naming and labels")
     phantom.set_defaults(run=_phantom)
 
-    demo = commands.add_parser("demo", help="make a phantom case, segment it, write the .seg.nrrd and score it")
+    demo = commands.add_parser("demo", help="make a phantom case, segment it with SAMBA, write the .seg.nrrd and score it")
     demo.add_argument("-o", "--out-dir", default=Path("out/demo"), type=Path, help="where to write (default out/demo)")
     demo.add_argument("--seed", type=int, default=DEMO_SEED, help=f"phantom seed (default {DEMO_SEED})")
     demo.add_argument("--lowres", action="store_true", help="use a low-field-like phantom")
+    demo.add_argument("--bundle", default="phantom-demo", help="bundle folder or bundled name (default phantom-demo)")
+    demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     demo.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     demo.set_defaults(run=_demo)
 

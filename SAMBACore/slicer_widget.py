@@ -68,3 +68,34 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkCanApply(self, caller=None, event=None):
         """Overridden by each module: enable its buttons when the parameters allow a run."""
+
+
+def ensure_packages(packages: dict[str, str]) -> bool:
+    """Make sure the Python packages a module needs are importable; ask before installing any.
+
+    `packages` maps import names to pinned pip requirements. torch comes from the PyTorch
+    extension (its PyTorchUtils picks the build that fits this computer's GPU and driver).
+    Returns False when the user declines or PyTorch cannot be had; nothing is changed then.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            slicer.util.errorDisplay("This module needs PyTorch: install the PyTorch extension from the "
+                                     "Extension Manager, restart Slicer, and press Apply again.")
+            return False
+        if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True) is None:
+            return False
+    missing = [requirement for name, requirement in packages.items() if importlib.util.find_spec(name) is None]
+    if not missing:
+        return True
+    if not slicer.util.confirmOkCancelDisplay(
+        f"This module needs these Python packages: {', '.join(missing)}.\n\nInstall them now? They are "
+        "downloaded from the Python package index; this can take a few minutes."
+    ):
+        return False
+    with slicer.util.WaitCursor():
+        slicer.util.pip_install(missing)
+    return True

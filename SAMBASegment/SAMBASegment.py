@@ -6,10 +6,12 @@ widget bound to a parameter node, the logic entry point for the Python console, 
 
 import os
 import sys
+from typing import Annotated
 
+import qt
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
 
 try:  # installed: SAMBACore sits beside the modules; from source: one folder up
@@ -18,10 +20,15 @@ except ImportError:
     sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from SAMBACore import bridge
+from SAMBACore.background import BackgroundJob
 from SAMBACore.brats import MODALITIES, ModalityError
-from SAMBACore.slicer_widget import ParameterNodeWidget
+from SAMBACore.metrics import volumes_ml
+from SAMBACore.slicer_widget import ParameterNodeWidget, ensure_packages
 from SAMBASegmentLib.logic import SAMBASegmentCore
 from SAMBASegmentLib.selftest import run_self_test
+
+METHODS = {"SAMBA": "samba", "Threshold baseline": "threshold"}
+PROMPTS = {"YOLO localizer": "yolo", "Drawn ROI": "roi", "Existing segmentation": "mask"}
 
 
 class SAMBASegment(ScriptedLoadableModule):
@@ -32,13 +39,15 @@ class SAMBASegment(ScriptedLoadableModule):
         self.parent.contributors = ["SlicerSAMBA team (SlicerSAMBA)"]
         self.parent.helpText = (
             "Segments a brain tumour into necrotic/non-enhancing core (NETC), edema (SNFH) and enhancing "
-            "tumour (ET) from the four BraTS MRI volumes (T1, T1CE, T2, FLAIR), which must share one voxel grid. "
-            "Inputs are filled in from volume names. Until SAMBA model weights are bundled this module runs "
-            "the classical threshold baseline. See https://github.com/SlicerSAMBA/SlicerSAMBA."
+            "tumour (ET) from the four BraTS MRI volumes (T1, T1CE, T2, FLAIR) on one voxel grid. SAMBA boxes "
+            "the tumour on each slice (YOLO, or a box you draw: the more accurate choice), segments it with "
+            "Segment Anything per modality and view, and fuses the 12 masks with a small voting network. "
+            "The bundled 'phantom-demo' models were trained on synthetic phantoms: they show the method "
+            "works, not how it does on patients. See https://github.com/SlicerSAMBA/SlicerSAMBA."
         )
         self.parent.acknowledgementText = (
             "SAMBA: Barakat, Magdy et al., BraTS 2023 (LNCS 14669). Built on 3D Slicer, Segment Anything, "
-            "Ultralytics YOLOv8 and PEFT."
+            "Ultralytics YOLOv8, MONAI and PEFT."
         )
 
 
@@ -48,11 +57,20 @@ class SAMBASegmentParameterNode:
     t1ce: vtkMRMLScalarVolumeNode
     t2: vtkMRMLScalarVolumeNode
     flair: vtkMRMLScalarVolumeNode
+    method: Annotated[str, Choice(list(METHODS))] = "SAMBA"
+    bundle: str = "phantom-demo"
+    prompt: Annotated[str, Choice(list(PROMPTS))] = "YOLO localizer"
+    roi: vtkMRMLMarkupsROINode
+    promptSegmentation: vtkMRMLSegmentationNode
+    mode: Annotated[str, Choice(["samba", "samba-mc"])] = "samba"
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
+    agreementMap: bool = True
 
 
 class SAMBASegmentLogic(ScriptedLoadableModuleLogic, SAMBASegmentCore):
-    """From the Python console: `SAMBASegmentLogic().run(t1, t1ce, t2, flair)` returns the segmentation."""
+    """From the Python console: `SAMBASegmentLogic().run(t1, t1ce, t2, flair)` returns the segmentation;
+    keywords as in SAMBASegmentCore.prepare (method, bundle, prompt, mode, roi_node, device)."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -61,9 +79,9 @@ class SAMBASegmentLogic(ScriptedLoadableModuleLogic, SAMBASegmentCore):
     def getParameterNode(self):
         return SAMBASegmentParameterNode(super().getParameterNode())
 
-    def run(self, t1, t1ce, t2, flair, output=None, progress=None):
+    def run(self, t1, t1ce, t2, flair, output=None, progress=None, **options):
         nodes = dict(zip(MODALITIES, (t1, t1ce, t2, flair)))
-        return self.process(slicer.mrmlScene, nodes, output=output, progress=progress)
+        return self.process(slicer.mrmlScene, nodes, output=output, progress=progress, **options)
 
 
 class SAMBASegmentWidget(ParameterNodeWidget):
@@ -71,7 +89,12 @@ class SAMBASegmentWidget(ParameterNodeWidget):
 
     def setup(self):
         super().setup()
+        self._job = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self._pollJob)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.initializeParameterNode()
 
     def initializeParameterNode(self):
@@ -85,20 +108,78 @@ class SAMBASegmentWidget(ParameterNodeWidget):
                 pass  # the user picks them; Apply explains what is missing
 
     def _checkCanApply(self, caller=None, event=None):
-        missing = [m for m in MODALITIES if getattr(self._parameterNode, m) is None]
-        self.ui.applyButton.enabled = not missing
+        p = self._parameterNode
+        missing = [m for m in MODALITIES if getattr(p, m) is None]
+        samba = METHODS[p.method] == "samba"
+        if samba and PROMPTS[p.prompt] == "roi" and p.roi is None:
+            missing.append("an ROI around the tumour")
+        if samba and PROMPTS[p.prompt] == "mask" and p.promptSegmentation is None:
+            missing.append("a prompt segmentation")
+        for name in ("bundleLineEdit", "promptComboBox", "modeComboBox", "roiSelector", "promptSegmentationSelector"):
+            getattr(self.ui, name).enabled = samba
+        running = self._job is not None
+        self.ui.applyButton.enabled = not missing and not running
         self.ui.applyButton.toolTip = f"Select {', '.join(missing)} first." if missing else "Segment the tumour sub-regions."
 
     def onApplyButton(self):
-        parameters = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Segmentation failed; the scene is unchanged.", waitCursor=True):
-            node = self.logic.run(
-                parameters.t1, parameters.t1ce, parameters.t2, parameters.flair,
-                output=parameters.outputSegmentation,
-                progress=lambda fraction, message: self.ui.statusLabel.setText(message),
+        p = self._parameterNode
+        method = METHODS[p.method]
+        if method == "samba" and not ensure_packages({"segment_anything": "segment-anything==1.0",
+                                                      "ultralytics": "ultralytics==8.4.190", "monai": "monai==1.6.1"}):
+            return
+        nodes = {m: getattr(p, m) for m in MODALITIES}
+        with slicer.util.tryWithErrorDisplay("Cannot start: the scene is unchanged.", waitCursor=True):
+            from SAMBACore.device import choose_device
+
+            request = self.logic.prepare(
+                nodes, method=method, bundle=p.bundle, prompt=PROMPTS[p.prompt], mode=p.mode,
+                roi_node=p.roi if PROMPTS[p.prompt] == "roi" else None,
+                prompt_segmentation=p.promptSegmentation if PROMPTS[p.prompt] == "mask" else None,
+                device=choose_device(p.device),
             )
-            parameters.outputSegmentation = node
-            self.ui.statusLabel.setText(f"Done: {node.GetName()}")
+            self._reference = nodes[MODALITIES[0]]
+            self._job = BackgroundJob(lambda progress: self.logic.compute(request, progress)).start()
+            self.ui.progressBar.visible = True
+            self.ui.progressBar.value = 0
+            self.ui.cancelButton.enabled = True
+            self._timer.start()
+            self._checkCanApply()
+
+    def onCancelButton(self):
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.statusLabel.text = "Cancelling at the next step..."
+
+    def _pollJob(self):
+        job = self._job
+        for fraction, message in job.poll():
+            self.ui.progressBar.value = int(100 * fraction)
+            self.ui.statusLabel.text = message
+        if not job.done:
+            return
+        self._timer.stop()
+        self._job = None
+        self.ui.cancelButton.enabled = False
+        self.ui.progressBar.visible = False
+        self._checkCanApply()
+        if job.cancelled:
+            self.ui.statusLabel.text = "Cancelled: nothing was changed."
+        elif job.error is not None:
+            advice = " Try Device: cpu, or close other programs." if isinstance(job.error, MemoryError) else ""
+            slicer.util.errorDisplay(f"Segmentation failed; the scene is unchanged.\n\n{job.error}{advice}")
+            self.ui.statusLabel.text = "Failed: nothing was changed."
+        else:
+            self._showResult(job.result)
+
+    def _showResult(self, result):
+        p = self._parameterNode
+        segmentation, _ = self.logic.finish(slicer.mrmlScene, result, self._reference, p.outputSegmentation,
+                                            agreement=p.agreementMap)
+        p.outputSegmentation = segmentation
+        volumes = volumes_ml(result.labels, tuple(reversed(self._reference.GetSpacing())))
+        found = ", ".join(f"{name} {ml:.1f} mL" for name, ml in volumes.items())
+        self.ui.statusLabel.text = found if result.tumour_found else (
+            "No tumour found: the segmentation is empty. Draw an ROI around the lesion and use 'Drawn ROI'.")
 
 
 class SAMBASegmentTest(ScriptedLoadableModuleTest):

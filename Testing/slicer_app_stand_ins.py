@@ -1,8 +1,8 @@
 """Stand-ins for the parts of the Slicer application that slicer-core does not ship.
 
 slicer-core has Slicer's MRML, Segmentations and Volumes libraries but no Qt, so the module
-files' base classes (slicer.ScriptedLoadableModule) and the parameter-node wrapper cannot be
-imported here. These minimal stand-ins, and nothing else, let CI import the real module files
+files' base classes (slicer.ScriptedLoadableModule), the parameter-node wrapper and the `qt`
+module cannot be imported here. These minimal stand-ins, and nothing else, let CI import the real module files
 and run their Logic and Test classes on a real slicer-core scene. The widgets are not run.
 """
 
@@ -47,8 +47,11 @@ def _install() -> None:
         setattr(loadable, cls.__name__, cls)
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
     wrapper.parameterNodeWrapper = lambda cls: cls  # the annotated class itself; no GUI binding here
+    wrapper.Choice = lambda choices: tuple(choices)  # only read by the GUI binding
+    qt = types.ModuleType("qt")  # Qt itself: only the widgets use it, and they are not run here
     sys.modules[loadable.__name__] = loadable
     sys.modules[wrapper.__name__] = wrapper
+    sys.modules.setdefault("qt", qt)
     slicer.ScriptedLoadableModule = loadable
     slicer.parameterNodeWrapper = wrapper
 

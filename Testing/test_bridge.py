@@ -139,3 +139,17 @@ def test_label_shape_mismatch_is_refused(scene, oblique_file):
     reference = bridge.load_volume(scene, oblique_file[0])
     with pytest.raises(ValueError, match="does not match"):
         bridge.segmentation_from_labels(scene, np.zeros((3, 3, 3), np.uint8), reference, LABEL_SEGMENTS, "x")
+
+
+def test_roi_in_ras_maps_to_the_voxels_it_covers(scene, oblique_file):
+    import slicer
+
+    reference = bridge.load_volume(scene, oblique_file[0])
+    matrix = bridge.ijk_to_ras(reference)
+    inside = (matrix @ np.array([5, 4, 3, 1.0]))[:3]  # voxel i=5, j=4, k=3
+    roi = slicer.vtkMRMLMarkupsROINode()
+    roi.SetXYZ(*inside)
+    roi.SetRadiusXYZ(0.1, 0.1, 0.1)
+    low, high = bridge.roi_node_to_voxels(roi, reference)
+    assert all(lo <= v <= hi for lo, v, hi in zip(low, (3, 4, 5), high))
+    assert all(hi - lo <= 2 for lo, hi in zip(low, high)), "a tiny box covers only the voxels around it"

@@ -38,10 +38,10 @@ def test_samba_logic_from_the_console(app_scene, tmp_path):
     module = import_module_file("SAMBASegment")
     files = find_case_files(write_case(tmp_path, "C", seed=20010))
     nodes = [bridge.load_volume(app_scene, files[m]) for m in MODALITIES]
-    segmentation = module.SAMBASegmentLogic().run(*nodes)
+    segmentation = module.SAMBASegmentLogic().run(*nodes, method="threshold")
     assert segmentation.GetScene() is app_scene
     count = app_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
-    again = module.SAMBASegmentLogic().run(*nodes, output=segmentation)
+    again = module.SAMBASegmentLogic().run(*nodes, output=segmentation, method="threshold")
     assert again is segmentation
     assert app_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == count
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 3
