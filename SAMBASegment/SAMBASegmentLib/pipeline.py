@@ -4,8 +4,8 @@
    paper), or a user ROI projected onto every slice it crosses, or boxes from a segmentation.
 2. SAM on every slice that has a box, per modality and view: 12 binary vote volumes
    (SAMBA-mc: 12 votes for each of WT, TC, ET).
-3. Fusion: the voting network on the 4 images + 12 votes (or, without one, and always for
-   SAMBA-mc, the majority of the votes per region).
+3. Fusion: the voting network on the 4 images + 12 votes; for SAMBA-mc, the majority of the
+   votes per region.
 4. The agreement map: per voxel, the fraction of the 12 whole-tumour votes that say tumour.
 """
 
@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from SAMBACore.brats import MODALITIES
+from SAMBACore.brats import MODALITIES, SNFH
 from SAMBASegmentLib import localizer, voting
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask, boxes_from_roi
 from SAMBASegmentLib.sam_runner import EmbeddingCache, segment_stack
@@ -83,6 +83,9 @@ def run_samba(
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
+    if mode == "samba" and models.voting is None and not keep_votes:
+        raise ValueError("This bundle has no voting network to split the tumour into sub-regions: "
+                         "use mode samba-mc, or a bundle with a voting network.")
     report = progress or (lambda fraction, message: None)
     multimask = mode == "samba-mc"
     seconds: dict[str, float] = {"prompts": 0.0, "sam": 0.0}
@@ -114,8 +117,10 @@ def run_samba(
     agreement = whole_votes.mean(axis=0, dtype=np.float32)
     if not any(counts.values()):  # no slice had a prompt: nothing to fuse, and no tumour to report
         labels = np.zeros(shape, np.uint8)
-    elif multimask or models.voting is None:
+    elif multimask:
         labels = voting.regions_to_labels(votes.mean(axis=0) > 0.5)
+    elif models.voting is None:  # votes only wanted (training the voting net): whole tumour as a stand-in
+        labels = np.where(agreement > 0.5, SNFH, 0).astype(np.uint8)
     else:
         labels = voting.predict_labels(models.voting, voting.voting_inputs(images, whole_votes), device=device)
     seconds["fusion"] = time.perf_counter() - started

@@ -3,7 +3,7 @@
 Components (SAMBACore.bundles format, safetensors, sha256-checked on load):
   sam     kind "sam"     config: sam_model.build_sam config   (the whole SAM, small or official shape)
   yolo    kind "yolo"    config: localizer.CONFIG             (optional: without it, ROI or mask prompts only)
-  voting  kind "voting"  config: voting.CONFIG                (optional: without it, majority vote)
+  voting  kind "voting"  config: voting.CONFIG                (optional: without it, SAMBA-mc mode only)
 """
 
 from __future__ import annotations
