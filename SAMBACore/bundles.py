@@ -222,3 +222,19 @@ def save_bundle(path, manifest: dict, state_dicts: dict[str, dict[str, torch.Ten
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return Bundle(path, manifest)
+
+
+def record_metrics(path, name: str, metrics: dict) -> None:
+    """Store measured metrics under manifest["metrics"][name]; the manifest is replaced atomically."""
+    bundle = load_bundle(path)
+    manifest = dict(bundle.manifest)
+    manifest["metrics"] = {**manifest.get("metrics", {}), name: metrics}
+    target = Path(path) / MANIFEST
+    partial = target.with_name(f".{MANIFEST}.{uuid.uuid4().hex[:8]}")
+    try:
+        partial.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(partial, target)
+    except OSError as e:
+        raise BundleError(f"{target}: could not record metrics ({e.strerror}); the manifest is unchanged") from None
+    finally:
+        partial.unlink(missing_ok=True)

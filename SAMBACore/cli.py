@@ -163,6 +163,13 @@ def _evaluate(args) -> int:
     print(f"Mean over {report['cases']} case(s), {args.prompt} prompts, {args.mode}: "
           + ", ".join(f"{r} Dice {v['dice']:.3f} HD95 {v['hd95']:.1f} mm" for r, v in report["mean"].items())
           + f"; {report['mean_seconds']:.0f} s per case")
+    if args.record:
+        from SAMBACore.bundles import record_metrics
+
+        summary = {k: report[k] for k in ("prompt", "mode", "cases", "mean", "mean_seconds")}
+        summary["data"] = str(args.data_dir)
+        record_metrics(resolve_bundle(args.bundle), args.record, summary)
+        print(f"Recorded as metrics '{args.record}' in the bundle's manifest.")
     if args.json:
         print(json.dumps(report))
     return 0
@@ -223,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--mode", choices=("samba", "samba-mc"), default="samba")
     evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     evaluate.add_argument("--json", action="store_true", help="also print the full report as one JSON line")
+    evaluate.add_argument("--record", metavar="NAME", help="store the means in the bundle's manifest under metrics.NAME")
     evaluate.set_defaults(run=_evaluate)
     return parser
 

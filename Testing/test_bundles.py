@@ -311,3 +311,17 @@ def test_local_file_is_verified_then_copied(tmp_path, monkeypatch):
     assert path.read_bytes() == picked.read_bytes() and picked.exists()
     with pytest.raises(DownloadError, match="no known sha256"):
         fetch(url, None, cache=cache)
+
+
+def test_record_metrics_keeps_weights_and_earlier_metrics(tmp_path):
+    from SAMBACore.bundles import record_metrics
+
+    model = torch.nn.Linear(2, 2)
+    manifest = {"name": "m", "version": "1", "description": "d", "licence": "Apache-2.0", "intended_use": "tests",
+                "components": {"net": {"kind": "unet", "config": {}}}, "preprocessing": {}, "labels": {},
+                "training": {}, "metrics": {"old": 1}}
+    save_bundle(tmp_path / "b", manifest, {"net": model.state_dict()})
+    record_metrics(tmp_path / "b", "held-out", {"WT": 0.9})
+    bundle = load_bundle(tmp_path / "b")  # still verifies: the weights were not touched
+    assert bundle.manifest["metrics"] == {"old": 1, "held-out": {"WT": 0.9}}
+    assert [p.name for p in (tmp_path / "b").iterdir() if p.name.startswith(".")] == []
