@@ -103,19 +103,11 @@ def _write(storage_node, node, path: Path) -> None:
         raise BridgeError(f"Could not write {path}: check that the folder exists, is writable and has free space.")
 
 
-def load_volume(scene, path, name: str | None = None):
-    """Read a NIfTI/NRRD/MHA volume through Slicer's storage node into a new volume node.
-
-    On failure nothing is left in the scene.
-    """
+def _load(scene, path, node, storage):
+    """Read `path` into `node` through `storage`; on failure neither is left in the scene."""
     path = Path(path)
     if not path.is_file():
         raise BridgeError(f"{path} does not exist: check the path.")
-    if name is None:
-        name = path.name.split(".")[0]
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    node = slicer.vtkMRMLScalarVolumeNode()
-    node.SetName(name)
     scene.AddNode(storage)
     scene.AddNode(node)
     node.SetAndObserveStorageNodeID(storage.GetID())
@@ -127,6 +119,13 @@ def load_volume(scene, path, name: str | None = None):
         raise
     node.CreateDefaultDisplayNodes()
     return node
+
+
+def load_volume(scene, path, name: str | None = None):
+    """Read a NIfTI/NRRD/MHA volume through Slicer's storage node into a new volume node."""
+    node = slicer.vtkMRMLScalarVolumeNode()
+    node.SetName(name or Path(path).name.split(".")[0])
+    return _load(scene, path, node, slicer.vtkMRMLVolumeArchetypeStorageNode())
 
 
 def save_volume(volume_node, path) -> Path:
@@ -216,24 +215,10 @@ def save_segmentation(segmentation_node, path) -> Path:
 
 
 def load_segmentation(scene, path, name: str | None = None):
-    """Read a .seg.nrrd through Slicer's storage node; on failure nothing is left in the scene."""
-    path = Path(path)
-    if not path.is_file():
-        raise BridgeError(f"{path} does not exist: check the path.")
-    storage = slicer.vtkMRMLSegmentationStorageNode()
+    """Read a .seg.nrrd through Slicer's storage node into a new segmentation node."""
     node = slicer.vtkMRMLSegmentationNode()
-    node.SetName(name or path.name[: -len(".seg.nrrd")])
-    scene.AddNode(storage)
-    scene.AddNode(node)
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    try:
-        _read(storage, node, path)
-    except BridgeError:
-        scene.RemoveNode(node)
-        scene.RemoveNode(storage)
-        raise
-    node.CreateDefaultDisplayNodes()
-    return node
+    node.SetName(name or Path(path).name[: -len(".seg.nrrd")])
+    return _load(scene, path, node, slicer.vtkMRMLSegmentationStorageNode())
 
 
 def modality_nodes(scene, need_seg: bool = False) -> dict:
