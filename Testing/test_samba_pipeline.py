@@ -91,3 +91,11 @@ def test_bundle_round_trip_gives_the_same_result(case, models, tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="voting.safetensors.*checksum"):
         load_samba_models(tmp_path / "b")
+
+
+def test_binary_mode_needs_a_voting_network(case, models):
+    without_voting = SambaModels(models.sam, None, None)
+    with pytest.raises(ValueError, match="no voting network"):
+        run_samba(case, without_voting, prompt="roi", roi=((3, 5, 4), (8, 14, 12)))
+    result = run_samba(case, without_voting, prompt="roi", roi=((3, 5, 4), (8, 14, 12)), mode="samba-mc")
+    assert result.labels.shape == case["flair"].shape

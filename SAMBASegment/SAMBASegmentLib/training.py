@@ -96,7 +96,7 @@ def train_sam(data_dir, bundle_dir, steps: int = 2000, seed: int = 0, batch: int
 
     def report(step, loss):
         if step % 50 == 0 or step == steps - 1:
-            log(f"step {step + 1}/{steps} Dice loss {loss:.3f}")
+            log(f"step {step + 1}/{steps} loss {loss:.3f}")
 
     sam_training.train_sam(sam, samples, steps, batch=batch, lr=lr, train_encoder=train_encoder,
                            multimask=multimask, seed=seed, progress=report)
@@ -132,7 +132,7 @@ def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: i
 
     def report(step, loss):
         if step % 50 == 0 or step == steps - 1:
-            log(f"step {step + 1}/{steps} Dice loss {loss:.3f}")
+            log(f"step {step + 1}/{steps} loss {loss:.3f}")
 
     voting.train_voting(net, samples, steps, patch=(patch,) * 3, batch=batch, lr=lr, seed=seed, device=device, progress=report)
     record = {"command": command, "cases": len(cases), "steps": steps, "seed": seed, "patch": patch, "batch": batch,
