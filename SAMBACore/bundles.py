@@ -224,17 +224,22 @@ def save_bundle(path, manifest: dict, state_dicts: dict[str, dict[str, torch.Ten
     return Bundle(path, manifest)
 
 
-def record_metrics(path, name: str, metrics: dict) -> None:
-    """Store measured metrics under manifest["metrics"][name]; the manifest is replaced atomically."""
-    bundle = load_bundle(path)
-    manifest = dict(bundle.manifest)
-    manifest["metrics"] = {**manifest.get("metrics", {}), name: metrics}
+def update_manifest(path, changes: dict) -> None:
+    """Set top-level manifest fields (description, metrics, ...); the weights are not touched and the
+    manifest is replaced atomically."""
+    manifest = {**load_bundle(path).manifest, **changes}
+    _validate(manifest, Path(path) / MANIFEST)
     target = Path(path) / MANIFEST
     partial = target.with_name(f".{MANIFEST}.{uuid.uuid4().hex[:8]}")
     try:
         partial.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(partial, target)
     except OSError as e:
-        raise BundleError(f"{target}: could not record metrics ({e.strerror}); the manifest is unchanged") from None
+        raise BundleError(f"{target}: could not be updated ({e.strerror}); the manifest is unchanged") from None
     finally:
         partial.unlink(missing_ok=True)
+
+
+def record_metrics(path, name: str, metrics: dict) -> None:
+    """Store measured metrics under manifest["metrics"][name]."""
+    update_manifest(path, {"metrics": {**load_bundle(path).manifest.get("metrics", {}), name: metrics}})
