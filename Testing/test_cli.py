@@ -22,7 +22,7 @@ def test_demo_writes_a_named_seg_nrrd_and_scores_it(tmp_path):
     assert [s["name"] for s in seg["segments"]] == [s.name for s in LABEL_SEGMENTS.values()]
     assert seg["voxels"].shape == (240, 240, 155)
     assert set(report["metrics"]) == {"ET", "TC", "WT"}
-    assert report["metrics"]["WT"]["dice"] > 0.6  # the threshold baseline on the demo phantom
+    assert report["metrics"]["WT"]["dice"] > 0.85  # SAMBA with the phantom-demo bundle measured 0.935 here
     assert "Dice" in result.stdout and "Time per stage" in result.stdout
 
 

@@ -12,11 +12,12 @@ from SAMBACore.inputs import InputError
 from SAMBACore.phantom import write_case
 
 SELF_TEST_SEED = 20001  # a held-out phantom seed (training uses seeds below 20000)
-MIN_WT_DICE = 0.6  # the threshold baseline scores well above this on phantoms; learned models must beat it
+MIN_WT_DICE = 0.85  # SAMBA with the phantom-demo bundle and YOLO boxes measured 0.931 on this case
 
 
 def run_self_test(scene, process, log=print) -> dict:
-    """Phantom case -> `process(scene, nodes)` -> Dice against the truth; bad input leaves the scene alone.
+    """Phantom case -> `process(scene, nodes)` (SAMBA, phantom-demo bundle, YOLO boxes) -> Dice
+    against the truth; then a NaN volume must be refused with the scene left alone.
 
     `process` is the module logic's process method. Returns the region metrics.
     """
