@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .unet3d import crop_to, nd_layers, pad_to_multiple
+from .unet3d import nd_layers, unet_forward
 
 
 class RecurrentBlock(nn.Module):
@@ -118,17 +118,4 @@ class R2UNet(nn.Module):
         self.head = nd.conv(widths[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape[2:]
-        x = pad_to_multiple(x, self.size_multiple)
-        skips = []
-        for level, stage in enumerate(self.encoder):
-            if level:
-                x = self.pool(x)
-            x = stage(x)
-            skips.append(x)
-        x = skips.pop()
-        for level in reversed(range(len(self.up))):
-            x = self.up[level](x)
-            skip = skips[level] if self.gates is None else self.gates[level](x, skips[level])
-            x = self.decoder[level](torch.cat([skip, x], dim=1))
-        return crop_to(self.head(x), shape)
+        return unet_forward(self, x, self.gates)

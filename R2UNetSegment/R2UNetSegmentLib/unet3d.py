@@ -91,15 +91,23 @@ class UNet3D(nn.Module):
         self.head = nd.conv(widths[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape[2:]
-        x = pad_to_multiple(x, self.size_multiple)
-        skips = []
-        for level, stage in enumerate(self.encoder):
-            if level:
-                x = self.pool(x)
-            x = stage(x)
-            skips.append(x)
-        x = skips.pop()
-        for level in reversed(range(len(self.up))):
-            x = self.decoder[level](torch.cat([skips[level], self.up[level](x)], dim=1))
-        return crop_to(self.head(x), shape)
+        return unet_forward(self, x)
+
+
+def unet_forward(model: nn.Module, x: torch.Tensor, gates: nn.ModuleList | None = None) -> torch.Tensor:
+    """The U-Net pass shared by UNet3D and R2UNet: pad, encode, decode with skips (optionally
+    through attention gates), crop back. `model` has encoder, pool, up, decoder, head, size_multiple."""
+    shape = x.shape[2:]
+    x = pad_to_multiple(x, model.size_multiple)
+    skips = []
+    for level, stage in enumerate(model.encoder):
+        if level:
+            x = model.pool(x)
+        x = stage(x)
+        skips.append(x)
+    x = skips.pop()
+    for level in reversed(range(len(model.up))):
+        x = model.up[level](x)
+        skip = skips[level] if gates is None else gates[level](x, skips[level])
+        x = model.decoder[level](torch.cat([skip, x], dim=1))
+    return crop_to(model.head(x), shape)
