@@ -41,8 +41,8 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path):
 
 
 def test_every_subcommand_has_help():
-    for command in ("phantom", "demo", "segment", "train", "evaluate"):
-        result = run_cli(command, "--help")
+    for command in ("phantom", "demo", "segment", "train", "bench", "evaluate", "train sam"):
+        result = run_cli(*command.split(), "--help")
         assert result.returncode == 0 and "usage: slicer-samba " + command in result.stdout
 
 

@@ -1,0 +1,152 @@
+"""The SAMBA subcommands of `slicer-samba`: segment, evaluate, train yolo|sam|voting.
+
+Handlers import torch and the models lazily, so `slicer-samba --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+DEVICES = ("auto", "cpu", "cuda")
+BUNDLE_HELP = "bundle folder or bundled name (default phantom-demo)"
+
+
+def _roi_ijk(reference, values: str):
+    """--roi R,A,S,R,A,S (two opposite corners in mm) -> inclusive (k, j, i) voxel corners."""
+    from SAMBACore import bridge
+
+    try:
+        numbers = [float(v) for v in values.split(",")]
+    except ValueError:
+        numbers = []
+    if len(numbers) != 6:
+        raise ValueError(f"--roi wants six numbers R,A,S,R,A,S (two corners in mm), got {values!r}.")
+    return bridge.ras_box_to_voxels(reference, numbers[:3], numbers[3:])
+
+
+def _segment(args) -> int:
+    from SAMBACore import bridge, metrics
+    from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, find_case_files
+    from SAMBACore.device import choose_device
+    from SAMBASegmentLib.logic import arrays_from_nodes
+    from SAMBASegmentLib.pipeline import run_samba
+    from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
+
+    if not str(args.output).endswith(".seg.nrrd"):
+        raise ValueError(f"{args.output}: the output must end in .seg.nrrd.")
+    device = choose_device(args.device)
+    bundle = resolve_bundle(args.bundle)
+    scene = bridge.get_scene()
+    files = find_case_files(args.case_dir)
+    nodes = {m: bridge.load_volume(scene, files[m]) for m in MODALITIES}
+    images = arrays_from_nodes(nodes)
+    roi = _roi_ijk(nodes["t1"], args.roi) if args.roi else None
+    prompt = args.prompt or ("roi" if roi else "yolo")
+    started = time.perf_counter()
+    models = load_samba_models(bundle, device)
+    load_seconds = time.perf_counter() - started
+
+    def report(fraction, message):
+        print(f"[{fraction:4.0%}] {message}", flush=True)
+
+    result = run_samba(images, models, prompt=prompt, mode=args.mode, roi=roi, device=device, progress=report)
+    segmentation = bridge.segmentation_from_labels(scene, result.labels, nodes["t1"], LABEL_SEGMENTS, "Tumour segmentation")
+    out = bridge.save_segmentation(segmentation, args.output)
+    print(f"Segmentation: {out}")
+    if args.agreement:
+        agreement = bridge.volume_from_array(scene, result.agreement, bridge.ijk_to_ras(nodes["t1"]), "SAM agreement")
+        print(f"Agreement map: {bridge.save_volume(agreement, args.agreement)}")
+    if not result.tumour_found:
+        print("No tumour found: the segmentation is empty. Try an ROI prompt (--roi) around the lesion.")
+    volumes = metrics.volumes_ml(result.labels, tuple(reversed(nodes["t1"].GetSpacing())))
+    print("Volumes (mL): " + ", ".join(f"{name} {ml:.1f}" for name, ml in volumes.items()))
+    seconds = {"load models": load_seconds, **result.seconds}
+    print("Time per stage: " + ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items()))
+    return 0
+
+
+def _train(args) -> int:
+    from SAMBACore.device import choose_device
+    from SAMBASegmentLib import training
+
+    device = choose_device(args.device)
+    command = "slicer-samba " + " ".join(sys.argv[1:])
+    common = dict(seed=args.seed, device=device, command=command)
+    if args.component == "yolo":
+        training.train_yolo(args.data_dir, args.output, epochs=args.epochs, **common)
+    elif args.component == "sam":
+        training.train_sam(args.data_dir, args.output, steps=args.steps, train_encoder=not args.decoder_only,
+                           multimask=args.mode == "samba-mc", **common)
+    else:
+        training.train_voting(args.data_dir, args.output, steps=args.steps, **common)
+    print(f"Bundle updated: {args.output} ({args.component})")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from SAMBACore.device import choose_device
+    from SAMBASegmentLib.evaluation import evaluate
+    from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
+
+    device = choose_device(args.device)
+    models = load_samba_models(resolve_bundle(args.bundle), device)
+    report = evaluate(models, args.data_dir, prompt=args.prompt, mode=args.mode, device=device)
+    print(f"Mean over {report['cases']} case(s), {args.prompt} prompts, {args.mode}: "
+          + ", ".join(f"{r} Dice {v['dice']:.3f} HD95 {v['hd95']:.1f} mm" for r, v in report["mean"].items())
+          + f"; {report['mean_seconds']:.0f} s per case")
+    if args.record:
+        from SAMBACore.bundles import record_metrics
+
+        summary = {k: report[k] for k in ("prompt", "mode", "cases", "mean", "mean_seconds")}
+        summary["data"] = str(args.data_dir)
+        record_metrics(resolve_bundle(args.bundle), args.record, summary)
+        print(f"Recorded as metrics '{args.record}' in the bundle's manifest.")
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def register(commands, train, bench) -> None:
+    """Add SAMBA's subcommands to the top-level, `train` and `bench` sub-parser groups."""
+    segment = commands.add_parser("segment", help="segment a BraTS case folder with SAMBA into a .seg.nrrd")
+    segment.add_argument("case_dir", type=Path, help="folder with the four images (BraTS 2021 or 2023 naming)")
+    segment.add_argument("-o", "--output", type=Path, required=True, help="the .seg.nrrd to write")
+    segment.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)
+    segment.add_argument("--roi", help="box around the tumour, two opposite corners in RAS mm: --roi=R,A,S,R,A,S (the = keeps a leading minus sign from reading as an option)")
+    segment.add_argument("--prompt", choices=("yolo", "roi"), help="box source (default: roi if --roi, else yolo)")
+    segment.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary SAM + voting, or multi-class SAM")
+    segment.add_argument("--device", choices=DEVICES, default="auto")
+    segment.add_argument("--agreement", type=Path, help="also write the per-voxel SAM agreement map (.nrrd or .nii.gz)")
+    segment.set_defaults(run=_segment)
+
+    evaluate = commands.add_parser("evaluate", help="score a bundle on labelled BraTS cases (Dice, HD95 per region)")
+    evaluate.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file")
+    evaluate.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)
+    evaluate.add_argument("--prompt", choices=("yolo", "roi"), default="yolo",
+                          help="yolo, or roi: the true tumour box grown by 5 voxels, standing in for a hand-drawn box")
+    evaluate.add_argument("--mode", choices=("samba", "samba-mc"), default="samba")
+    evaluate.add_argument("--device", choices=DEVICES, default="auto")
+    evaluate.add_argument("--json", action="store_true", help="also print the full report as one JSON line")
+    evaluate.add_argument("--record", metavar="NAME", help="store the means in the bundle's manifest under metrics.NAME")
+    evaluate.set_defaults(run=_evaluate)
+
+    def training_parser(component, help_text):
+        parser = train.add_parser(component, help=help_text)
+        parser.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file")
+        parser.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to create or update")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--device", choices=DEVICES, default="auto")
+        parser.set_defaults(run=_train, component=component)
+        return parser
+
+    yolo = training_parser("yolo", "the YOLOv8 tumour localizer (boxes on FLAIR slices, all three views)")
+    yolo.add_argument("--epochs", type=int, default=30, help="YOLO epochs (default 30)")
+    sam = training_parser("sam", "box-prompted SAM (the whole small model, or the mask decoder only)")
+    sam.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
+    sam.add_argument("--decoder-only", action="store_true", help="train only the mask decoder (as the paper)")
+    sam.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary or three-class")
+    voting_parser = training_parser("voting", "the voting 3D U-Net on the bundle's SAM votes")
+    voting_parser.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
