@@ -11,7 +11,6 @@ import json
 import os
 import pickle
 import re
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from pathlib import Path, PurePosixPath
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from SAMBACore.atomic import replacing_folder
 
 MANIFEST = "manifest.json"
 FORMATS = ("safetensors", "torch-weights-only")
@@ -192,11 +193,7 @@ def save_bundle(path, manifest: dict, state_dicts: dict[str, dict[str, torch.Ten
     for name in components:
         if name not in state_dicts:
             raise BundleError(f"{path}: component '{name}' is in the manifest but no weights were given")
-    tag = uuid.uuid4().hex[:8]
-    tmp, old = path.with_name(f".{path.name}.tmp-{tag}"), path.with_name(f".{path.name}.old-{tag}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.mkdir()
+    with replacing_folder(path, "bundle", BundleError, (OSError, SafetensorError)) as tmp:
         for name, state in state_dicts.items():
             file = tmp / f"{name}.safetensors"
             # clone(): safetensors refuses tensors that share storage (views, tied weights)
@@ -207,20 +204,6 @@ def save_bundle(path, manifest: dict, state_dicts: dict[str, dict[str, torch.Ten
         _validate(manifest, path / MANIFEST)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         load_bundle(tmp)  # the same checks a reader will make
-        if path.exists():
-            os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            if old.exists():
-                os.replace(old, path)
-            raise
-    except (OSError, SafetensorError) as e:
-        raise BundleError(f"{path}: could not save the bundle ({getattr(e, 'strerror', None) or e}); the previous "
-                          "bundle, if any, is unchanged: free disk space or choose a writable folder") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return Bundle(path, manifest)
 
 
@@ -243,3 +226,18 @@ def update_manifest(path, changes: dict) -> None:
 def record_metrics(path, name: str, metrics: dict) -> None:
     """Store measured metrics under manifest["metrics"][name]."""
     update_manifest(path, {"metrics": {**load_bundle(path).manifest.get("metrics", {}), name: metrics}})
+
+
+def find_bundle(name_or_path, bundled_dir: Path, bundled: tuple[str, ...], train_hint: str) -> Path:
+    """A bundle folder from a path, or from the name of one a module ships in `bundled_dir`;
+    BundleError lists what is shipped and says how to train one (`train_hint`)."""
+    path = Path(name_or_path)
+    if (path / MANIFEST).is_file():
+        return path
+    if str(name_or_path) in bundled and (bundled_dir / str(name_or_path) / MANIFEST).is_file():
+        return bundled_dir / str(name_or_path)
+    shipped = [n for n in bundled if (bundled_dir / n / MANIFEST).is_file()]
+    raise BundleError(
+        f"No model bundle at {name_or_path}: give a bundle folder (with {MANIFEST}) "
+        f"or one of the bundled names ({', '.join(shipped) or 'none installed yet'}); train one with `{train_hint}`."
+    )

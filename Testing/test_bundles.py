@@ -118,7 +118,7 @@ def test_failed_save_keeps_the_previous_bundle_and_leaves_no_temporary_folder(bu
     monkeypatch.setattr(bundles, "save_file", save_then_fail)
     new = {"net": small_model(seed=5).state_dict(), "extra": small_model(seed=6).state_dict()}
     spec = manifest(net={"kind": "voting", "config": {}}, extra={"kind": "lora", "config": {}})
-    with pytest.raises(BundleError, match="could not save the bundle.*No space left.*unchanged"):
+    with pytest.raises(BundleError, match="Could not write the bundle.*No space left.*unchanged"):
         save_bundle(saved.path, spec, new)
     assert len(calls) == 2
     assert sorted(p.name for p in saved.path.parent.iterdir()) == ["bundle"]

@@ -4,14 +4,14 @@ An adapter folder holds adapter.safetensors (only the LoRA A and B matrices) and
 which bundle component it adapts (with that component's sha256, so an adapter is never applied
 to another base), which sub-module (SAM's "image_encoder", or "" for a whole U-Net), the LoRA
 settings, and whatever the trainer records (data, validation metrics, how it was trained).
+Sub-modules trained in full beside the LoRA matrices (SAM's mask decoder with --with-decoder)
+are stored whole, one safetensors file each, listed with their sha256 under "modules".
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from SAMBACore.atomic import replacing_folder
 from SAMBACore.bundles import Bundle, BundleError, sha256_file
 
 WEIGHTS = "adapter.safetensors"
@@ -39,10 +40,11 @@ class LoraSpec:
     rank: int = 4
     alpha: float = 4.0
     dropout: float = 0.0
+    ranks: dict[str, int] | None = None  # per-layer ranks by full module name, overriding `rank` (lora-extract)
 
     def __post_init__(self):
-        if self.rank < 1:
-            raise ValueError(f"LoRA rank must be at least 1, not {self.rank}")
+        if self.rank < 1 or any(r < 1 for r in (self.ranks or {}).values()):
+            raise ValueError(f"LoRA ranks must be at least 1, not {self.rank} {self.ranks or ''}")
         if not self.targets:
             raise ValueError("LoRA needs at least one target module name")
 
@@ -51,7 +53,8 @@ class LoraSpec:
 
     @classmethod
     def from_dict(cls, values: dict) -> "LoraSpec":
-        return cls(tuple(values["targets"]), values["rank"], values["alpha"], values.get("dropout", 0.0))
+        return cls(tuple(values["targets"]), values["rank"], values["alpha"], values.get("dropout", 0.0),
+                   values.get("ranks"))
 
 
 def conv_targets(model: nn.Module) -> tuple[str, ...]:
@@ -62,8 +65,10 @@ def conv_targets(model: nn.Module) -> tuple[str, ...]:
 def add_lora(module: nn.Module, spec: LoraSpec) -> nn.Module:
     """Wrap the target layers of `module` in place with peft LoRA layers (B starts at zero, so the
     output is unchanged) and freeze everything but the LoRA matrices. Returns `module`."""
+    # peft reads rank_pattern keys as regular expressions: escape the module names.
+    ranks = {re.escape(name): rank for name, rank in (spec.ranks or {}).items()}
     config = LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                        target_modules=list(spec.targets))
+                        target_modules=list(spec.targets), rank_pattern=ranks)
     try:
         inject_adapter_in_model(config, module)
     except ValueError as error:  # peft: "Target modules ... not found in the base model"
@@ -89,30 +94,26 @@ def base_record(bundle: Bundle, component: str, target: str) -> dict:
             "component": component, "sha256": part.sha256, "target": target}
 
 
-def save_adapter(folder, module: nn.Module, spec: LoraSpec, base: dict, extra: dict | None = None) -> Path:
+def save_adapter(folder, module: nn.Module, spec: LoraSpec, base: dict, extra: dict | None = None,
+                 modules: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
     """Write the adapter folder atomically: the new folder is complete before it replaces the old one,
-    so a failure (disk full, cancel) leaves the previous adapter as it was."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    partial = folder.with_name(f".{folder.name}.partial-{uuid.uuid4().hex[:8]}")
-    old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
-    try:
-        partial.mkdir()
+    so a failure (disk full, cancel) leaves the previous adapter as it was.
+
+    `modules` maps sub-module names of the base component (e.g. "mask_decoder") to full state
+    dicts trained beside the LoRA matrices; apply_adapter loads them back in place."""
+    with replacing_folder(folder, "adapter", AdapterError) as partial:
         save_file(lora_state(module), str(partial / WEIGHTS))
+        stored = {}
+        for name, state in (modules or {}).items():
+            file = f"{name}.safetensors"
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in state.items()}, str(partial / file))
+            stored[name] = {"file": file, "sha256": sha256_file(partial / file)}
         info = {"format_version": FORMAT_VERSION, "base": base, "lora": spec.as_dict(),
                 "sha256": sha256_file(partial / WEIGHTS), **(extra or {})}
+        if stored:
+            info["modules"] = stored
         (partial / INFO).write_text(json.dumps(info, indent=2) + "\n")
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(partial, folder)
-    except OSError as error:
-        shutil.rmtree(partial, ignore_errors=True)
-        if old.exists() and not folder.exists():
-            os.replace(old, folder)
-        raise AdapterError(f"Could not write the adapter to {folder} ({error.strerror or error}); "
-                           "the previous adapter there is unchanged. Free disk space or choose another folder.") from None
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return Path(folder)
 
 
 def read_adapter(folder) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -136,6 +137,22 @@ def read_adapter(folder) -> tuple[dict, dict[str, torch.Tensor]]:
     return info, load_file(str(folder / WEIGHTS))
 
 
+def read_module_weights(folder, info: dict) -> dict[str, dict[str, torch.Tensor]]:
+    """The full sub-module weights an adapter carries ({} for LoRA only), each sha256-checked."""
+    folder = Path(folder)
+    weights = {}
+    for name, entry in info.get("modules", {}).items():
+        path = folder / entry["file"]
+        if not path.is_file():
+            raise AdapterError(f"{path}: missing, but {INFO} lists it for '{name}'; copy the whole adapter folder again.")
+        actual = sha256_file(path)
+        if actual != entry["sha256"]:
+            raise AdapterError(f"{path}: checksum mismatch (sha256 {actual[:12]}..., {INFO} says {entry['sha256'][:12]}...): "
+                               "the file is corrupt or was replaced; train or copy the adapter again.")
+        weights[name] = load_file(str(path))
+    return weights
+
+
 def check_base(info: dict, bundle: Bundle, folder="the adapter") -> None:
     """Refuse an adapter made for another base, naming both."""
     base = info["base"]
@@ -155,18 +172,37 @@ def merge_lora(module: nn.Module) -> nn.Module:
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, LoraLayer):
-                child.merge()
+                _merge_layer(child)
                 setattr(parent, name, child.get_base_layer())
     for parameter in module.parameters():
         parameter.requires_grad = True
     return module
 
 
+def _merge_layer(layer: LoraLayer) -> None:
+    base = layer.get_base_layer()
+    if isinstance(base, nn.Conv3d) and base.kernel_size == (1, 1, 1):
+        # peft 0.21's merge mis-shapes 1x1x1 Conv3d kernels (it squeezes two axes, not three; a
+        # U-Net's output head): the same sum, W0 + B @ A * scaling over each active adapter.
+        with torch.no_grad():
+            for key in layer.active_adapters:
+                update = layer.lora_B[key].weight.flatten(1) @ layer.lora_A[key].weight.flatten(1)
+                base.weight += (update * layer.scaling[key]).reshape(base.weight.shape).to(base.weight.dtype)
+        return
+    layer.merge()
+
+
 def apply_adapter(model: nn.Module, folder, bundle: Bundle, merge: bool = True) -> nn.Module:
     """Load the adapter in `folder` onto `model` (the bundle component it names), checked against
-    the bundle; merged into the base weights unless merge=False (to go on training it)."""
+    the bundle; merged into the base weights unless merge=False (to go on training it). Sub-modules
+    the adapter carries in full (see save_adapter) replace the model's own."""
     info, state = read_adapter(folder)
     check_base(info, bundle, folder)
+    for name, weights in read_module_weights(folder, info).items():
+        try:
+            model.get_submodule(name).load_state_dict(weights)
+        except (AttributeError, RuntimeError) as error:
+            raise AdapterError(f"{folder}: its '{name}' weights do not fit this model ({str(error).splitlines()[0]}).") from None
     target = info["base"].get("target", "")
     module = model.get_submodule(target) if target else model
     add_lora(module, info["lora"])
