@@ -70,6 +70,41 @@ def array_from_volume(volume_node) -> np.ndarray:
     return np.array(slicer.util.arrayFromVolume(volume_node), copy=True)
 
 
+def resample_to_reference(volume_node, reference_node) -> tuple[np.ndarray, float]:
+    """`volume_node`'s voxels on `reference_node`'s grid, (k, j, i) float32, by linear interpolation
+    through both IJK-to-RAS matrices (vtkImageReslice); voxels outside the volume are 0.
+
+    Also returns the fraction of the reference grid that the volume covers (0: no overlap).
+    Neither node is changed.
+    """
+    reference_matrix, matrix = ijk_to_ras(reference_node), ijk_to_ras(volume_node)
+    reference_to_volume = np.linalg.inv(matrix) @ reference_matrix  # reference IJK -> volume IJK
+    size = reference_node.GetImageData().GetDimensions()  # (I, J, K)
+    reslice = vtk.vtkImageReslice()
+    # A fresh image with origin 0 and spacing 1, so the matrices alone carry the geometry.
+    reslice.SetInputData(_image_data(array_from_volume(volume_node).astype(np.float32)))
+    reslice.SetResliceAxes(_vtk_matrix(reference_to_volume))
+    reslice.SetOutputOrigin(0.0, 0.0, 0.0)
+    reslice.SetOutputSpacing(1.0, 1.0, 1.0)
+    reslice.SetOutputExtent(0, size[0] - 1, 0, size[1] - 1, 0, size[2] - 1)
+    reslice.SetInterpolationModeToLinear()
+    reslice.SetBackgroundLevel(0.0)
+    reslice.Update()
+    scalars = reslice.GetOutput().GetPointData().GetScalars()
+    array = numpy_support.vtk_to_numpy(scalars).reshape(size[2], size[1], size[0]).astype(np.float32)
+    return array, _coverage(reference_to_volume, size, volume_node.GetImageData().GetDimensions())
+
+
+def _coverage(reference_to_volume: np.ndarray, reference_size, volume_size, samples: int = 100_000) -> float:
+    """Fraction of reference voxels (a regular subsample) that fall inside the volume."""
+    step = max(1, round((np.prod(reference_size) / samples) ** (1 / 3)))
+    grid = np.stack(np.meshgrid(*[np.arange(0, n, step) for n in reference_size], indexing="ij"), -1).reshape(-1, 3)
+    ijk = grid @ reference_to_volume[:3, :3].T + reference_to_volume[:3, 3]
+    tolerance = 1e-3  # a voxel centre exactly on the volume's edge is inside
+    inside = ((ijk >= -tolerance) & (ijk <= np.array(volume_size) - 1 + tolerance)).all(axis=1)
+    return float(inside.mean())
+
+
 def _image_data(array: np.ndarray) -> vtk.vtkImageData:
     array = np.ascontiguousarray(array)
     image = vtk.vtkImageData()
@@ -260,3 +295,31 @@ def roi_node_to_voxels(roi_node, volume_node):
     bounds = [0.0] * 6
     roi_node.GetRASBounds(bounds)
     return ras_box_to_voxels(volume_node, bounds[0::2], bounds[1::2])
+
+
+def curve_chart(scene, name: str, columns: dict[str, list[float]], table=None, chart=None):
+    """A table node of `columns` (the first is the x axis) and a line chart of the others against it,
+    for training curves shown in a plot view. Pass the nodes back to update them in place.
+    Returns (table node, plot chart node)."""
+    table = table or scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} table")
+    chart = chart or scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
+    data = vtk.vtkTable()
+    for column, values in columns.items():
+        array = vtk.vtkDoubleArray()
+        array.SetName(column)
+        for value in values:
+            array.InsertNextValue(float(value))
+        data.AddColumn(array)
+    table.SetAndObserveTable(data)
+    x_name, *y_names = columns
+    if chart.GetNumberOfPlotSeriesNodes() == 0:
+        for y_name in y_names:
+            series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name} {y_name}")
+            series.SetAndObserveTableNodeID(table.GetID())
+            series.SetXColumnName(x_name)
+            series.SetYColumnName(y_name)
+            series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+            chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        chart.SetXAxisTitle(x_name)
+        chart.SetTitle(name)
+    return table, chart

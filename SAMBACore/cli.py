@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.run(args)
-    except (InputError, ModalityError, BridgeError, BundleError, FileNotFoundError, ValueError) as error:
+    except (InputError, ModalityError, BridgeError, BundleError, FileNotFoundError, ValueError, MemoryError) as error:
         print(f"slicer-samba {args.command}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -70,6 +70,71 @@ class ParameterNodeWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Overridden by each module: enable its buttons when the parameters allow a run."""
 
 
+
+class BackgroundJobWidget(ParameterNodeWidget):
+    """A ParameterNodeWidget whose long work runs on a worker thread (SAMBACore.background), polled
+    by a QTimer: progress bar, status text, Cancel. Results reach the scene only in `_jobSucceeded`,
+    on the main thread, so a cancelled or failed run leaves the scene as it was.
+
+    The .ui needs applyButton, cancelButton, progressBar and statusLabel.
+    """
+
+    def setup(self):
+        super().setup()
+        import qt
+
+        self._job = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self._pollJob)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+
+    @property
+    def running(self) -> bool:
+        return getattr(self, "_job", None) is not None
+
+    def _startJob(self, work):
+        """Run work(progress) in the background; `progress(fraction, message)` raises on Cancel."""
+        from SAMBACore.background import BackgroundJob
+
+        self._job = BackgroundJob(work).start()
+        self.ui.progressBar.visible = True
+        self.ui.progressBar.value = 0
+        self.ui.cancelButton.enabled = True
+        self._timer.start()
+        self._checkCanApply()
+
+    def onCancelButton(self):
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.statusLabel.text = "Cancelling at the next step..."
+
+    def _pollJob(self):
+        job = self._job
+        for fraction, message in job.poll():
+            self.ui.progressBar.value = int(100 * fraction)
+            self.ui.statusLabel.text = message
+        if not job.done:
+            return
+        self._timer.stop()
+        self._job = None
+        self.ui.cancelButton.enabled = False
+        self.ui.progressBar.visible = False
+        self._checkCanApply()
+        if job.cancelled:
+            self.ui.statusLabel.text = "Cancelled: nothing was changed."
+        elif job.error is not None:
+            # The error says what to do (the Lib packages' messages are written for the user).
+            slicer.util.errorDisplay(f"{self._failureTitle}; nothing was changed.\n\n{job.error}")
+            self.ui.statusLabel.text = "Failed: nothing was changed."
+        else:
+            self._jobSucceeded(job.result)
+
+    _failureTitle = "The run failed"
+
+    def _jobSucceeded(self, result):
+        """Overridden by each module: put the result into the scene (main thread)."""
+
 def ensure_packages(packages: dict[str, str]) -> bool:
     """Make sure the Python packages a module needs are importable; ask before installing any.
 

@@ -8,7 +8,6 @@ import os
 import sys
 from typing import Annotated
 
-import qt
 import slicer
 from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
@@ -20,10 +19,9 @@ except ImportError:
     sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from SAMBACore import bridge
-from SAMBACore.background import BackgroundJob
 from SAMBACore.brats import MODALITIES, ModalityError
 from SAMBACore.metrics import volumes_ml
-from SAMBACore.slicer_widget import ParameterNodeWidget, ensure_packages
+from SAMBACore.slicer_widget import BackgroundJobWidget, ensure_packages
 from SAMBASegmentLib.logic import SAMBASegmentCore
 from SAMBASegmentLib.selftest import run_self_test
 
@@ -84,17 +82,13 @@ class SAMBASegmentLogic(ScriptedLoadableModuleLogic, SAMBASegmentCore):
         return self.process(slicer.mrmlScene, nodes, output=output, progress=progress, **options)
 
 
-class SAMBASegmentWidget(ParameterNodeWidget):
+class SAMBASegmentWidget(BackgroundJobWidget):
     logicClass = SAMBASegmentLogic
+    _failureTitle = "Segmentation failed"
 
     def setup(self):
         super().setup()
-        self._job = None
-        self._timer = qt.QTimer()
-        self._timer.setInterval(100)
-        self._timer.connect("timeout()", self._pollJob)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.initializeParameterNode()
 
     def initializeParameterNode(self):
@@ -117,8 +111,7 @@ class SAMBASegmentWidget(ParameterNodeWidget):
             missing.append("a prompt segmentation")
         for name in ("bundleLineEdit", "promptComboBox", "modeComboBox", "roiSelector", "promptSegmentationSelector"):
             getattr(self.ui, name).enabled = samba
-        running = self._job is not None
-        self.ui.applyButton.enabled = not missing and not running
+        self.ui.applyButton.enabled = not missing and not self.running
         self.ui.applyButton.toolTip = f"Select {', '.join(missing)} first." if missing else "Segment the tumour sub-regions."
 
     def onApplyButton(self):
@@ -138,40 +131,11 @@ class SAMBASegmentWidget(ParameterNodeWidget):
                 device=choose_device(p.device),
             )
             self._reference = nodes[MODALITIES[0]]
-            self._job = BackgroundJob(lambda progress: self.logic.compute(request, progress)).start()
-            self.ui.progressBar.visible = True
-            self.ui.progressBar.value = 0
-            self.ui.cancelButton.enabled = True
-            self._timer.start()
-            self._checkCanApply()
+            self._startJob(lambda progress: self.logic.compute(request, progress))
+            if request.warnings:  # e.g. a volume was resampled onto T1's grid; the work goes on meanwhile
+                slicer.util.warningDisplay("\n\n".join(request.warnings), windowTitle="SAMBA Segment: check the inputs")
 
-    def onCancelButton(self):
-        if self._job is not None:
-            self._job.cancel()
-            self.ui.statusLabel.text = "Cancelling at the next step..."
-
-    def _pollJob(self):
-        job = self._job
-        for fraction, message in job.poll():
-            self.ui.progressBar.value = int(100 * fraction)
-            self.ui.statusLabel.text = message
-        if not job.done:
-            return
-        self._timer.stop()
-        self._job = None
-        self.ui.cancelButton.enabled = False
-        self.ui.progressBar.visible = False
-        self._checkCanApply()
-        if job.cancelled:
-            self.ui.statusLabel.text = "Cancelled: nothing was changed."
-        elif job.error is not None:
-            advice = " Try Device: cpu, or close other programs." if isinstance(job.error, MemoryError) else ""
-            slicer.util.errorDisplay(f"Segmentation failed; the scene is unchanged.\n\n{job.error}{advice}")
-            self.ui.statusLabel.text = "Failed: nothing was changed."
-        else:
-            self._showResult(job.result)
-
-    def _showResult(self, result):
+    def _jobSucceeded(self, result):
         p = self._parameterNode
         segmentation, _ = self.logic.finish(slicer.mrmlScene, result, self._reference, p.outputSegmentation,
                                             agreement=p.agreementMap)

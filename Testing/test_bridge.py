@@ -153,3 +153,62 @@ def test_roi_in_ras_maps_to_the_voxels_it_covers(scene, oblique_file):
     low, high = bridge.roi_node_to_voxels(roi, reference)
     assert all(lo <= v <= hi for lo, v, hi in zip(low, (3, 4, 5), high))
     assert all(hi - lo <= 2 for lo, hi in zip(low, high)), "a tiny box covers only the voxels around it"
+
+
+def _grid(shape_kji, spacing, angles, centre):
+    """IJK-to-RAS of a grid of `shape_kji` voxels rotated by `angles` (about z, then x) centred on `centre`."""
+    cz, sz, cx, sx = math.cos(angles[0]), math.sin(angles[0]), math.cos(angles[1]), math.sin(angles[1])
+    rotation = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation @ np.diag(spacing)
+    middle = (np.array(shape_kji[::-1]) - 1) / 2  # (i, j, k)
+    matrix[:3, 3] = np.asarray(centre) - matrix[:3, :3] @ middle
+    return matrix
+
+
+def _ras(shape_kji, matrix):
+    """RAS position of every voxel centre, (K, J, I, 3)."""
+    k, j, i = np.indices(shape_kji)
+    ijk1 = np.stack([i, j, k, np.ones_like(i)], -1).astype(float)
+    return (ijk1 @ matrix.T)[..., :3]
+
+
+def test_resample_onto_a_rotated_differently_spaced_grid_is_exact_for_a_linear_image(scene):
+    """Linear interpolation reproduces a linear function of position exactly, so any error in
+    how the two IJK-to-RAS matrices are combined shows up as a large difference."""
+    centre = (12.0, -30.0, 40.0)
+    reference_matrix = _grid((20, 22, 24), (1.2, 1.2, 1.2), (0.3, -0.2), centre)
+    moving_matrix = _grid((60, 60, 60), (0.8, 1.1, 1.5), (-0.5, 0.4), (13.0, -29.0, 41.0))
+
+    def linear(ras):
+        return (3 * ras[..., 0] - 2 * ras[..., 1] + 0.5 * ras[..., 2] + 400).astype(np.float32)
+
+    reference = bridge.volume_from_array(scene, np.ones((20, 22, 24), np.float32), reference_matrix, "T1")
+    moving_values = linear(_ras((60, 60, 60), moving_matrix))
+    moving = bridge.volume_from_array(scene, moving_values, moving_matrix, "T2")
+    nodes_before = scene.GetNumberOfNodes()
+
+    resampled, covered = bridge.resample_to_reference(moving, reference)
+    assert resampled.shape == (20, 22, 24) and resampled.dtype == np.float32
+    assert covered == 1.0
+    np.testing.assert_allclose(resampled, linear(_ras((20, 22, 24), reference_matrix)), atol=0.02)
+    # Nothing in the scene changed.
+    assert scene.GetNumberOfNodes() == nodes_before
+    np.testing.assert_array_equal(bridge.array_from_volume(moving), moving_values)
+    np.testing.assert_allclose(bridge.ijk_to_ras(moving), moving_matrix)
+
+
+def test_resample_reports_how_much_of_the_reference_is_covered(scene):
+    reference_matrix = np.diag([1.0, 1.0, 1.0, 1.0])
+    reference = bridge.volume_from_array(scene, np.ones((10, 10, 20), np.float32), reference_matrix, "T1")
+    half = reference_matrix.copy()
+    half[0, 3] = 10.0  # starts at the reference's voxel i = 10: covers i = 10..19
+    shifted = bridge.volume_from_array(scene, np.full((10, 10, 20), 7.0, np.float32), half, "shifted")
+    resampled, covered = bridge.resample_to_reference(shifted, reference)
+    assert covered == pytest.approx(0.5, abs=0.05)
+    assert (resampled[..., 10:] == 7).all() and not resampled[..., :10].any()
+
+    far = reference_matrix.copy()
+    far[:3, 3] = (500.0, 0.0, 0.0)
+    away = bridge.volume_from_array(scene, np.ones((10, 10, 20), np.float32), far, "away")
+    assert bridge.resample_to_reference(away, reference)[1] == 0.0

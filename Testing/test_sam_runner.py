@@ -1,5 +1,7 @@
 """Slices per view, SAMBA's normalisation, the SAM builder and the batched box-prompted runner."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -87,6 +89,8 @@ def test_official_vit_b_parameter_count():
     assert abs(count_parameters(model) - 93.7e6) / 93.7e6 < 0.01
     assert model.image_encoder.img_size == 1024
     assert model.prompt_encoder.embed_dim == 256
+    assert sam_runner.default_batch_size(model) == 1  # on the CPU: 4096 tokens per slice
+    assert sam_runner.default_batch_size(build_sam(SMALL_DEFAULT)) == 16  # 256 tokens
 
 
 def test_small_sam_shapes(sam):
@@ -182,3 +186,70 @@ def test_decode_boxes_masks_in_slice_pixels(sam):
     slices = _brain_slices(2, 30, 50, seed=6)
     masks, iou = decode_boxes(sam, encode_slices(sam, slices), [[1, 1, 20, 20], [5, 5, 40, 25]], (30, 50), True)
     assert masks.shape == (2, 3, 30, 50) and masks.dtype == torch.bool and iou.shape == (2, 3)
+
+
+# --- out of memory: smaller batches, then a clear error --------------------------------------
+
+class FullDeviceStandIn(torch.nn.Module):
+    """Stand-in for a GPU that is nearly full: wraps a real module and raises the allocator's
+    out-of-memory error when a batch is larger than `fits` (no real device runs out here)."""
+
+    def __init__(self, module, fits, error=torch.OutOfMemoryError):
+        super().__init__()
+        self.module, self.fits, self.error, self.batches = module, fits, error, []
+
+    def forward(self, x, *args, **kwargs):
+        self.batches.append(x.shape[0])
+        if x.shape[0] > self.fits:
+            raise self.error("CUDA out of memory. Tried to allocate 2.00 GiB (stand-in)")
+        return self.module(x, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def full_device(parent, name, fits, error=torch.OutOfMemoryError):
+    """parent.<name> behind a FullDeviceStandIn, restored afterwards (pytest's monkeypatch cannot
+    restore nn.Module children: they live in _modules, not in the instance __dict__)."""
+    original = getattr(parent, name)
+    stand_in = FullDeviceStandIn(original, fits, error)
+    setattr(parent, name, stand_in)
+    try:
+        yield stand_in
+    finally:
+        setattr(parent, name, original)
+
+
+def test_encoder_out_of_memory_halves_the_batch_and_gives_the_same_embeddings(sam, caplog):
+    slices = _brain_slices(7, 40, 56, seed=7)
+    reference = encode_slices(sam, slices, batch_size=8)
+    with full_device(sam.image_encoder, "patch_embed", fits=2) as stand_in, \
+            caplog.at_level("WARNING", logger=sam_runner.__name__):
+        constrained = encode_slices(sam, slices, batch_size=8)
+    torch.testing.assert_close(constrained, reference, rtol=1e-5, atol=1e-5)
+    assert stand_in.batches == [7, 4, 2, 2, 2, 1]  # 7 and 4 fail; 2 fits and is kept for the rest
+    messages = [r.getMessage() for r in caplog.records]
+    assert "The SAM image encoder ran out of memory on cpu with 7 slices at once; retrying with 4." in messages
+
+
+def test_decoder_out_of_memory_falls_back_and_masks_are_identical(sam, caplog):
+    slices = _brain_slices(6, 40, 56, seed=8)
+    boxes = {i: (4 + i, 5, 50 - i, 35) for i in range(6)}
+    reference = segment_stack(sam, slices, boxes)
+    # The CPU allocator's wording (a plain RuntimeError), not CUDA's.
+    def cpu_error(message):
+        return RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate")
+
+    with full_device(sam.mask_decoder, "output_upscaling", fits=1, error=cpu_error), \
+            caplog.at_level("WARNING", logger=sam_runner.__name__):
+        constrained = segment_stack(sam, slices, boxes)
+    np.testing.assert_array_equal(constrained, reference)
+    assert 0.02 < reference.mean() < 0.98
+    assert any("SAM mask decoder ran out of memory" in r.getMessage() for r in caplog.records)
+
+
+def test_one_slice_that_does_not_fit_is_a_clear_error(sam):
+    with full_device(sam.image_encoder, "patch_embed", fits=0), pytest.raises(
+            sam_runner.SamOutOfMemory, match="even with one slice at a time: use device cpu, close other"):
+        encode_slices(sam, _brain_slices(3, 20, 30), batch_size=4)
+    # Other errors are not mistaken for memory and pass through unchanged.
+    with full_device(sam.image_encoder, "patch_embed", fits=0, error=ValueError), pytest.raises(ValueError, match="stand-in"):
+        encode_slices(sam, _brain_slices(1, 20, 30))

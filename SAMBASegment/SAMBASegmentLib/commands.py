@@ -1,4 +1,4 @@
-"""The SAMBA subcommands of `slicer-samba`: segment, evaluate, train yolo|sam|voting.
+"""The SAMBA subcommands of `slicer-samba`: segment, evaluate, train yolo|sam|voting, bench samba.
 
 Handlers import torch and the models lazily, so `slicer-samba --help` stays fast.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 
 DEVICES = ("auto", "cpu", "cuda")
 BUNDLE_HELP = "bundle folder or bundled name (default phantom-demo)"
+ADAPTER_HELP = "a LoRA adapter folder for the bundle's SAM (slicer-samba train lora), merged in before use"
 
 
 def _roi_ijk(reference, values: str):
@@ -42,11 +43,13 @@ def _segment(args) -> int:
     scene = bridge.get_scene()
     files = find_case_files(args.case_dir)
     nodes = {m: bridge.load_volume(scene, files[m]) for m in MODALITIES}
-    images = arrays_from_nodes(nodes)
+    images, warnings = arrays_from_nodes(nodes)
+    for warning in warnings:
+        print(f"Warning: {warning}", file=sys.stderr, flush=True)
     roi = _roi_ijk(nodes["t1"], args.roi) if args.roi else None
     prompt = args.prompt or ("roi" if roi else "yolo")
     started = time.perf_counter()
-    models = load_samba_models(bundle, device)
+    models = load_samba_models(bundle, device, adapter=args.adapter)
     load_seconds = time.perf_counter() - started
 
     def report(fraction, message):
@@ -91,9 +94,13 @@ def _evaluate(args) -> int:
     from SAMBASegmentLib.evaluation import evaluate
     from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
 
+    if args.record and args.adapter:
+        raise ValueError("--record stores the bundle's own metrics in its manifest: leave out --adapter, "
+                         "or keep the adapted scores from --json.")
     device = choose_device(args.device)
-    models = load_samba_models(resolve_bundle(args.bundle), device)
+    models = load_samba_models(resolve_bundle(args.bundle), device, adapter=args.adapter)
     report = evaluate(models, args.data_dir, prompt=args.prompt, mode=args.mode, device=device)
+    report["adapter"] = str(args.adapter) if args.adapter else None
     print(f"Mean over {report['cases']} case(s), {args.prompt} prompts, {args.mode}: "
           + ", ".join(f"{r} Dice {v['dice']:.3f} HD95 {v['hd95']:.1f} mm" for r, v in report["mean"].items())
           + f"; {report['mean_seconds']:.0f} s per case")
@@ -109,12 +116,28 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from SAMBACore.device import choose_device
+    from SAMBASegmentLib.bench import bench_samba, format_report
+
+    views = tuple(v.strip() for v in args.views.split(",") if v.strip())
+    report = bench_samba(args.bundle, seed=args.seed, lowres=args.lowres, views=views, device=choose_device(args.device),
+                         sam_type=args.sam, max_slices=args.max_slices, log=lambda line: print(line, flush=True))
+    print(format_report(report))
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
 def register(commands, train, bench) -> None:
     """Add SAMBA's subcommands to the top-level, `train` and `bench` sub-parser groups."""
+    from SAMBACore.cli import DEMO_SEED  # the demo's held-out phantom seed, also the benchmark's case
+
     segment = commands.add_parser("segment", help="segment a BraTS case folder with SAMBA into a .seg.nrrd")
     segment.add_argument("case_dir", type=Path, help="folder with the four images (BraTS 2021 or 2023 naming)")
     segment.add_argument("-o", "--output", type=Path, required=True, help="the .seg.nrrd to write")
     segment.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)
+    segment.add_argument("--adapter", type=Path, metavar="DIR", help=ADAPTER_HELP)
     segment.add_argument("--roi", help="box around the tumour, two opposite corners in RAS mm: --roi=R,A,S,R,A,S (the = keeps a leading minus sign from reading as an option)")
     segment.add_argument("--prompt", choices=("yolo", "roi"), help="box source (default: roi if --roi, else yolo)")
     segment.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary SAM + voting, or multi-class SAM")
@@ -125,6 +148,7 @@ def register(commands, train, bench) -> None:
     evaluate = commands.add_parser("evaluate", help="score a bundle on labelled BraTS cases (Dice, HD95 per region)")
     evaluate.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file")
     evaluate.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)
+    evaluate.add_argument("--adapter", type=Path, metavar="DIR", help=ADAPTER_HELP)
     evaluate.add_argument("--prompt", choices=("yolo", "roi"), default="yolo",
                           help="yolo, or roi: the true tumour box grown by 5 voxels, standing in for a hand-drawn box")
     evaluate.add_argument("--mode", choices=("samba", "samba-mc"), default="samba")
@@ -150,3 +174,15 @@ def register(commands, train, bench) -> None:
     sam.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary or three-class")
     voting_parser = training_parser("voting", "the voting 3D U-Net on the bundle's SAM votes")
     voting_parser.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
+
+    samba = bench.add_parser("samba", help="SAM per slice with SamPredictor (naive) vs the batched, cached pipeline")
+    samba.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)
+    samba.add_argument("--seed", type=int, default=DEMO_SEED, help=f"phantom case seed (default {DEMO_SEED})")
+    samba.add_argument("--lowres", action="store_true", help="use a low-field-like phantom")
+    samba.add_argument("--views", default="axial,coronal,sagittal", help="comma-separated views (default all three)")
+    samba.add_argument("--device", choices=DEVICES, default="auto")
+    samba.add_argument("--sam", choices=("vit_b", "vit_l", "vit_h"),
+                       help="swap in a randomly initialised SAM of this official shape (timing only)")
+    samba.add_argument("--max-slices", type=int, help="at most N prompted slices per view (for big models on CPU)")
+    samba.add_argument("--json", action="store_true", help="also print the report as one JSON line")
+    samba.set_defaults(run=_bench)

@@ -9,38 +9,69 @@ Everything that can fail happens before `finish`, so a failure or cancel leaves 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from itertools import combinations
 from typing import Callable
 
 import numpy as np
 
 from SAMBACore import bridge
 from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, region_masks
-from SAMBACore.inputs import check_image, check_same_geometry
+from SAMBACore.inputs import InputError, check_image, geometry_differences
 from SAMBASegmentLib.pipeline import SambaResult, run_samba
 from SAMBASegmentLib.sam_runner import EmbeddingCache
 from SAMBASegmentLib.samba_bundle import SambaModels, load_samba_models, resolve_bundle
 from SAMBASegmentLib.threshold import segment_threshold
 
+log = logging.getLogger(__name__)
+
 Progress = Callable[[float, str], None]  # fraction done 0-1, what is happening; may raise to cancel
 METHODS = ("samba", "threshold")
 
 
-def arrays_from_nodes(nodes: dict) -> dict[str, np.ndarray]:
-    """float32 copies of the four inputs, checked for emptiness, NaNs and matching grids."""
+def arrays_from_nodes(nodes: dict) -> tuple[dict[str, np.ndarray], list[str]]:
+    """float32 copies of the four inputs on T1's grid, checked for emptiness and NaNs; and warnings.
+
+    A volume on another grid is resampled onto T1's (linear interpolation through both
+    IJK-to-RAS matrices), with a warning naming it and what differed; one that does not overlap
+    T1 at all is refused. The nodes themselves are never changed.
+    """
     missing = [m for m in MODALITIES if nodes.get(m) is None]
     if missing:
-        raise ValueError(f"Select a volume for {', '.join(missing)}.")
-    images = {m: bridge.array_from_volume(nodes[m]).astype(np.float32) for m in MODALITIES}
-    for m in MODALITIES:
-        check_image(nodes[m].GetName(), images[m])
+        raise InputError(f"No volume selected for {', '.join(missing)}: select the four BraTS volumes "
+                         "(T1, T1CE, T2, FLAIR) and try again.")
+    for a, b in combinations(MODALITIES, 2):
+        if nodes[a] is nodes[b]:
+            raise InputError(f"{nodes[a].GetName()} is selected for both {a} and {b}: "
+                             "select a different volume for each modality.")
     reference = nodes[MODALITIES[0]]
-    check_same_geometry(
-        reference.GetName(),
-        (images[MODALITIES[0]].shape, bridge.ijk_to_ras(reference)),
-        {nodes[m].GetName(): (images[m].shape, bridge.ijk_to_ras(nodes[m])) for m in MODALITIES[1:]},
-    )
-    return images
+    reference_grid = None  # T1's, set on the first pass
+    images, warnings = {}, []
+    for m in MODALITIES:
+        node = nodes[m]
+        array = bridge.array_from_volume(node).astype(np.float32)
+        check_image(node.GetName(), array)  # before resampling, which would smear NaNs around
+        grid = (array.shape, bridge.ijk_to_ras(node))
+        reference_grid = grid if node is reference else reference_grid
+        differences = geometry_differences(reference_grid, grid)
+        if differences:
+            array, covered = bridge.resample_to_reference(node, reference)
+            what = "; ".join(differences)
+            if covered == 0:
+                raise InputError(f"{node.GetName()} does not overlap {reference.GetName()} at all ({what}): check that "
+                                 "both are from the same scan session, or align them (Transforms or registration) "
+                                 "and try again.")
+            warnings.append(_resampling_warning(node.GetName(), reference.GetName(), what, covered))
+            check_image(f"{node.GetName()} resampled onto {reference.GetName()}", array)
+        images[m] = array
+    return images, warnings
+
+
+def _resampling_warning(name: str, reference: str, what: str, covered: float) -> str:
+    partly = f"; it covers only {covered:.0%} of {reference}, the rest is 0" if covered < 0.995 else ""
+    return (f"{name} was on a different voxel grid than {reference} ({what}): resampled onto {reference}'s grid "
+            f"with linear interpolation{partly}. Check that the volumes line up; register them first if they do not.")
 
 
 @dataclass
@@ -57,6 +88,7 @@ class Request:
     device: str = "cpu"
     volume_key: str = "case"
     options: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. a volume was resampled: show them to the user
 
 
 class SAMBASegmentCore:
@@ -76,7 +108,7 @@ class SAMBASegmentCore:
                 mode: str = "samba", roi_node=None, prompt_segmentation=None, device: str = "cpu") -> Request:
         if method not in METHODS:
             raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
-        images = arrays_from_nodes(nodes)
+        images, warnings = arrays_from_nodes(nodes)
         reference = nodes[MODALITIES[0]]
         roi = bridge.roi_node_to_voxels(roi_node, reference) if roi_node is not None else None
         mask = None
@@ -84,7 +116,7 @@ class SAMBASegmentCore:
             keys = {s.key: v for v, s in LABEL_SEGMENTS.items()}
             mask = region_masks(bridge.labels_from_segmentation(prompt_segmentation, reference, keys))["WT"]
         key = "|".join(f"{nodes[m].GetID()}@{nodes[m].GetImageData().GetMTime()}" for m in MODALITIES)
-        return Request(images, method, bundle, prompt, mode, roi, mask, device, key)
+        return Request(images, method, bundle, prompt, mode, roi, mask, device, key, warnings=warnings)
 
     def compute(self, request: Request, progress: Progress | None = None) -> SambaResult:
         if request.method == "threshold":
@@ -110,5 +142,7 @@ class SAMBASegmentCore:
                 progress: Progress | None = None, **options):
         """prepare + compute + finish in one call (the Python console, the self-test, the CLI)."""
         request = self.prepare(nodes, **options)
+        for warning in request.warnings:
+            log.warning(warning)
         result = self.compute(request, progress)
         return self.finish(scene, result, nodes[MODALITIES[0]], output, name)[0]

@@ -62,6 +62,52 @@ def prompt_boxes(models: SambaModels, images: dict[str, np.ndarray], view: str, 
     raise ValueError(f"Unknown prompt source {prompt!r}: choose one of {', '.join(PROMPTS)}.")
 
 
+def sam_votes(images: dict[str, np.ndarray], sam, boxes: dict[str, Boxes], multimask: bool = False,
+              cache: EmbeddingCache | None = None, volume_key: str = "case", segment=None,
+              progress: Callable[[float, str], None] | None = None) -> np.ndarray:
+    """SAM on every prompted slice, per modality and view: (12, 1 or 3, K, J, I) bool votes.
+
+    Vote m * 3 + v is modality m in view v (MODALITIES x VIEWS); a view missing from `boxes` gets
+    no votes. `segment(sam, slices, boxes, multimask)` replaces the batched runner (the benchmark
+    passes SamPredictor's naive loop, so both see exactly the same slices and boxes).
+    """
+    report = progress or (lambda fraction, message: None)
+    shape = images["flair"].shape
+    votes = np.zeros((len(MODALITIES) * len(VIEWS), 3 if multimask else 1) + shape, bool)
+    for v, view in enumerate(VIEWS):
+        view_boxes = boxes.get(view, {})
+        for m, modality in enumerate(MODALITIES):
+            report((v + m / len(MODALITIES)) / len(VIEWS), f"{view}: SAM on {modality} ({len(view_boxes)} slices)")
+            if not view_boxes:
+                continue
+            stack = view_slices(images[modality], view)
+            prompted = np.zeros(stack.shape + (3,), np.uint8)  # unprompted slices are never read
+            indices = sorted(view_boxes)
+            prompted[indices] = normalise_slices(stack[indices])
+            if segment is None:
+                masks = segment_stack(sam, prompted, view_boxes, cache, (volume_key, modality, view), multimask=multimask)
+            else:
+                masks = segment(sam, prompted, view_boxes, multimask)
+            masks = masks if multimask else masks[:, None]
+            votes[m * len(VIEWS) + v] = np.stack([from_view_slices(masks[:, c], view) for c in range(masks.shape[1])])
+    return votes
+
+
+def fuse_votes(images: dict[str, np.ndarray], votes: np.ndarray, models: SambaModels, multimask: bool,
+               device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(labels, agreement) from the votes of sam_votes: the voting net (binary), or the majority per
+    region (SAMBA-mc)."""
+    whole_votes = votes[:, 0]
+    agreement = whole_votes.mean(axis=0, dtype=np.float32)
+    if multimask:
+        labels = voting.regions_to_labels(votes.mean(axis=0) > 0.5)
+    elif models.voting is None:  # votes only wanted (training the voting net): whole tumour as a stand-in
+        labels = np.where(agreement > 0.5, SNFH, 0).astype(np.uint8)
+    else:
+        labels = voting.predict_labels(models.voting, voting.voting_inputs(images, whole_votes), device=device)
+    return labels, agreement
+
+
 def run_samba(
     images: dict[str, np.ndarray],
     models: SambaModels,
@@ -88,41 +134,27 @@ def run_samba(
                          "use mode samba-mc, or a bundle with a voting network.")
     report = progress or (lambda fraction, message: None)
     multimask = mode == "samba-mc"
-    seconds: dict[str, float] = {"prompts": 0.0, "sam": 0.0}
-    shape = images["flair"].shape
-    votes = np.zeros((len(MODALITIES) * len(VIEWS), 3 if multimask else 1) + shape, bool)
-    counts = {}
+    seconds: dict[str, float] = {}
+
+    started = time.perf_counter()
+    boxes = {}
     for v, view in enumerate(VIEWS):
-        report(v / len(VIEWS) * 0.8, f"{view}: finding the tumour on each slice")
-        started = time.perf_counter()
-        boxes = prompt_boxes(models, images, view, prompt, roi, mask, device)
-        seconds["prompts"] += time.perf_counter() - started
-        counts[view] = len(boxes)
-        for m, modality in enumerate(MODALITIES):
-            report((v + (m + 1) / (len(MODALITIES) + 1)) / len(VIEWS) * 0.8, f"{view}: SAM on {modality} ({len(boxes)} slices)")
-            started = time.perf_counter()
-            stack = view_slices(images[modality], view)
-            prompted = np.zeros(stack.shape[:1] + stack.shape[1:] + (3,), np.uint8)
-            if boxes:
-                indices = sorted(boxes)
-                prompted[indices] = normalise_slices(stack[indices])
-            masks = segment_stack(models.sam, prompted, boxes, cache, (volume_key, modality, view), multimask=multimask)
-            masks = masks if multimask else masks[:, None]
-            votes[m * len(VIEWS) + v] = np.stack([from_view_slices(masks[:, c], view) for c in range(masks.shape[1])])
-            seconds["sam"] += time.perf_counter() - started
+        report(v / len(VIEWS) * 0.1, f"{view}: finding the tumour on each slice")
+        boxes[view] = prompt_boxes(models, images, view, prompt, roi, mask, device)
+    seconds["prompts"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    votes = sam_votes(images, models.sam, boxes, multimask, cache, volume_key,
+                      progress=lambda fraction, message: report(0.1 + 0.75 * fraction, message))
+    seconds["sam"] = time.perf_counter() - started
 
     report(0.85, "Fusing the votes")
     started = time.perf_counter()
-    whole_votes = votes[:, 0]
-    agreement = whole_votes.mean(axis=0, dtype=np.float32)
-    if not any(counts.values()):  # no slice had a prompt: nothing to fuse, and no tumour to report
-        labels = np.zeros(shape, np.uint8)
-    elif multimask:
-        labels = voting.regions_to_labels(votes.mean(axis=0) > 0.5)
-    elif models.voting is None:  # votes only wanted (training the voting net): whole tumour as a stand-in
-        labels = np.where(agreement > 0.5, SNFH, 0).astype(np.uint8)
-    else:
-        labels = voting.predict_labels(models.voting, voting.voting_inputs(images, whole_votes), device=device)
+    counts = {view: len(view_boxes) for view, view_boxes in boxes.items()}
+    if any(counts.values()):
+        labels, agreement = fuse_votes(images, votes, models, multimask, device)
+    else:  # no slice had a prompt: nothing to fuse, and no tumour to report
+        labels, agreement = np.zeros(votes.shape[2:], np.uint8), np.zeros(votes.shape[2:], np.float32)
     seconds["fusion"] = time.perf_counter() - started
     report(1.0, "Done" if labels.any() else "No tumour found")
-    return SambaResult(labels, agreement, counts, seconds, whole_votes if keep_votes else None)
+    return SambaResult(labels, agreement, counts, seconds, votes[:, 0] if keep_votes else None)

@@ -9,6 +9,9 @@ Geometry: slices keep their aspect ratio. Every image goes through ResizeLongest
 so boxes land where the tumour is even for 155x240 coronal and sagittal slices; masks come back
 with sam.postprocess_masks, which undoes the padding and the resize.
 
+Out of memory: encoder and decoder batches halve and retry (down to one slice) when the device
+runs out of memory, and log that they did; if one slice does not fit, SamOutOfMemory says what to do.
+
 Multiclass (SAMBA-mc): the decoder's three multimask tokens 1, 2, 3 are read, in that order, as
 whole tumour, tumour core and enhancing tumour (MULTICLASS_CHANNELS); binary mode is SAM's
 single-mask output (token 0), i.e. multimask_output=False.
@@ -17,12 +20,15 @@ single-mask output (token 0), i.e. multimask_output=False.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import numpy as np
 import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
+
+log = logging.getLogger(__name__)
 
 MULTICLASS_CHANNELS = ("whole_tumour", "tumour_core", "enhancing")
 # Boxes decoded per call: bounds the float masks postprocess_masks makes at img_size (4 MB each at 1024).
@@ -58,23 +64,77 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Encoder batch: 8 on CUDA; 1 on CPU, where batching a ViT-B at 1024 px was measured slower
-    (memory-bound global attention: 2 slices, 41 s of CPU batched vs 29 s one by one)."""
-    return 8 if torch.device(device).type == "cuda" else 1
+def default_batch_size(sam: Sam) -> int:
+    """Encoder batch: 8 on CUDA. On the CPU it depends on the tokens per image: 1 for ViT-B at
+    1024 px (4096 tokens; memory-bound global attention: 2 slices, 41 s batched vs 29 s one by one),
+    16 for the demo's small SAM (256 tokens; 32 slices measured 3.0 s batched vs 8.5 s one by one)."""
+    if sam.device.type == "cuda":
+        return 8
+    height, width = sam.prompt_encoder.image_embedding_size
+    return max(1, min(16, 4096 // (height * width)))
+
+
+class SamOutOfMemory(MemoryError):
+    """SAM does not fit in memory even one slice at a time; the message says what to do."""
+
+
+# How allocators say they ran out: CUDA ("CUDA out of memory"), CPU ("can't allocate memory"), MPS.
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error).lower() for m in _OOM_MESSAGES)
+
+
+def run_in_batches(run, total: int, batch_size: int, what: str, device) -> list:
+    """[run(start, stop) for consecutive batches of [0, total)], halving the batch on out-of-memory.
+
+    The failed batch is retried at half size (the smaller size is kept for the rest), down to 1;
+    each fallback is logged. `what` names the work in messages, e.g. "SAM image encoder".
+    """
+    results = []
+    start = 0
+    while start < total:
+        stop = min(start + batch_size, total)
+        try:
+            results.append(run(start, stop))
+        except Exception as error:  # only out-of-memory is handled; the rest is re-raised
+            if not is_out_of_memory(error):
+                raise
+            _release_memory(device)
+            if stop - start == 1:
+                raise SamOutOfMemory(
+                    f"The {what} ran out of memory on {device} even with one slice at a time: "
+                    "use device cpu, close other programs that use the memory, or a smaller model (bundle)."
+                ) from error
+            batch_size = (stop - start + 1) // 2
+            log.warning("The %s ran out of memory on %s with %d slices at once; retrying with %d.",
+                        what, device, stop - start, batch_size)
+            continue
+        start = stop
+    return results
+
+
+def _release_memory(device) -> None:
+    # Blocks the failed batch left in PyTorch's CUDA cache would otherwise count against the retry.
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def encode_slices(sam: Sam, slices_uint8: np.ndarray, batch_size: int | None = None) -> torch.Tensor:
     """Image embeddings (n, C, h, w), float32 on the CPU, of normalised uint8 slices (n, H, W, 3)."""
     device = sam.device
-    batch_size = batch_size or default_batch_size(device)
-    chunks = []
-    for start in range(0, len(slices_uint8), batch_size):
-        resized = resize_slices(sam, slices_uint8[start:start + batch_size])
+
+    def encode(start, stop):
+        resized = resize_slices(sam, slices_uint8[start:stop])
         with torch.inference_mode(), _autocast(device):
             images = torch.as_tensor(resized, device=device).permute(0, 3, 1, 2).float()
             embeddings = sam.image_encoder(sam.preprocess(images))
-        chunks.append(embeddings.float().cpu())
+        return embeddings.float().cpu()
+
+    chunks = run_in_batches(encode, len(slices_uint8), batch_size or default_batch_size(sam), "SAM image encoder", device)
     # clone() outside inference mode: cached embeddings may later feed decoder training.
     return torch.cat(chunks).clone()
 
@@ -182,7 +242,7 @@ def segment_stack(sam: Sam, slices_uint8: np.ndarray, boxes: dict, cache: Embedd
     slices_uint8 (N, H, W, 3) from slices.normalise_slices; boxes {slice index: (x0, y0, x1, y1)}.
     Returns (N, H, W) bool, or (N, 3, H, W) bool in MULTICLASS_CHANNELS order when multimask.
     batch_size: slices per encoder call (None: default_batch_size); boxes are decoded DECODE_CHUNK
-    at a time.
+    at a time. Both batches shrink on out-of-memory (run_in_batches).
     """
     n, height, width = slices_uint8.shape[:3]
     indices = sorted(int(i) for i in boxes)
@@ -195,11 +255,13 @@ def segment_stack(sam: Sam, slices_uint8: np.ndarray, boxes: dict, cache: Embedd
     else:
         embeddings = cache.embeddings(sam, slices_uint8, indices, key, batch_size)
     box_array = np.stack([np.asarray(boxes[i], np.float64) for i in indices])
-    for start in range(0, len(indices), DECODE_CHUNK):
-        part = slice(start, start + DECODE_CHUNK)
-        masks, _ = decode_boxes(sam, embeddings[part], box_array[part], (height, width), multimask)
+
+    def decode(start, stop):
+        masks, _ = decode_boxes(sam, embeddings[start:stop], box_array[start:stop], (height, width), multimask)
         masks = masks.cpu().numpy()
-        result[indices[part]] = masks if multimask else masks[:, 0]
+        result[indices[start:stop]] = masks if multimask else masks[:, 0]
+
+    run_in_batches(decode, len(indices), DECODE_CHUNK, "SAM mask decoder", sam.device)
     return result
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from SAMBACore.bundles import Bundle, BundleError, check_state_dict, load_bundle, load_state_dict, save_bundle
+from SAMBACore.bundles import Bundle, BundleError, check_state_dict, find_bundle, load_bundle, load_state_dict, save_bundle
 from SAMBASegmentLib import localizer, voting
 from SAMBASegmentLib.sam_model import build_sam
 
@@ -26,13 +26,20 @@ class SambaModels:
     bundle: Bundle | None = None
 
 
-def load_samba_models(path, device: str = "cpu") -> SambaModels:
-    """Build each model from its config and load its verified weights; BundleError names what is wrong."""
+def load_samba_models(path, device: str = "cpu", adapter=None) -> SambaModels:
+    """Build each model from its config and load its verified weights; BundleError names what is wrong.
+
+    `adapter`: a LoRA adapter folder (LoRATrainer) for this bundle's SAM, merged into its weights,
+    so inference costs what the base costs; one made for another bundle is refused."""
     bundle = load_bundle(path)
     components = bundle.components
     if "sam" not in components:
         raise BundleError(f"{Path(path)}: not a SAMBA bundle (no 'sam' component; it has {', '.join(components)}).")
     sam = check_state_dict(build_sam(components["sam"].config), load_state_dict(bundle, "sam"), "sam")
+    if adapter is not None:
+        from SAMBACore.adapters import apply_adapter  # imports peft (slow): only when an adapter is asked for
+
+        apply_adapter(sam, adapter, bundle)
     yolo = None
     if "yolo" in components:
         yolo = localizer.build_detector(components["yolo"].config, load_state_dict(bundle, "yolo"))
@@ -61,16 +68,6 @@ BUNDLED_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Bundles"
 BUNDLED = ("phantom-demo",)
 
 
-def resolve_bundle(name_or_path: str | Path) -> Path:
+def resolve_bundle(name_or_path) -> Path:
     """A bundle folder from a path or the name of a bundled one; BundleError says what exists."""
-    path = Path(name_or_path)
-    if (path / "manifest.json").is_file():
-        return path
-    if str(name_or_path) in BUNDLED and (BUNDLED_DIR / str(name_or_path) / "manifest.json").is_file():
-        return BUNDLED_DIR / str(name_or_path)
-    shipped = [n for n in BUNDLED if (BUNDLED_DIR / n / "manifest.json").is_file()]
-    raise BundleError(
-        f"No model bundle at {name_or_path}: give a bundle folder (with manifest.json) "
-        f"or one of the bundled names ({', '.join(shipped) or 'none installed yet'}); "
-        "train one with `slicer-samba train sam|yolo|voting DATA_DIR -o BUNDLE_DIR`."
-    )
+    return find_bundle(name_or_path, BUNDLED_DIR, BUNDLED, "slicer-samba train sam|yolo|voting DATA_DIR -o BUNDLE_DIR")
