@@ -6,10 +6,11 @@ the logic for the Python console, and the self-test.
 
 import os
 import sys
+from typing import Annotated
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest
 
 try:  # installed: SAMBACore sits beside the modules; from source: one folder up
@@ -17,9 +18,9 @@ try:  # installed: SAMBACore sits beside the modules; from source: one folder up
 except ImportError:
     sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from R2UNetSegmentLib.channels import gather_channels
+from R2UNetSegmentLib.logic import MODELS, MODES, R2UNetSegmentCore
 from R2UNetSegmentLib.selftest import run_self_test
-from SAMBACore.slicer_widget import ParameterNodeWidget
+from SAMBACore.slicer_widget import BackgroundJobWidget, ensure_packages
 
 
 class R2UNetSegment(ScriptedLoadableModule):
@@ -29,44 +30,74 @@ class R2UNetSegment(ScriptedLoadableModule):
         self.parent.categories = ["Segmentation"]
         self.parent.contributors = ["SlicerSAMBA team (SlicerSAMBA)"]
         self.parent.helpText = (
-            "Segments a loaded volume with R2U-Net (recurrent residual U-Net with attention gates) or a "
-            "two-stage U-Net cascade that fits in a memory budget. Select one of the four BraTS volumes to "
-            "use all four as channels, or any single volume. This release gathers and checks the inputs; "
-            "the networks and their weights are the next step on the project's roadmap."
+            "Segments a loaded volume with a U-Net, an R2U-Net (recurrent residual U-Net with attention gates) "
+            "or a two-stage U-Net cascade, within a memory budget you set. Select one of the four BraTS volumes "
+            "to use all four as channels, or any single volume for a single-channel model. Mode 'auto' picks "
+            "the fastest of full volume, patches and cascade that fits the budget. The bundled 'phantom-r2unet' "
+            "models were trained on synthetic phantoms: they show the method works, not how it does on patients."
         )
-        self.parent.acknowledgementText = "Built on 3D Slicer, PyTorch and MONAI."
+        self.parent.acknowledgementText = (
+            "R2U-Net: Alom et al. 2018; attention gates: Oktay et al. 2018. Built on 3D Slicer, PyTorch and MONAI."
+        )
 
 
 @parameterNodeWrapper
 class R2UNetSegmentParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
+    bundle: str = "phantom-r2unet"
+    model: Annotated[str, Choice(list(MODELS))] = "unet"
+    mode: Annotated[str, Choice(list(MODES))] = "auto"
+    memoryBudget: str = ""
+    patchSize: int = 64
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    outputSegmentation: vtkMRMLSegmentationNode
 
 
-class R2UNetSegmentLogic(ScriptedLoadableModuleLogic):
-    """From the Python console: `R2UNetSegmentLogic().channels(volume)` gives the model input."""
+class R2UNetSegmentLogic(ScriptedLoadableModuleLogic, R2UNetSegmentCore):
+    """From the Python console: `R2UNetSegmentLogic().run(volume, mode="cascade", budget="2GB")`
+    returns the segmentation; keywords as in R2UNetSegmentCore.prepare."""
+
+    def __init__(self):
+        ScriptedLoadableModuleLogic.__init__(self)
+        R2UNetSegmentCore.__init__(self)
 
     def getParameterNode(self):
         return R2UNetSegmentParameterNode(super().getParameterNode())
 
-    def channels(self, inputVolume, scene=None):
-        return gather_channels(scene or slicer.mrmlScene, inputVolume)
+    def run(self, volume, output=None, progress=None, **options):
+        return self.process(slicer.mrmlScene, volume, output=output, progress=progress, **options)
 
 
-class R2UNetSegmentWidget(ParameterNodeWidget):
+class R2UNetSegmentWidget(BackgroundJobWidget):
     logicClass = R2UNetSegmentLogic
+    _failureTitle = "Segmentation failed"
 
     def setup(self):
         super().setup()
-        self.ui.checkInputsButton.connect("clicked(bool)", self.onCheckInputs)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.initializeParameterNode()
 
     def _checkCanApply(self, caller=None, event=None):
-        self.ui.checkInputsButton.enabled = self._parameterNode.inputVolume is not None
+        ready = self._parameterNode.inputVolume is not None
+        self.ui.applyButton.enabled = ready and not self.running
+        self.ui.applyButton.toolTip = "Segment the input volume." if ready else "Select an input volume first."
 
-    def onCheckInputs(self):
-        with slicer.util.tryWithErrorDisplay("The input cannot be segmented.", waitCursor=True):
-            channels, names = self.logic.channels(self._parameterNode.inputVolume)
-            self.ui.statusLabel.setText(f"{len(names)} channel(s), {channels.shape[1:]} voxels: {', '.join(names)}")
+    def onApplyButton(self):
+        if not ensure_packages({"monai": "monai==1.6.1"}):
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Cannot start: the scene is unchanged.", waitCursor=True):
+            from SAMBACore.device import choose_device
+
+            request = self.logic.prepare(slicer.mrmlScene, p.inputVolume, bundle=p.bundle, model=p.model, mode=p.mode,
+                                         budget=p.memoryBudget, patch_size=p.patchSize, device=choose_device(p.device))
+            self._reference = p.inputVolume
+            self._startJob(lambda progress: self.logic.compute(request, progress))
+
+    def _jobSucceeded(self, result):
+        p = self._parameterNode
+        p.outputSegmentation = self.logic.finish(slicer.mrmlScene, result, self._reference, p.outputSegmentation)
+        self.ui.statusLabel.text = f"Done in {result.seconds:.1f} s ({result.mode} mode)."
 
 
 class R2UNetSegmentTest(ScriptedLoadableModuleTest):
@@ -77,5 +108,4 @@ class R2UNetSegmentTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
-        logic = R2UNetSegmentLogic()
-        run_self_test(slicer.mrmlScene, lambda scene, volume: logic.channels(volume, scene), log=self.delayDisplay)
+        run_self_test(slicer.mrmlScene, R2UNetSegmentLogic(), log=self.delayDisplay)

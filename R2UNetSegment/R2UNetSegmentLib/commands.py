@@ -2,6 +2,143 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+import time
+from pathlib import Path
+
+DEVICES = ("auto", "cpu", "cuda")
+MODES = ("auto", "full", "patch", "cascade")  # logic.MODES; not imported, so --help stays free of torch
+
+
+def _format_bytes(n: float) -> str:
+    return f"{n / 1024**3:.2f} GB" if n >= 1024**3 else f"{n / 1024**2:.0f} MB"
+
+
+def _load_input(scene, path: Path):
+    """The node to segment: for a BraTS case folder its four images are loaded (the logic gathers
+    them as channels) and T1 is returned; otherwise the one image file."""
+    from SAMBACore import bridge
+    from SAMBACore.brats import MODALITIES, find_case_files
+
+    if Path(path).is_dir():
+        files = find_case_files(path)
+        return [bridge.load_volume(scene, files[m]) for m in MODALITIES][0]
+    return bridge.load_volume(scene, path)
+
+
+def _r2unet(args) -> int:
+    from R2UNetSegmentLib.logic import R2UNetSegmentCore
+    from SAMBACore import bridge, metrics
+    from SAMBACore.device import choose_device
+
+    if not str(args.output).endswith(".seg.nrrd"):
+        raise ValueError(f"{args.output}: the output must end in .seg.nrrd.")
+    device = choose_device(args.device)
+    started = time.perf_counter()
+    core = R2UNetSegmentCore()
+    scene = bridge.get_scene()
+    node = _load_input(scene, args.input)
+    request = core.prepare(scene, node, bundle=args.bundle, model=args.model, mode=args.mode,
+                           budget=args.memory_budget, patch_size=args.patch_size, device=device)
+
+    def report(fraction, message):
+        print(f"[{fraction:4.0%}] {message}", flush=True)
+
+    loaded = time.perf_counter()
+    result = core.compute(request, report)
+    segmentation = core.finish(scene, result, node, name="Tumour segmentation")
+    print(f"Segmentation: {bridge.save_segmentation(segmentation, args.output)}")
+    print(f"Mode: {result.mode}, estimated peak memory {_format_bytes(result.estimate_bytes)}"
+          + (f" (budget {_format_bytes(request.budget_bytes)})" if request.budget_bytes else ""))
+    volumes = metrics.volumes_ml(result.labels, tuple(reversed(node.GetSpacing())))
+    print("Volumes (mL): " + ", ".join(f"{name} {ml:.1f}" for name, ml in volumes.items()))
+    print(f"Time: load {loaded - started:.1f} s, segment {result.seconds:.1f} s")
+    return 0
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(w) for w in text.split(",")]
+    except ValueError:
+        widths = []
+    if len(widths) < 2 or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least two positive widths, e.g. 16,32,64")
+    return widths
+
+
+def _train(args) -> int:
+    from R2UNetSegmentLib import training
+    from SAMBACore.device import choose_device
+
+    command = "slicer-samba " + " ".join(sys.argv[1:])
+    common = {"steps": args.steps, "patch": args.patch, "batch": args.batch, "lr": args.lr, "seed": args.seed,
+                  "device": choose_device(args.device), "command": command}
+    if args.component == "cascade":
+        training.train_cascade(args.data_dir, args.output, stage1_steps=args.stage1_steps,
+                               stage1_config=args.widths and {**training.STAGE1_CONFIG, "widths": args.widths},
+                               stage2_config=args.stage2_widths and {**training.STAGE2_CONFIG, "widths": args.stage2_widths},
+                               **common)
+    elif args.component == "r2unet":
+        config = args.widths and {**training.R2UNET_CONFIG, "base_width": args.widths[0], "depth": len(args.widths) - 1}
+        training.train_r2unet(args.data_dir, args.output, config=config, **common)
+    else:
+        config = args.widths and {**training.UNET_CONFIG, "widths": args.widths}
+        training.train_unet(args.data_dir, args.output, config=config, **common)
+    print(f"Bundle updated: {args.output} ({args.component})")
+    return 0
+
 
 def register(commands, train, bench) -> None:
     """Add this module's subcommands to the top-level, `train` and `bench` sub-parser groups."""
+
+    r2unet = commands.add_parser("r2unet", help="segment a BraTS case folder or one image with the U-Net, R2U-Net "
+                                 "or U-Net cascade, inside a memory budget")
+    r2unet.add_argument("input", type=Path, help="BraTS case folder (four images) or a single image file")
+    r2unet.add_argument("-o", "--output", type=Path, required=True, help="the .seg.nrrd to write")
+    r2unet.add_argument("--bundle", default="phantom-r2unet", help="bundle folder or bundled name (default phantom-r2unet)")
+    r2unet.add_argument("--model", choices=("unet", "r2unet"), default="unet", help="network for full and patch modes")
+    r2unet.add_argument("--mode", choices=MODES, default="auto", help="auto: the cheapest mode within the budget")
+    r2unet.add_argument("--memory-budget", help="peak memory --mode auto may use, e.g. 512MB, 2GB, 1.5G "
+                        "(powers of 1024; default: the memory free now)")
+    r2unet.add_argument("--patch-size", type=int, default=64, help="patch edge in voxels (default 64)")
+    r2unet.add_argument("--device", choices=DEVICES, default="auto")
+    r2unet.set_defaults(run=_r2unet)
+
+    def bench_memory(args):
+        from R2UNetSegmentLib.bench_memory import run_command
+
+        return run_command(args)
+
+    memory = bench.add_parser("memory", help="peak memory, time and Dice of full, patch-wise and cascade inference "
+                              "on a 240x240x155 four-channel phantom")
+    memory.add_argument("--bundle", help="bundle with the unet and the cascade (default: random weights, "
+                        "so Dice is meaningless)")
+    memory.add_argument("--device", choices=DEVICES, default="auto")
+    memory.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    memory.add_argument("--patch-size", type=int, default=64, help="patch edge in voxels (default 64)")
+    memory.add_argument("--seed", type=int, default=0, help="phantom (and random weights) seed (default 0)")
+    memory.add_argument("--modes", default="full,patch,cascade",
+                        help="modes to run, full included (default all three; patch-wise is the slowest on a CPU)")
+    memory.add_argument("--shape", help="D,H,W: a box of the phantom around the tumour instead of 155,240,240")
+    memory.set_defaults(run=bench_memory)
+
+    for component, help_text in (("unet", "the 3D U-Net (full-volume and patch-wise inference)"),
+                                 ("r2unet", "the attention R2U-Net (3D)"),
+                                 ("cascade", "the two-stage U-Net cascade (down-sampled, then full-resolution patches)")):
+        parser = train.add_parser(component, help=help_text)
+        parser.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file")
+        parser.add_argument("-o", "--output", type=Path, required=True,
+                            help="bundle folder to create or update (re-run the same command to resume)")
+        parser.add_argument("--steps", type=int, default=400, help="optimiser steps (per stage for the cascade; default 400)")
+        parser.add_argument("--patch", type=int, default=64, help="patch edge in voxels (default 64)")
+        parser.add_argument("--batch", type=int, default=2, help="patches per step (default 2)")
+        parser.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--device", choices=DEVICES, default="auto")
+        parser.add_argument("--widths", type=_widths, help="stage widths, e.g. 16,32,64,128 (the cascade's stage 1; "
+                            "for r2unet the first is the base width and the count sets the depth)")
+        if component == "cascade":
+            parser.add_argument("--stage1-steps", type=int, help="steps of stage 1 (default: --steps)")
+            parser.add_argument("--stage2-widths", type=_widths, help="stage 2's widths, e.g. 16,32,64")
+        parser.set_defaults(run=_train, component=component)

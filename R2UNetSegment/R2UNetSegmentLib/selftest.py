@@ -6,29 +6,76 @@ import tempfile
 
 import numpy as np
 
-from SAMBACore import bridge
-from SAMBACore.brats import MODALITIES, find_case_files
+from SAMBACore import bridge, metrics
+from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, find_case_files, to_internal_labels
+from SAMBACore.inputs import InputError
 from SAMBACore.phantom import write_case
 
-SELF_TEST_SEED = 20002
+SELF_TEST_SEED = 20002  # a held-out phantom seed (training uses seeds below 20000)
+CROP = 96  # voxels per axis around the tumour: keeps a CPU self-test to seconds, any size works
+MIN_WT_DICE = 0.75
 
 
-def run_self_test(scene, gather, log=print) -> None:
-    """`gather(scene, primary)` is the logic's channel gathering: four BraTS channels in model
-    order when all four are loaded, one channel otherwise, voxels untouched."""
+def _crop_around_tumour(scene, nodes: dict, truth: np.ndarray):
+    """Replace the loaded volumes by CROP^3 crops centred on the tumour, same names and world
+    positions (the crop's origin moves with it), so channel gathering still finds the four."""
+    centre = np.round(np.argwhere(truth > 0).mean(axis=0)).astype(int)
+    low = np.clip(centre - CROP // 2, 0, np.array(truth.shape) - CROP)
+    box = tuple(slice(lo, lo + CROP) for lo in low)
+    matrix = bridge.ijk_to_ras(nodes["t1"]).copy()
+    matrix[:3, 3] = matrix[:3, :3] @ low[::-1] + matrix[:3, 3]  # voxel (i, j, k) = low corner, reversed to IJK
+    cropped = {}
+    for m in MODALITIES:
+        name, array = nodes[m].GetName(), bridge.array_from_volume(nodes[m])[box]
+        scene.RemoveNode(nodes[m])
+        cropped[m] = bridge.volume_from_array(scene, array, matrix, name)
+    return cropped, truth[box]
+
+
+def run_self_test(scene, logic, log=print) -> dict:
+    """Phantom case -> channels -> cascade segmentation -> Dice against the truth; then a budget
+    too small for any mode and a missing channel must be refused with the scene left as it was.
+
+    `logic` has the R2UNetSegmentCore methods. Returns the region metrics.
+    """
     with tempfile.TemporaryDirectory() as folder:
-        log("Loading a phantom case")
-        files = find_case_files(write_case(folder, "SELFTEST", seed=SELF_TEST_SEED))
+        log("Making a phantom case")
+        files = find_case_files(write_case(folder, "SELFTEST", seed=SELF_TEST_SEED), need_seg=True)
         nodes = {m: bridge.load_volume(scene, files[m]) for m in MODALITIES}
+        seg_node = bridge.load_volume(scene, files["seg"])
+        truth = to_internal_labels(bridge.array_from_volume(seg_node))
+        scene.RemoveNode(seg_node)
+    nodes, truth = _crop_around_tumour(scene, nodes, truth)
 
-    channels, names = gather(scene, nodes["flair"])
-    assert names == [nodes[m].GetName() for m in MODALITIES], names
-    assert channels.shape == (4,) + bridge.array_from_volume(nodes["t1"]).shape
+    log("Gathering the four BraTS channels from the FLAIR volume")
+    channels = logic.prepare(scene, nodes["flair"]).image
     for index, m in enumerate(MODALITIES):
         np.testing.assert_array_equal(channels[index], bridge.array_from_volume(nodes[m]))
 
-    log("Without T2 the FLAIR volume is segmented on its own")
+    log("Segmenting with the cascade")
+    segmentation = logic.process(scene, nodes["flair"], mode="cascade")
+    predicted = bridge.labels_from_segmentation(segmentation, nodes["t1"], {s.key: v for v, s in LABEL_SEGMENTS.items()})
+    scores = metrics.region_metrics(predicted, truth, tuple(reversed(nodes["t1"].GetSpacing())))
+    log("Dice " + ", ".join(f"{r} {v['dice']:.3f}" for r, v in scores.items()))
+    assert scores["WT"]["dice"] >= MIN_WT_DICE, scores
+
+    before = scene.GetNumberOfNodes()
+    log("A memory budget too small for any mode is refused, naming one that works")
+    try:
+        logic.process(scene, nodes["flair"], mode="auto", budget="1KB")
+    except ValueError as error:
+        assert "smallest" in str(error).lower(), error
+    else:
+        raise AssertionError("a 1 KB budget was accepted")
+    log("Without T2 the bundle's four-channel models refuse the input")
     scene.RemoveNode(nodes["t2"])
-    channels, names = gather(scene, nodes["flair"])
-    assert names == [nodes["flair"].GetName()] and channels.shape[0] == 1
+    before -= 1
+    try:
+        logic.process(scene, nodes["flair"])
+    except InputError as error:
+        assert "channel" in str(error), error
+    else:
+        raise AssertionError("a one-channel input was given to a four-channel model")
+    assert scene.GetNumberOfNodes() == before
     log("Self-test passed")
+    return scores

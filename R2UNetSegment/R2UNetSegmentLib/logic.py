@@ -1,0 +1,131 @@
+"""R2UNetSegment's logic without Qt: a volume node (and its BraTS siblings) in, a segmentation out.
+
+As in SAMBASegment, the work is split so the GUI can run the middle part on a worker thread:
+  prepare  (main thread)  nodes -> checked channels and the models' input, in plain arrays
+  compute  (any thread)   arrays -> labels, with progress and cancel; touches no MRML
+  finish   (main thread)  labels -> segmentation node in the scene
+Everything that can fail happens before `finish`, so a failure or cancel leaves the scene as it was.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from SAMBACore import bridge
+from SAMBACore.brats import LABEL_SEGMENTS, Segment
+from SAMBACore.inputs import InputError
+from R2UNetSegmentLib.channels import gather_channels
+from R2UNetSegmentLib.r2unet_bundle import R2UNetModels, load_r2unet_models, resolve_bundle
+
+Progress = Callable[[float, str], None]
+MODELS = ("unet", "r2unet")
+MODES = ("auto", "full", "patch", "cascade")
+# A two-class model (a single MRI, a skin photo) finds one lesion; a four-class one the BraTS sub-regions.
+LESION = {1: Segment("lesion", "Lesion", (0.90, 0.35, 0.25), "SCT^52988006^Lesion")}
+UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_budget(text) -> int | None:
+    """'512MB', '2GB', '1.5G', '2GiB' or plain bytes -> bytes (K, M, G, T are powers of 1024);
+    None or '' -> no budget (auto mode then uses the memory free at the time)."""
+    if text is None or str(text).strip() == "":
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(?:I?B)?\s*", str(text), re.IGNORECASE)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"Memory budget {text!r} is not a size: write it like 512MB, 2GB or 1.5G.")
+    return int(float(match.group(1)) * UNITS[match.group(2).upper()])
+
+
+def segments_for(classes: int) -> dict[int, Segment]:
+    if classes == 4:
+        return LABEL_SEGMENTS
+    if classes == 2:
+        return LESION
+    raise InputError(f"The model predicts {classes} classes; R2UNetSegment shows 2 (lesion) or 4 (BraTS) classes.")
+
+
+@dataclass
+class Request:
+    image: np.ndarray  # (C, *spatial) float32, as the channels are in the scene
+    names: list[str]
+    classes: int
+    bundle: str = "phantom-r2unet"
+    model: str = "unet"
+    mode: str = "auto"
+    budget_bytes: int | None = None
+    patch_size: int = 64
+    device: str = "cpu"
+
+
+@dataclass
+class Result:
+    labels: np.ndarray  # (*spatial) uint8, on the input grid
+    classes: int
+    mode: str  # the mode that ran (auto resolved)
+    seconds: float
+    estimate_bytes: int  # the estimated peak memory of that mode
+
+
+class R2UNetSegmentCore:
+    """Keeps the loaded bundle between runs."""
+
+    def __init__(self):
+        self._models: dict[tuple, R2UNetModels] = {}
+
+    def models(self, bundle: str, device: str) -> R2UNetModels:
+        key = (str(resolve_bundle(bundle)), device)
+        if key not in self._models:
+            self._models = {key: load_r2unet_models(key[0], device)}  # one bundle in memory at a time
+        return self._models[key]
+
+    def prepare(self, scene, volume, bundle: str = "phantom-r2unet", model: str = "unet", mode: str = "auto",
+                budget=None, patch_size: int = 64, device: str = "cpu") -> Request:
+        if model not in MODELS:
+            raise ValueError(f"Unknown model {model!r}: choose one of {', '.join(MODELS)}.")
+        if mode not in MODES:
+            raise ValueError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
+        if volume is None:
+            raise ValueError("Select an input volume.")
+        models = self.models(bundle, device)
+        image, names = gather_channels(scene, volume)
+        if image.shape[0] != models.in_channels:
+            need = "the four BraTS volumes (T1, T1CE, T2, FLAIR) on one grid" if models.in_channels == 4 else \
+                f"{models.in_channels} channel(s)"
+            raise InputError(f"Wrong channel count: the input gives {image.shape[0]} channel(s) ({', '.join(names)}) "
+                             f"but the bundle's models take {models.in_channels}: load {need}, or choose a bundle "
+                             "trained for this input.")
+        if mode == "cascade" and models.cascade is None:
+            raise InputError(f"The bundle {bundle} has no cascade; choose mode full, patch or auto.")
+        if mode != "cascade" and getattr(models, model) is None:
+            raise InputError(f"The bundle {bundle} has no {model} model; choose another model or mode cascade.")
+        segments_for(models.classes)
+        return Request(image, names, models.classes, bundle, model, mode, parse_budget(budget), patch_size, device)
+
+    def compute(self, request: Request, progress: Progress | None = None) -> Result:
+        from R2UNetSegmentLib.inference import estimate_peak_bytes, normalise, segment
+
+        models = self.models(request.bundle, request.device)
+        model = getattr(models, request.model)
+        started = time.perf_counter()
+        labels, _, mode = segment(normalise(request.image), model=model, cascade=models.cascade,
+                                  mode=request.mode, budget_bytes=request.budget_bytes, patch_size=request.patch_size,
+                                  device=request.device, progress=progress)
+        estimate = estimate_peak_bytes(models.cascade if mode == "cascade" else model, request.image.shape, mode,
+                                       request.patch_size)
+        return Result(labels.astype(np.uint8), request.classes, mode, time.perf_counter() - started, estimate)
+
+    def finish(self, scene, result: Result, reference, output=None, name: str = "R2U-Net segmentation"):
+        """Add (or fill `output`) the segmentation on the reference volume's grid."""
+        return bridge.segmentation_from_labels(scene, result.labels, reference, segments_for(result.classes), name,
+                                               into=output)
+
+    def process(self, scene, volume, output=None, name: str = "R2U-Net segmentation",
+                progress: Progress | None = None, **options):
+        """prepare + compute + finish in one call (the Python console, the self-test)."""
+        request = self.prepare(scene, volume, **options)
+        return self.finish(scene, self.compute(request, progress), volume, output, name)

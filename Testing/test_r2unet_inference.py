@@ -1,0 +1,173 @@
+"""R2UNetSegment inference: patch-wise equals full-volume, the cascade's wiring, the memory estimate, auto mode."""
+
+import numpy as np
+import pytest
+import torch
+from R2UNetSegmentLib.bench_memory import prepare_rss_measurement
+from R2UNetSegmentLib.cascade_inputs import downsample, upsample_labels
+from R2UNetSegmentLib.inference import (
+    Cascade,
+    MemoryBudgetError,
+    choose_mode,
+    estimate_peak_bytes,
+    normalise,
+    predict_cascade,
+    predict_full,
+    predict_patches,
+    segment,
+)
+from R2UNetSegmentLib.memory import PeakMemory
+from R2UNetSegmentLib.r2unet import R2UNet
+from R2UNetSegmentLib.unet3d import UNet3D
+from torch import nn
+
+from SAMBACore.background import Cancelled
+
+
+def random_image(shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+def test_patch_wise_equals_full_volume_unet3d():
+    torch.manual_seed(0)
+    model = UNet3D(2, 3, (4, 8)).eval()
+    # Neither a multiple of the patch (14) nor of size_multiple (2); the margin is 9, so a grown
+    # window (at most 14 + 2 * 9 + 1 voxels) is smaller than the volume on every axis.
+    image = random_image((2, 34, 37, 40))
+    full = predict_full(model, image)
+    patches = predict_patches(model, image, patch_size=14)
+    assert patches.shape == full.shape == (3, 34, 37, 40)
+    np.testing.assert_allclose(patches, full, atol=1e-5)
+    # Without the context the windows see zero padding at their borders instead of the volume.
+    assert np.abs(predict_patches(model, image, patch_size=14, margin=0) - full).max() > 1e-3
+
+
+def test_patch_wise_equals_full_image_r2unet_with_attention_2d():
+    torch.manual_seed(1)
+    model = R2UNet(2, 3, spatial_dims=2, base_width=4, depth=1, attention=True).eval()
+    image = random_image((2, 120, 133), seed=1)  # the margin is 25: windows grow to at most 32 + 51
+    full = predict_full(model, image)
+    patches = predict_patches(model, image, patch_size=32)
+    np.testing.assert_allclose(patches, full, atol=1e-5)
+    assert np.abs(predict_patches(model, image, patch_size=32, margin=0) - full).max() > 1e-3
+
+
+class Threshold(nn.Module):
+    """Stand-in stage 1: class 1 where channel 0 > 0.5, else background (a fixed 1x1 conv)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, 1)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[1, 0] = 20.0
+            self.conv.bias.copy_(torch.tensor([0.0, -10.0]))
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class OneHotReader(nn.Module):
+    """Stand-in stage 2: its logits are the one-hot channels (image channel weighted 0), times 10."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(3, 2, 1, bias=False)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[0, 1] = self.conv.weight[1, 2] = 10.0
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_cascade_passes_stage1_labels_to_stage2_one_hot():
+    shape = (30, 41, 37)
+    zz, yy, xx = np.indices(shape)
+    sphere = ((zz - 14) ** 2 + (yy - 20) ** 2 + (xx - 17) ** 2 < 10**2).astype(np.float32)
+    cascade = Cascade(Threshold(), OneHotReader(), factor=0.5)
+    probs = predict_cascade(cascade, sphere[None], patch_size=16)
+    assert probs.shape == (2,) + shape
+    expected = upsample_labels((downsample(sphere[None], 0.5)[0] > 0.5).astype(np.uint8), shape)
+    assert 0 < expected.sum() < expected.size
+    np.testing.assert_array_equal(probs.argmax(0), expected)
+    # Stage 2's image weight is 0: only the one-hot channels can put class 1 where stage 1 did.
+    assert probs[1][expected == 1].min() > 0.99 and probs[1][expected == 0].max() < 0.01
+
+
+def test_cascade_stages_must_fit_together():
+    cascade = Cascade(Threshold(), UNet3D(2, 2, (4, 8)), factor=0.5)
+    with pytest.raises(ValueError, match="stage 2 takes 2 channels"):
+        predict_cascade(cascade, random_image((1, 12, 12, 12)))
+
+
+def test_estimate_agrees_with_measured_peak():
+    torch.manual_seed(0)
+    model = UNet3D(1, 2, (16, 32)).eval()
+    image = random_image((1, 80, 80, 80))  # 16 channels at full size: 33 MB a tensor, beyond malloc's heap
+    estimate = estimate_peak_bytes(model, image.shape, "full")
+    prepare_rss_measurement()
+    with PeakMemory("cpu") as peak:
+        predict_full(model, image)
+    assert estimate > 100 * 1024**2
+    assert 0.5 < peak.peak_bytes / estimate < 2, (peak.peak_bytes, estimate)
+
+
+def test_choose_mode_takes_the_fastest_that_fits():
+    model = UNet3D(4, 4, (8, 16, 32))
+    # Stage 2 one level shallower, as in the study's set-up: a smaller margin, smaller windows.
+    cascade = Cascade(UNet3D(4, 4, (8, 16, 32)), UNet3D(8, 4, (8, 16)))
+    shape = (4, 64, 96, 96)
+    estimates = {
+        "full": estimate_peak_bytes(model, shape, "full", 32),
+        "patch": estimate_peak_bytes(model, shape, "patch", 32),
+        "cascade": estimate_peak_bytes(cascade, shape, "cascade", 32),
+    }
+    assert estimates["full"] > estimates["patch"] > estimates["cascade"]
+    for mode, estimate in estimates.items():
+        assert choose_mode(model, cascade, shape, estimate, 32) == (mode, estimate)
+    assert choose_mode(None, cascade, shape, estimates["full"], 32)[0] == "cascade"
+    with pytest.raises(MemoryBudgetError, match=r"the smallest mode, cascade, needs about \d+ MB") as error:
+        choose_mode(model, cascade, shape, estimates["cascade"] - 1, 32)
+    assert isinstance(error.value, ValueError)
+    with pytest.raises(MemoryBudgetError, match="smallest mode, patch"):
+        choose_mode(model, None, shape, 1, 32)
+
+
+def test_segment_auto_labels_and_cancel():
+    torch.manual_seed(0)
+    model = UNet3D(2, 3, (4, 8)).eval()
+    image = random_image((2, 24, 24, 64))  # 20 windows of at most 24 x 24 x 35
+    budget = estimate_peak_bytes(model, image.shape, "patch", 16)
+    assert budget < estimate_peak_bytes(model, image.shape, "full")
+    labels, probs, mode = segment(image, model=model, budget_bytes=budget, patch_size=16)
+    assert mode == "patch"
+    assert labels.dtype == np.uint8 and labels.shape == image.shape[1:]
+    np.testing.assert_array_equal(labels, predict_full(model, image).argmax(0))
+    seen = []
+
+    def cancel_after_two(fraction, message):
+        seen.append(fraction)
+        if len(seen) > 2:
+            raise Cancelled(message)
+
+    with pytest.raises(Cancelled):
+        segment(image, model=model, mode="patch", patch_size=16, progress=cancel_after_two)
+    with pytest.raises(ValueError, match="takes 2 channel"):
+        segment(image[:1], model=model, mode="full")
+    with pytest.raises(ValueError, match="needs a Cascade"):
+        segment(image, model=model, mode="cascade")
+
+
+def test_normalise_z_scores_inside_the_brain():
+    rng = np.random.default_rng(0)
+    image = np.zeros((2, 10, 10, 10), np.float32)
+    image[:, 2:8, 2:8, 2:8] = rng.normal(300, 50, (2, 6, 6, 6))
+    out = normalise(image)
+    inside = out[:, 2:8, 2:8, 2:8]
+    np.testing.assert_allclose(inside.reshape(2, -1).mean(1), 0, atol=1e-5)
+    np.testing.assert_allclose(inside.reshape(2, -1).std(1), 1, atol=1e-4)
+    assert (out[image == 0] == 0).all()
+    image[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        normalise(image)
