@@ -23,16 +23,7 @@ from SAMBACore.brats import MODALITIES
 from SAMBACore.metrics import region_metrics
 from SAMBACore.phantom import make_case
 
-from .inference import (
-    Cascade,
-    estimate_peak_bytes,
-    labels_from,
-    model_margin,
-    normalise,
-    predict_cascade,
-    predict_full,
-    predict_patches,
-)
+from .inference import Cascade, brain_box, estimate_peak_bytes, model_margin, normalise, segment
 from .memory import PeakMemory
 from .unet3d import UNet3D
 
@@ -131,10 +122,11 @@ def run_bench(bundle=None, device="cpu", patch_size=64, seed=0, shape=None, mode
 
     model_margin(model, 3)
     model_margin(cascade.stage2, 3)
+    inside = image[(slice(None),) + brain_box(image)].shape
     estimates = {
-        "full": estimate_peak_bytes(model, image.shape, "full", patch_size),
-        "patch": estimate_peak_bytes(model, image.shape, "patch", patch_size),
-        "cascade": estimate_peak_bytes(cascade, image.shape, "cascade", patch_size),
+        "full": estimate_peak_bytes(model, inside, "full", patch_size),
+        "patch": estimate_peak_bytes(model, inside, "patch", patch_size),
+        "cascade": estimate_peak_bytes(cascade, inside, "cascade", patch_size),
     }
     tenths = [-1]
 
@@ -143,18 +135,14 @@ def run_bench(bundle=None, device="cpu", patch_size=64, seed=0, shape=None, mode
             tenths[0] = int(fraction * 10)
             say(f"{fraction:4.0%} {message}")
 
-    runs = {
-        "full": lambda: predict_full(model, image, device),
-        "patch": lambda: predict_patches(model, image, patch_size, device=device, progress=every_tenth),
-        "cascade": lambda: predict_cascade(cascade, image, patch_size, device=device, progress=every_tenth),
-    }
     results = {}
     for mode in (m for m in ORDER if m in modes):
         say(f"{mode} inference")
         tenths[0] = -1
         prepare_rss_measurement()
-        with PeakMemory(device) as peak:
-            labels = labels_from(runs[mode]())
+        with PeakMemory(device) as peak:  # what users run: segment(), inside the brain's box
+            labels, _, _ = segment(image, model=model, cascade=cascade, mode=mode, patch_size=patch_size,
+                                   device=device, progress=every_tenth)
         scores = region_metrics(labels, truth)
         results[mode] = {
             "peak_bytes": peak.peak_bytes,

@@ -71,6 +71,19 @@ def normalise(image: np.ndarray) -> np.ndarray:
     return out
 
 
+def brain_box(image: np.ndarray) -> tuple[slice, ...]:
+    """The bounding box of the voxels non-zero in some channel (the skull-stripped brain).
+
+    Training draws every patch inside it, so the networks never learned what a large empty
+    border looks like (stage 1 of the cascade called much of it tumour); inference runs inside
+    it too, and the border is background. An all-zero image gives the whole grid."""
+    nonzero = np.argwhere(np.abs(image).sum(0) > 0)
+    if len(nonzero) == 0:
+        return tuple(slice(0, size) for size in image.shape[1:])
+    low, high = nonzero.min(0), nonzero.max(0) + 1
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+
+
 # ---------------------------------------------------------------- model facts
 
 
@@ -387,6 +400,8 @@ def available_bytes(device="cpu") -> int:
 def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, patch_size=64, device="cpu", progress=None):
     """(labels uint8 (*S), probabilities (K, *S), mode used) for a normalised (C, *S) image.
 
+    The networks run on the brain's bounding box (brain_box) only; outside it is background.
+
     mode "auto" takes the fastest mode whose estimated peak fits `budget_bytes` (default: the
     memory available now). progress(fraction, message) may raise to cancel.
     """
@@ -397,17 +412,23 @@ def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, pat
     if mode == "cascade" and cascade is None:
         raise ValueError("mode cascade needs a Cascade; give one or use mode full or patch")
     image = np.asarray(image)
+    box = (slice(None),) + brain_box(image)
+    inside = image[box]
     if mode == "auto":
         budget = available_bytes(device) if budget_bytes is None else budget_bytes
-        mode, _ = choose_mode(model, cascade, image.shape, budget, patch_size)
+        mode, _ = choose_mode(model, cascade, inside.shape, budget, patch_size)
     if progress:
         progress(0.0, f"{mode} inference")
     if mode == "full":
-        probs = predict_full(model, image, device)
+        inner = predict_full(model, inside, device)
     elif mode == "patch":
-        probs = predict_patches(model, image, patch_size, device=device, progress=progress)
+        inner = predict_patches(model, inside, patch_size, device=device, progress=progress)
     else:
-        probs = predict_cascade(cascade, image, patch_size, device=device, progress=progress)
+        inner = predict_cascade(cascade, inside, patch_size, device=device, progress=progress)
+    probs = np.zeros((inner.shape[0],) + image.shape[1:], np.float32)
+    if inner.shape[0] > 1:
+        probs[0] = 1.0  # outside the brain: background
+    probs[box] = inner
     if progress:
         progress(1.0, "done")
     return labels_from(probs), probs, mode

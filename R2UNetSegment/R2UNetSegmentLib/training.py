@@ -67,7 +67,7 @@ def load_cases(data_dir, log: Log = print, factor: float | None = None) -> list[
     box "low_image" and "low_labels" (labels by averaging their one-hot maps, so a small region
     is not lost between the samples of nearest-neighbour down-sampling).
     """
-    from .inference import normalise
+    from .inference import brain_box, normalise
 
     found, skipped = find_training_cases(data_dir)
     for reason in skipped:
@@ -89,13 +89,6 @@ def load_cases(data_dir, log: Log = print, factor: float | None = None) -> list[
         case["labels"] = np.ascontiguousarray(labels[case["box"]])
         cases.append(case)
     return cases
-
-
-def brain_box(image: np.ndarray) -> tuple[slice, ...]:
-    """The bounding box of the voxels that are non-zero in some channel."""
-    nonzero = np.argwhere(np.abs(image).sum(0) > 0)
-    low, high = nonzero.min(0), nonzero.max(0) + 1
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
 
 
 def random_patch(rng: np.random.Generator, shape, patch, labels: np.ndarray, tumour_fraction: float = TUMOUR_FRACTION):
