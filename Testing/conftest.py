@@ -12,3 +12,14 @@ def scene():
     yield scene
     scene.Clear(True)
 
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: tiny models gain nothing from two, and OpenMP threads fighting a busy
+    2-core machine for cores cost far more than they give."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,13 +13,7 @@ TINY_SAM = {"type": "small", "img_size": 64, "patch_size": 16, "embed_dim": 32, 
             "prompt_embed_dim": 32, "mlp_dim": 64, "decoder_heads": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a busy 2-core machine: OpenMP threads fighting for cores cost 50x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_vit_b_rank_4_on_qkv_has_147456_lora_parameters():

@@ -16,13 +16,7 @@ MANIFEST = {"name": "tiny", "version": "0", "description": "random", "licence": 
             "preprocessing": {}, "labels": {}, "training": {}, "metrics": {}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a busy 2-core machine: OpenMP threads fighting for cores cost far more than they give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def write_bundle(path, component, kind, config, state):
