@@ -32,7 +32,8 @@ class R2UNetSegment(ScriptedLoadableModule):
         self.parent.helpText = (
             "Segments a loaded volume with a U-Net, an R2U-Net (recurrent residual U-Net with attention gates) "
             "or a two-stage U-Net cascade, within a memory budget you set. Select one of the four BraTS volumes "
-            "to use all four as channels, or any single volume for a single-channel model. Mode 'auto' picks "
+            "to use all four as channels, any single volume for a single-channel model, or a colour photo (for "
+            "example a dermoscopy image) for a 2D model. Mode 'auto' picks "
             "the fastest of full volume, patches and cascade that fits the budget. The bundled 'phantom-r2unet' "
             "models were trained on synthetic phantoms: they show the method works, not how it does on patients."
         )

@@ -106,19 +106,23 @@ def _coverage(reference_to_volume: np.ndarray, reference_size, volume_size, samp
 
 
 def _image_data(array: np.ndarray) -> vtk.vtkImageData:
+    """(k, j, i) scalars, or (k, j, i, c) with c components per voxel (an RGB photo)."""
     array = np.ascontiguousarray(array)
     image = vtk.vtkImageData()
     image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
-    scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
+    components = array.shape[3] if array.ndim == 4 else 1
+    scalars = numpy_support.numpy_to_vtk(array.reshape(-1, components) if components > 1 else array.ravel(), deep=True)
     image.GetPointData().SetScalars(scalars)
     return image
 
 
 def volume_from_array(scene, array: np.ndarray, ijk_to_ras_matrix: np.ndarray, name: str, labelmap: bool = False):
-    """Add a scalar (or labelmap) volume node holding a copy of `array` with the given geometry."""
-    if array.ndim != 3:
-        raise ValueError(f"Expected a 3D array (k, j, i), got shape {array.shape}.")
-    node_class = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
+    """Add a scalar (or labelmap) volume node holding a copy of `array` with the given geometry;
+    a (k, j, i, c) array gives a vector volume (c components per voxel, as Slicer loads a photo)."""
+    if array.ndim not in (3, 4) or (array.ndim == 4 and labelmap):
+        raise ValueError(f"Expected an array (k, j, i), or (k, j, i, components) for a vector volume; got {array.shape}.")
+    node_class = "vtkMRMLLabelMapVolumeNode" if labelmap else \
+        "vtkMRMLVectorVolumeNode" if array.ndim == 4 else "vtkMRMLScalarVolumeNode"
     node = scene.AddNewNodeByClass(node_class, name)
     node.SetIJKToRASMatrix(_vtk_matrix(ijk_to_ras_matrix))
     node.SetAndObserveImageData(_image_data(array))

@@ -91,7 +91,7 @@ def _convs(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
 
 
-def _spatial_dims(model: nn.Module) -> int:
+def spatial_dims(model: nn.Module) -> int:
     return 3 if isinstance(_convs(model)[0], nn.Conv3d) else 2
 
 
@@ -144,7 +144,7 @@ def model_margin(model: nn.Module, spatial_dims: int) -> tuple[int, ...]:
 
 def _check_image(model: nn.Module, image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
-    dims = _spatial_dims(model)
+    dims = spatial_dims(model)
     if image.ndim != dims + 1:
         raise ValueError(
             f"the image has shape {image.shape} but the model is {dims}D: give (channels, "
@@ -299,7 +299,7 @@ def _activation_model(model: nn.Module) -> tuple[float, float, int]:
     """
     key = _structure(model, widths=True)
     if key not in _PER_VOXEL:
-        dims, channels, multiple = _spatial_dims(model), _in_channels(model), _multiple(model)
+        dims, channels, multiple = spatial_dims(model), _in_channels(model), _multiple(model)
         parameter = next(model.parameters())
         peaks, voxels = [], []
         model.eval()

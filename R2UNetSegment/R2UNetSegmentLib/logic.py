@@ -60,6 +60,7 @@ class Request:
     budget_bytes: int | None = None
     patch_size: int = 64
     device: str = "cpu"
+    flat: bool = False  # a 2D model on a single-slice image: the slice axis is dropped for the model
 
 
 @dataclass
@@ -104,19 +105,28 @@ class R2UNetSegmentCore:
         if mode != "cascade" and getattr(models, model) is None:
             raise InputError(f"The bundle {bundle} has no {model} model; choose another model or mode cascade.")
         segments_for(models.classes)
-        return Request(image, names, models.classes, bundle, model, mode, parse_budget(budget), patch_size, device)
+        from R2UNetSegmentLib.inference import spatial_dims
+
+        network = models.cascade.stage1 if mode == "cascade" else getattr(models, model)
+        flat = spatial_dims(network) == 2
+        if flat and image.shape[1] != 1:
+            raise InputError(f"The bundle's model is 2D (for photos and single slices), but {volume.GetName()} has "
+                             f"{image.shape[1]} slices: select a single-slice image, or choose a 3D bundle.")
+        return Request(image, names, models.classes, bundle, model, mode, parse_budget(budget), patch_size, device, flat)
 
     def compute(self, request: Request, progress: Progress | None = None) -> Result:
         from R2UNetSegmentLib.inference import estimate_peak_bytes, normalise, segment
 
         models = self.models(request.bundle, request.device)
         model = getattr(models, request.model)
+        image = request.image[:, 0] if request.flat else request.image
         started = time.perf_counter()
-        labels, _, mode = segment(normalise(request.image), model=model, cascade=models.cascade,
+        labels, _, mode = segment(normalise(image), model=model, cascade=models.cascade,
                                   mode=request.mode, budget_bytes=request.budget_bytes, patch_size=request.patch_size,
                                   device=request.device, progress=progress)
-        estimate = estimate_peak_bytes(models.cascade if mode == "cascade" else model, request.image.shape, mode,
+        estimate = estimate_peak_bytes(models.cascade if mode == "cascade" else model, image.shape, mode,
                                        request.patch_size)
+        labels = labels[None] if request.flat else labels  # back to the volume's (k, j, i)
         return Result(labels.astype(np.uint8), request.classes, mode, time.perf_counter() - started, estimate)
 
     def finish(self, scene, result: Result, reference, output=None, name: str = "R2U-Net segmentation"):
