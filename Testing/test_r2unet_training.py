@@ -207,9 +207,9 @@ def test_the_committed_phantom_bundle_loads_and_says_how_it_was_made():
     path = resolve_bundle("phantom-r2unet")
     models = load_r2unet_models(path)
     assert models.in_channels == 4 and models.classes == 4 and models.cascade.factor == 0.3
-    assert models.unet is not None and models.r2unet is None
+    assert models.unet is not None and models.r2unet is not None
     manifest = load_bundle(path).manifest
-    assert set(manifest["training"]) == {"unet", "cascade_stage1", "cascade_stage2"}
+    assert set(manifest["training"]) == {"unet", "r2unet", "cascade_stage1", "cascade_stage2"}
     assert all(record["seed"] == 0 and record["cases"] == 20 for record in manifest["training"].values())
     assert any(name.startswith("heldout_cascade") for name in manifest["metrics"])
     assert sum(f.stat().st_size for f in path.iterdir()) < 8 * 2**20, "a few MB at most"
