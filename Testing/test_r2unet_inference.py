@@ -6,6 +6,7 @@ import torch
 from R2UNetSegmentLib.bench_memory import prepare_rss_measurement
 from R2UNetSegmentLib.cascade_inputs import downsample, upsample_labels
 from R2UNetSegmentLib.inference import (
+    brain_box,
     Cascade,
     MemoryBudgetError,
     choose_mode,
@@ -141,9 +142,12 @@ def test_segment_auto_labels_and_cancel():
     budget = estimate_peak_bytes(model, image.shape, "patch", 16)
     assert budget < estimate_peak_bytes(model, image.shape, "full")
     labels, probs, mode = segment(image, model=model, budget_bytes=budget, patch_size=16)
-    assert mode == "patch"
+    assert mode == "patch" and probs is None  # whole-grid probabilities only when asked for
     assert labels.dtype == np.uint8 and labels.shape == image.shape[1:]
-    np.testing.assert_array_equal(labels, predict_full(model, image).argmax(0))
+    full = predict_full(model, image)
+    np.testing.assert_array_equal(labels, full.argmax(0))
+    _, probs, _ = segment(image, model=model, mode="full", probabilities=True)
+    np.testing.assert_allclose(probs, full, atol=1e-6)
     seen = []
 
     def cancel_after_two(fraction, message):
@@ -171,3 +175,11 @@ def test_normalise_z_scores_inside_the_brain():
     image[0, 0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         normalise(image)
+
+
+def test_brain_box_is_the_box_of_voxels_non_zero_in_any_channel():
+    image = np.zeros((2, 10, 12, 14), np.float32)
+    image[0, 2:5, 3:6, 4:7] = 1.0
+    image[1, 7, 9, 1] = -2.0  # another channel widens the box, a negative value counts
+    assert brain_box(image) == (slice(2, 8), slice(3, 10), slice(1, 7))
+    assert brain_box(np.zeros((1, 3, 4, 5))) == (slice(0, 3), slice(0, 4), slice(0, 5))

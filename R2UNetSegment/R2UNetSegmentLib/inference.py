@@ -77,11 +77,16 @@ def brain_box(image: np.ndarray) -> tuple[slice, ...]:
     Training draws every patch inside it, so the networks never learned what a large empty
     border looks like (stage 1 of the cascade called much of it tumour); inference runs inside
     it too, and the border is background. An all-zero image gives the whole grid."""
-    nonzero = np.argwhere(np.abs(image).sum(0) > 0)
-    if len(nonzero) == 0:
+    inside = np.zeros(image.shape[1:], bool)
+    for channel in image:  # channel by channel: no image-sized temporaries (memory-bounded modes)
+        inside |= channel != 0
+    if not inside.any():
         return tuple(slice(0, size) for size in image.shape[1:])
-    low, high = nonzero.min(0), nonzero.max(0) + 1
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    box = []
+    for axis in range(inside.ndim):
+        present = np.flatnonzero(inside.any(axis=tuple(a for a in range(inside.ndim) if a != axis)))
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(box)
 
 
 # ---------------------------------------------------------------- model facts
@@ -155,7 +160,7 @@ def _check_image(model: nn.Module, image: np.ndarray) -> np.ndarray:
             f"the model takes {_in_channels(model)} channel(s) but the image has {image.shape[0]}: "
             "give the images the model was trained on"
         )
-    return np.ascontiguousarray(image, dtype=np.float32)
+    return np.asarray(image, dtype=np.float32)  # a view stays a view: windows read what they need
 
 
 def _probabilities(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -164,9 +169,15 @@ def _probabilities(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def labels_from(probs: np.ndarray) -> np.ndarray:
-    """Class per voxel: argmax over classes, or probability > 0.5 for a one-channel model."""
-    labels = probs[0] > 0.5 if probs.shape[0] == 1 else probs.argmax(0)
-    return labels.astype(np.uint8)
+    """Class per voxel: argmax over classes, or probability > 0.5 for a one-channel model.
+
+    Slab by slab along the first spatial axis: argmax's int64 result for the whole volume would
+    be the largest array of a memory-bounded run."""
+    labels = np.empty(probs.shape[1:], np.uint8)
+    for start in range(0, probs.shape[1], 8):
+        slab = probs[:, start:start + 8]
+        labels[start:start + 8] = slab[0] > 0.5 if probs.shape[0] == 1 else slab.argmax(0)
+    return labels
 
 
 def predict_full(model: nn.Module, image: np.ndarray, device="cpu") -> np.ndarray:
@@ -397,10 +408,13 @@ def available_bytes(device="cpu") -> int:
     return psutil.virtual_memory().available
 
 
-def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, patch_size=64, device="cpu", progress=None):
-    """(labels uint8 (*S), probabilities (K, *S), mode used) for a normalised (C, *S) image.
+def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, patch_size=64, device="cpu",
+            progress=None, probabilities=False):
+    """(labels uint8 (*S), probabilities (K, *S) or None, mode used) for a normalised (C, *S) image.
 
     The networks run on the brain's bounding box (brain_box) only; outside it is background.
+    The whole-grid probabilities are made only when asked for (probabilities=True): at K float32
+    per voxel they would be the largest array of a cascade run.
 
     mode "auto" takes the fastest mode whose estimated peak fits `budget_bytes` (default: the
     memory available now). progress(fraction, message) may raise to cancel.
@@ -425,10 +439,14 @@ def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, pat
         inner = predict_patches(model, inside, patch_size, device=device, progress=progress)
     else:
         inner = predict_cascade(cascade, inside, patch_size, device=device, progress=progress)
-    probs = np.zeros((inner.shape[0],) + image.shape[1:], np.float32)
-    if inner.shape[0] > 1:
-        probs[0] = 1.0  # outside the brain: background
-    probs[box] = inner
+    labels = np.zeros(image.shape[1:], np.uint8)  # outside the brain: background (0)
+    labels[box[1:]] = labels_from(inner)
+    probs = None
+    if probabilities:
+        probs = np.zeros((inner.shape[0],) + image.shape[1:], np.float32)
+        if inner.shape[0] > 1:
+            probs[0] = 1.0
+        probs[box] = inner
     if progress:
         progress(1.0, "done")
-    return labels_from(probs), probs, mode
+    return labels, probs, mode
