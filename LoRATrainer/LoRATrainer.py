@@ -1,4 +1,4 @@
-"""LoRATrainer: LoRA adapters for SAM, trained from BraTS folders or corrected segmentations.
+"""LoRATrainer: LoRA adapters for SAM and the U-Nets, trained from BraTS folders or corrected segmentations.
 
 The work is in LoRATrainerLib (no Qt); this file is the Slicer face: metadata, a thin widget,
 the logic for the Python console, and the self-test.
@@ -24,7 +24,8 @@ from SAMBACore import bridge
 from SAMBACore.slicer_widget import BackgroundJobWidget, ensure_packages
 
 SOURCES = {"BraTS folder": "folder", "Scene segmentations": "scene"}
-TARGETS = {"SAM LoRA": "sam", "SAM LoRA + decoder": "sam+decoder"}
+TARGETS = {"SAM LoRA": "sam", "SAM LoRA + decoder": "sam+decoder", "U-Net LoRA: U-Net": "unet",
+           "U-Net LoRA: R2U-Net": "r2unet", "U-Net LoRA: cascade stage 2": "cascade_stage2"}
 
 
 class LoRATrainer(ScriptedLoadableModule):
@@ -34,11 +35,13 @@ class LoRATrainer(ScriptedLoadableModule):
         self.parent.categories = ["Segmentation"]
         self.parent.contributors = ["SlicerSAMBA team (SlicerSAMBA)"]
         self.parent.helpText = (
-            "Adapts SAMBA's Segment Anything model to a new site (scanner, population) with a few labelled cases, "
-            "by training a small LoRA adapter on its image encoder. Train on a folder of BraTS cases, or on the "
-            "segmentations in the scene (SAMBA results you corrected). Loss and validation Dice appear in a plot "
-            "view after each epoch; Save writes adapter.safetensors and adapter.json, which SAMBASegment and "
-            "`slicer-samba segment --adapter` load on top of the same base bundle."
+            "Adapts SAMBA's Segment Anything model, or R2U-Net Segment's U-Net, R2U-Net or cascade, to a new site "
+            "(scanner, population) with a few labelled cases, by training a small LoRA adapter: on SAM's image "
+            "encoder (base bundle phantom-demo or another SAMBA bundle) or on every convolution of the chosen "
+            "U-Net (base bundle phantom-r2unet or another R2U-Net bundle). Train on a folder of BraTS cases, or on "
+            "the segmentations in the scene (results you corrected). Loss and validation Dice appear in a plot view "
+            "after each epoch; Save writes adapter.safetensors and adapter.json, which SAMBA Segment or R2U-Net "
+            "Segment (and `slicer-samba segment|r2unet --adapter`) load on top of the same base bundle."
         )
         self.parent.acknowledgementText = "LoRA: Hu et al. 2021. Built on 3D Slicer, PyTorch, Segment Anything and PEFT."
 

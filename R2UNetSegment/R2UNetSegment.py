@@ -6,6 +6,7 @@ the logic for the Python console, and the self-test.
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import slicer
@@ -34,8 +35,10 @@ class R2UNetSegment(ScriptedLoadableModule):
             "or a two-stage U-Net cascade, within a memory budget you set. Select one of the four BraTS volumes "
             "to use all four as channels, any single volume for a single-channel model, or a colour photo (for "
             "example a dermoscopy image) for a 2D model. Mode 'auto' picks "
-            "the fastest of full volume, patches and cascade that fits the budget. The bundled 'phantom-r2unet' "
-            "models were trained on synthetic phantoms: they show the method works, not how it does on patients."
+            "the fastest of full volume, patches and cascade that fits the budget. An optional LoRA adapter (made "
+            "with LoRA Trainer) adapts one of the bundle's networks to a new site, merged into its weights. The "
+            "bundled 'phantom-r2unet' models were trained on synthetic phantoms: they show the method works, not how "
+            "it does on patients."
         )
         self.parent.acknowledgementText = (
             "R2U-Net: Alom et al. 2018; attention gates: Oktay et al. 2018. Built on 3D Slicer, PyTorch and MONAI."
@@ -51,6 +54,7 @@ class R2UNetSegmentParameterNode:
     memoryBudget: str = ""
     patchSize: int = 64
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    adapterFolder: Path  # optional: an empty field reads as Path(".")
     outputSegmentation: vtkMRMLSegmentationNode
 
 
@@ -90,8 +94,10 @@ class R2UNetSegmentWidget(BackgroundJobWidget):
         with slicer.util.tryWithErrorDisplay("Cannot start: the scene is unchanged.", waitCursor=True):
             from SAMBACore.device import choose_device
 
+            adapter = p.adapterFolder if p.adapterFolder and p.adapterFolder.name else None
             request = self.logic.prepare(slicer.mrmlScene, p.inputVolume, bundle=p.bundle, model=p.model, mode=p.mode,
-                                         budget=p.memoryBudget, patch_size=p.patchSize, device=choose_device(p.device))
+                                         budget=p.memoryBudget, patch_size=p.patchSize, device=choose_device(p.device),
+                                         adapter=adapter)
             self._reference = p.inputVolume
             self._startJob(lambda progress: self.logic.compute(request, progress))
 

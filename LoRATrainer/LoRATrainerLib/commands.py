@@ -43,32 +43,61 @@ def _progress_printer(every_s: float = 5.0):
     return report
 
 
-def _train_lora(args) -> int:
-    """`train lora`: a LoRA adapter on a bundle's SAM, one process or several under torchrun."""
-    from LoRATrainerLib.distributed import start, stop
-    from LoRATrainerLib.train_lora import LoraSettings, train_lora
-    from LoRATrainerLib.training_data import cases_from_folder, split_cases
-    from SAMBACore.device import choose_device
-    from SAMBASegmentLib.samba_bundle import resolve_bundle
+def _settings(args, component: str):
+    """LoraSettings for SAM, UnetLoraSettings for a U-Net component; options left out keep their defaults."""
+    targets = tuple(t for t in (args.targets or "").split(",") if t)
+    given = {"steps_per_epoch": args.steps_per_epoch, "batch": args.batch}
+    common = dict(rank=args.rank, alpha=float(args.alpha if args.alpha is not None else args.rank),
+                  dropout=args.dropout, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                  **{k: v for k, v in given.items() if v is not None}, **({"targets": targets} if targets else {}))
+    if component == "sam":
+        from LoRATrainerLib.train_lora import LoraSettings
 
-    settings = LoraSettings(
-        rank=args.rank, alpha=float(args.alpha if args.alpha is not None else args.rank), dropout=args.dropout,
-        targets=tuple(t for t in args.targets.split(",") if t), with_decoder=args.with_decoder, epochs=args.epochs,
-        batch=args.batch, lr=args.lr, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
-        views=tuple(args.views.split(",")), val_slices=args.val_slices)
+        return LoraSettings(with_decoder=args.with_decoder, views=tuple(args.views.split(",")),
+                            val_slices=args.val_slices, **common)
+    if args.with_decoder:
+        raise ValueError("--with-decoder trains SAM's mask decoder: leave it out for a U-Net component.")
+    from LoRATrainerLib.train_unet_lora import UnetLoraSettings
+
+    return UnetLoraSettings(component=component, patch=args.patch, **common)
+
+
+def _train_lora(args) -> int:
+    """`train lora`: a LoRA adapter on a bundle's SAM (one process or several under torchrun) or on
+    one of its U-Nets (one process)."""
+    from LoRATrainerLib.distributed import start, stop
+    from LoRATrainerLib.logic import choose_component, resolve_base
+    from LoRATrainerLib.training_data import cases_from_folder, split_cases
+    from SAMBACore.bundles import load_bundle
+    from SAMBACore.device import choose_device
+
+    base = resolve_base(args.base)
+    component = choose_component(load_bundle(base), args.component)
+    settings = _settings(args, component)
+    command = "slicer-samba " + " ".join(sys.argv[1:])
     world = start(choose_device(args.device))
     try:
         def log(message):
             if world.main:
                 print(message, flush=True)
 
+        if component != "sam" and world.distributed:
+            raise ValueError(f"U-Net LoRA ({component}) trains in one process: run it without torchrun.")
         cases = cases_from_folder(args.data_dir, log)
         if args.val:
             train, val = cases, cases_from_folder(args.val, log)
         else:
             train, val = split_cases(cases, args.val_fraction, args.seed)
-        train_lora(resolve_bundle(args.base), args.output, train, val, settings, world,
-                   command="slicer-samba " + " ".join(sys.argv[1:]), progress=_progress_printer(), log=log)
+        if component == "sam":
+            from LoRATrainerLib.train_lora import train_lora
+
+            train_lora(base, args.output, train, val, settings, world, command=command,
+                       progress=_progress_printer(), log=log)
+        else:
+            from LoRATrainerLib.train_unet_lora import train_unet_lora
+
+            train_unet_lora(base, args.output, train, val, settings, world.device, command=command,
+                            progress=_progress_printer(), log=log)
     finally:
         stop(world)
     return 0
@@ -76,25 +105,34 @@ def _train_lora(args) -> int:
 
 def register(commands, train, bench) -> None:
     """Add this module's subcommands to the top-level, `train` and `bench` sub-parser groups."""
-    lora = train.add_parser("lora", help="a LoRA adapter on a SAMBA bundle's SAM (image encoder, optionally + mask decoder)",
-                            description="Under torchrun (--nproc_per_node N) the same command trains data-parallel.")
+    lora = train.add_parser("lora", help="a LoRA adapter on a SAMBA bundle's SAM (image encoder, optionally + mask "
+                            "decoder) or on the Conv layers of an R2UNetSegment bundle's U-Net, R2U-Net or cascade stage 2",
+                            description="For SAM, under torchrun (--nproc_per_node N) the same command trains "
+                            "data-parallel; U-Net LoRA runs in one process.")
     lora.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file")
-    lora.add_argument("--base", required=True, help="the SAMBA bundle to adapt (folder or bundled name, e.g. phantom-demo)")
+    lora.add_argument("--base", required=True, help="the bundle to adapt (folder or bundled name: phantom-demo for SAM, "
+                      "phantom-r2unet for the U-Nets)")
+    lora.add_argument("--component", choices=("sam", "unet", "r2unet", "cascade_stage2"),
+                      help="the bundle's network to adapt (default: the only one it has, sam for a SAMBA bundle; "
+                      "phantom-r2unet has three, so choose)")
     lora.add_argument("-o", "--output", type=Path, required=True, help="adapter folder to write (replaced atomically at the end)")
     lora.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
     lora.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank, i.e. scale 1)")
     lora.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
-    lora.add_argument("--targets", default="qkv", help="comma-separated module names to adapt (default qkv)")
+    lora.add_argument("--targets", help="comma-separated module names to adapt (default: qkv for SAM, every "
+                      "Conv2d/Conv3d layer for a U-Net)")
     lora.add_argument("--with-decoder", action="store_true", help="also train SAM's mask decoder (stored in the adapter)")
-    lora.add_argument("--epochs", type=int, default=5, help="passes over the training slices (default 5)")
-    lora.add_argument("--steps-per-epoch", type=int, help="optimiser steps per epoch (default: one pass over the slices)")
-    lora.add_argument("--batch", type=int, default=8, help="slices per step and process (default 8)")
+    lora.add_argument("--epochs", type=int, default=5, help="epochs, each followed by a validation (default 5)")
+    lora.add_argument("--steps-per-epoch", type=int, help="optimiser steps per epoch (default: one pass over the "
+                      "slices for SAM, 50 for a U-Net)")
+    lora.add_argument("--batch", type=int, help="slices (SAM, per process; default 8) or patches (U-Net; default 2) per step")
+    lora.add_argument("--patch", type=int, default=48, help="U-Net: patch edge in voxels (default 48)")
     lora.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
-    lora.add_argument("--views", default="axial,coronal,sagittal", help="slice views to train on (default all three)")
+    lora.add_argument("--views", default="axial,coronal,sagittal", help="SAM: slice views to train on (default all three)")
     held_out = lora.add_mutually_exclusive_group()
     held_out.add_argument("--val-fraction", type=float, default=0.2, help="cases held out for validation (default 0.2)")
     held_out.add_argument("--val", type=Path, help="a separate folder of validation cases (then all of DATA_DIR trains)")
-    lora.add_argument("--val-slices", type=int, default=300, help="validation slices per epoch at most (default 300)")
+    lora.add_argument("--val-slices", type=int, default=300, help="SAM: validation slices per epoch at most (default 300)")
     lora.add_argument("--seed", type=int, default=0)
     lora.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     lora.set_defaults(run=_train_lora)

@@ -10,18 +10,16 @@ slices, SAM prompted with each slice's exact tumour box (no jitter), pooled over
 slices (2|A∩B| / (|A|+|B|)). It measures what the adapter changes, SAM's mask inside a good
 box, quickly; the full pipeline (YOLO boxes, voting) is measured by `slicer-samba evaluate`.
 
-Resumable: after each epoch rank 0 writes ADAPTER_DIR/.checkpoint (the trained tensors in
-safetensors, the optimiser state for torch.load(weights_only=True), progress.json last); a
-re-run with the same settings continues from it. Every epoch's shuffling, box jitter and
+Resumable: after each epoch rank 0 writes ADAPTER_DIR/.checkpoint (checkpoints.py: the trained
+tensors in safetensors, the optimiser state, progress.json last); a re-run with the same
+settings continues from it. Every epoch's shuffling, box jitter and
 dropout are seeded from (seed, epoch, rank), so a resumed run ends with the same weights as
 an uninterrupted one. The adapter itself is written once, at the end, atomically.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,22 +28,19 @@ from typing import Callable
 import numpy as np
 import torch
 from monai.losses import DiceLoss
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DistributedSampler
 
 from SAMBACore import adapters
+from LoRATrainerLib import checkpoints
 from LoRATrainerLib.distributed import World, sum_over_ranks, wrap
 from LoRATrainerLib.training_data import Case, check_has_tumour
 from SAMBACore.brats import MODALITIES
-from SAMBACore.bundles import sha256_file
 from SAMBASegmentLib.sam_runner import decode_batched, decode_boxes, encode_slices, input_size, map_boxes, resize_slices
 from SAMBASegmentLib.sam_training import SamSample, jitter_box, samples_from_case
 from SAMBASegmentLib.samba_bundle import load_samba_models
 from SAMBASegmentLib.slices import VIEWS
 
-CHECKPOINT = ".checkpoint"
-PROGRESS = "progress.json"
 VALIDATION_METRIC = ("whole-tumour Dice pooled over held-out slices, SAM prompted with each slice's "
                      "exact tumour box (no jitter); measures SAM's mask inside a good box, not YOLO or voting")
 
@@ -150,47 +145,6 @@ def _spread(samples: list, n: int) -> list:
     return [samples[i] for i in np.linspace(0, len(samples) - 1, n).round().astype(int)]
 
 
-def _trained(sam) -> dict[str, torch.Tensor]:
-    return {name: p for name, p in sam.named_parameters() if p.requires_grad}
-
-
-def _write_checkpoint(folder: Path, sam, optimiser, progress: dict) -> None:
-    """Files named by epoch, progress.json (which names them) replaced last: a crash at any
-    moment leaves the previous complete checkpoint."""
-    folder.mkdir(parents=True, exist_ok=True)
-    epoch = progress["epoch"]
-    files = {"state": f"state-{epoch:04d}.safetensors", "optimiser": f"optimiser-{epoch:04d}.pt"}
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in _trained(sam).items()}, str(folder / files["state"]))
-    torch.save(optimiser.state_dict(), folder / files["optimiser"])
-    progress = {**progress, "files": {k: {"file": f, "sha256": sha256_file(folder / f)} for k, f in files.items()}}
-    partial = folder / f".{PROGRESS}.partial"
-    partial.write_text(json.dumps(progress, indent=2) + "\n")
-    os.replace(partial, folder / PROGRESS)
-    for old in folder.iterdir():
-        if old.name not in (*files.values(), PROGRESS):
-            old.unlink()
-
-
-def _read_checkpoint(folder: Path, settings: LoraSettings, base_sha256: str) -> dict | None:
-    """The last complete checkpoint's progress (with its tensors), or None; refuses a checkpoint
-    made with other settings rather than silently mixing two trainings."""
-    if not (folder / PROGRESS).is_file():
-        return None
-    progress = json.loads((folder / PROGRESS).read_text())
-    mine = {**settings.record(), "epochs": None}
-    theirs = {**progress["settings"], "epochs": None}
-    if theirs != mine or progress["base_sha256"] != base_sha256:
-        changed = sorted(k for k in mine if mine[k] != theirs.get(k)) or ["base bundle"]
-        raise ValueError(f"{folder} holds an unfinished training with other settings ({', '.join(changed)} differ): "
-                         "re-run with the same settings to continue it, or delete that folder to start over.")
-    for entry in progress["files"].values():
-        if sha256_file(folder / entry["file"]) != entry["sha256"]:
-            raise ValueError(f"{folder / entry['file']} does not match {PROGRESS}: delete {folder} to start over.")
-    progress["state"] = load_file(str(folder / progress["files"]["state"]["file"]))
-    progress["optimiser"] = torch.load(folder / progress["files"]["optimiser"]["file"], weights_only=True)
-    return progress
-
-
 def train_lora(
     base,
     out_dir,
@@ -230,15 +184,11 @@ def train_lora(
         sam.mask_decoder.requires_grad_(True)
         sam.mask_decoder.iou_prediction_head.requires_grad_(False)
         sam.mask_decoder.output_hypernetworks_mlps[1:].requires_grad_(False)
-    trainable = list(_trained(sam).values())
+    trainable = list(checkpoints.trained_parameters(sam).values())
     optimiser = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.0)
-    checkpoint_dir = out_dir / CHECKPOINT
-    resumed = _read_checkpoint(checkpoint_dir, settings, base_sha)
+    checkpoint_dir = out_dir / checkpoints.FOLDER
+    resumed = checkpoints.resume(checkpoint_dir, sam, optimiser, settings.record(), base_sha)
     if resumed:
-        result = sam.load_state_dict(resumed["state"], strict=False)
-        if result.unexpected_keys:
-            raise ValueError(f"{checkpoint_dir}: its tensors do not fit this model; delete it to start over.")
-        optimiser.load_state_dict(resumed["optimiser"])
         curve, losses, first = resumed["curve"], resumed["losses"], resumed["epoch"]
         started -= resumed.get("seconds", 0.0)  # time is counted over all runs of one training
         say(f"resuming after epoch {first} from {checkpoint_dir}")
@@ -271,10 +221,10 @@ def train_lora(
         if on_epoch and world.main:
             on_epoch({"epoch": epoch + 1, "loss": losses[-1], "dice": curve[-1]})
         if world.main:
-            _write_checkpoint(checkpoint_dir, sam, optimiser,
-                              {"epoch": epoch + 1, "curve": curve, "losses": losses,
-                               "settings": settings.record(), "base_sha256": base_sha,
-                               "seconds": time.perf_counter() - started})
+            checkpoints.write_checkpoint(checkpoint_dir, sam, optimiser,
+                                         {"epoch": epoch + 1, "curve": curve, "losses": losses,
+                                          "settings": settings.record(), "base_sha256": base_sha,
+                                          "seconds": time.perf_counter() - started})
     info = {
         "data": {"train_cases": [c.name for c in train_cases], "val_cases": [c.name for c in val_cases],
                  "train_slices": len(train), "val_slices": len(val)},

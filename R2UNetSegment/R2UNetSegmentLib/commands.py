@@ -40,7 +40,7 @@ def _r2unet(args) -> int:
     scene = bridge.get_scene()
     node = _load_input(scene, args.input)
     request = core.prepare(scene, node, bundle=args.bundle, model=args.model, mode=args.mode,
-                           budget=args.memory_budget, patch_size=args.patch_size, device=device)
+                           budget=args.memory_budget, patch_size=args.patch_size, device=device, adapter=args.adapter)
 
     def report(fraction, message):
         print(f"[{fraction:4.0%}] {message}", flush=True)
@@ -49,6 +49,8 @@ def _r2unet(args) -> int:
     result = core.compute(request, report)
     segmentation = core.finish(scene, result, node, name="Tumour segmentation")
     print(f"Segmentation: {bridge.save_segmentation(segmentation, args.output)}")
+    if args.adapter:
+        print(f"Adapter: {args.adapter} (merged into the bundle's {core.models(args.bundle, device, args.adapter).adapted})")
     print(f"Mode: {result.mode}, estimated peak memory {_format_bytes(result.estimate_bytes)}"
           + (f" (budget {_format_bytes(request.budget_bytes)})" if request.budget_bytes else ""))
     volumes = metrics.volumes_ml(result.labels, tuple(reversed(node.GetSpacing())))
@@ -103,6 +105,9 @@ def register(commands, train, bench) -> None:
                         "(powers of 1024; default: the memory free now)")
     r2unet.add_argument("--patch-size", type=int, default=64, help="patch edge in voxels (default 64)")
     r2unet.add_argument("--device", choices=DEVICES, default="auto")
+    r2unet.add_argument("--adapter", type=Path, metavar="DIR", help="a LoRA adapter folder for one of the bundle's "
+                        "networks (slicer-samba train lora --component ...), merged in before use; the mode and "
+                        "network are then the adapted one's")
     r2unet.set_defaults(run=_r2unet)
 
     def bench_memory(args):

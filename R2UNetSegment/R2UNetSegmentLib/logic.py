@@ -49,6 +49,20 @@ def segments_for(classes: int) -> dict[int, Segment]:
     raise InputError(f"The model predicts {classes} classes; R2UNetSegment shows 2 (lesion) or 4 (BraTS) classes.")
 
 
+def _mode_using(adapted: str, model: str, mode: str, adapter) -> str:
+    """The mode to run when an adapter adapts the bundle's `adapted` network: the one using it,
+    or an InputError saying what to choose (an adapter that runs unused would mislead)."""
+    if adapted in MODELS:
+        if model != adapted or mode == "cascade":
+            raise InputError(f"The adapter {adapter} adapts the bundle's {adapted}: choose network {adapted} with mode "
+                             "auto, full or patch, or leave the adapter out.")
+        return mode
+    if mode not in ("auto", "cascade"):
+        raise InputError(f"The adapter {adapter} adapts the bundle's cascade ({adapted}): choose mode cascade or auto, "
+                         "or leave the adapter out.")
+    return "cascade"
+
+
 @dataclass
 class Request:
     image: np.ndarray  # (C, *spatial) float32, as the channels are in the scene
@@ -61,6 +75,7 @@ class Request:
     patch_size: int = 64
     device: str = "cpu"
     flat: bool = False  # a 2D model on a single-slice image: the slice axis is dropped for the model
+    adapter: str | None = None  # a LoRA adapter folder merged into one of the bundle's networks
 
 
 @dataclass
@@ -78,21 +93,24 @@ class R2UNetSegmentCore:
     def __init__(self):
         self._models: dict[tuple, R2UNetModels] = {}
 
-    def models(self, bundle: str, device: str) -> R2UNetModels:
-        key = (str(resolve_bundle(bundle)), device)
+    def models(self, bundle: str, device: str, adapter=None) -> R2UNetModels:
+        key = (str(resolve_bundle(bundle)), device, str(adapter) if adapter else None)
         if key not in self._models:
-            self._models = {key: load_r2unet_models(key[0], device)}  # one bundle in memory at a time
+            # one bundle in memory at a time
+            self._models = {key: load_r2unet_models(key[0], device, adapter=key[2])}
         return self._models[key]
 
     def prepare(self, scene, volume, bundle: str = "phantom-r2unet", model: str = "unet", mode: str = "auto",
-                budget=None, patch_size: int = 64, device: str = "cpu") -> Request:
+                budget=None, patch_size: int = 64, device: str = "cpu", adapter=None) -> Request:
+        """`adapter`: a LoRA adapter folder for one of the bundle's networks (LoRATrainer); the mode
+        and network must then be those it adapts (mode auto is narrowed to them)."""
         if model not in MODELS:
             raise ValueError(f"Unknown model {model!r}: choose one of {', '.join(MODELS)}.")
         if mode not in MODES:
             raise ValueError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
         if volume is None:
             raise ValueError("Select an input volume.")
-        models = self.models(bundle, device)
+        models = self.models(bundle, device, adapter or None)
         image, names = gather_channels(scene, volume)
         if image.shape[0] != models.in_channels:
             need = "the four BraTS volumes (T1, T1CE, T2, FLAIR) on one grid" if models.in_channels == 4 else \
@@ -100,6 +118,8 @@ class R2UNetSegmentCore:
             raise InputError(f"Wrong channel count: the input gives {image.shape[0]} channel(s) ({', '.join(names)}) "
                              f"but the bundle's models take {models.in_channels}: load {need}, or choose a bundle "
                              "trained for this input.")
+        if models.adapted:
+            mode = _mode_using(models.adapted, model, mode, adapter)
         if mode == "cascade" and models.cascade is None:
             raise InputError(f"The bundle {bundle} has no cascade; choose mode full, patch or auto.")
         if mode != "cascade" and getattr(models, model) is None:
@@ -112,16 +132,19 @@ class R2UNetSegmentCore:
         if flat and image.shape[1] != 1:
             raise InputError(f"The bundle's model is 2D (for photos and single slices), but {volume.GetName()} has "
                              f"{image.shape[1]} slices: select a single-slice image, or choose a 3D bundle.")
-        return Request(image, names, models.classes, bundle, model, mode, parse_budget(budget), patch_size, device, flat)
+        return Request(image, names, models.classes, bundle, model, mode, parse_budget(budget), patch_size, device, flat,
+                       str(adapter) if adapter else None)
 
     def compute(self, request: Request, progress: Progress | None = None) -> Result:
         from R2UNetSegmentLib.inference import estimate_peak_bytes, normalise, segment
 
-        models = self.models(request.bundle, request.device)
+        models = self.models(request.bundle, request.device, request.adapter)
         model = getattr(models, request.model)
+        # With an adapter on a single network, mode auto must not fall back to the unadapted cascade.
+        cascade = None if models.adapted in MODELS else models.cascade
         image = request.image[:, 0] if request.flat else request.image
         started = time.perf_counter()
-        labels, _, mode = segment(normalise(image), model=model, cascade=models.cascade,
+        labels, _, mode = segment(normalise(image), model=model, cascade=cascade,
                                   mode=request.mode, budget_bytes=request.budget_bytes, patch_size=request.patch_size,
                                   device=request.device, progress=progress)
         estimate = estimate_peak_bytes(models.cascade if mode == "cascade" else model, image.shape, mode,

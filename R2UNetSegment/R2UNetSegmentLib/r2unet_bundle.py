@@ -8,6 +8,9 @@ at least one model:
   cascade_stage2  kind "unet3d"  config: UNet3D kwargs + "factor"         (image + one-hot stage-1 labels)
 The cascade's down-sampling factor lives in stage 2's config ("factor"), next to the weights
 that were trained with it; it is not a UNet3D argument and is taken out before building.
+
+A LoRA adapter (LoRATrainer, `slicer-samba train lora --base BUNDLE --component NAME`) adapts one
+of these components; load_r2unet_models merges it into that component's weights.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class R2UNetModels:
     bundle: Bundle | None
     in_channels: int
     classes: int
+    adapted: str | None = None  # the component a LoRA adapter was merged into, if any
 
 
 def build_model(kind: str, config: dict) -> nn.Module:
@@ -70,7 +74,8 @@ def build_model(kind: str, config: dict) -> nn.Module:
         raise BundleError(f"component config {config} does not fit a {kind} ({e}); the bundle is damaged or for another version") from None
 
 
-def _load_component(bundle: Bundle, name: str, device: str) -> nn.Module:
+def _load_component(bundle: Bundle, name: str, device: str, adapter=None) -> nn.Module:
+    """The component's network with its verified weights, and `adapter` (a folder) merged in if given."""
     component = bundle.component(name)
     model = build_model(component.kind, component.config)
     state = load_state_dict(bundle, name)  # its errors already name the file
@@ -78,11 +83,33 @@ def _load_component(bundle: Bundle, name: str, device: str) -> nn.Module:
         check_state_dict(model, state, name)
     except BundleError as e:
         raise BundleError(f"{bundle.path / component.file}: {e}") from None
+    if adapter is not None:
+        from SAMBACore.adapters import apply_adapter  # imports peft (slow): only when an adapter is asked for
+
+        apply_adapter(model, adapter, bundle)
     return model.to(device).eval()
 
 
-def load_r2unet_models(path, device: str = "cpu") -> R2UNetModels:
-    """Build each model in the bundle and load its verified weights; BundleError names what is wrong."""
+def adapted_component(adapter, bundle: Bundle) -> str:
+    """The component of `bundle` the adapter folder adapts; refused (AdapterError, naming both
+    bundles) when it was made for another base or for a component this bundle lacks."""
+    from SAMBACore.adapters import AdapterError, check_base, read_adapter
+
+    info, _ = read_adapter(adapter)
+    component = info["base"]["component"]
+    if component not in COMPONENT_KINDS:
+        raise AdapterError(f"{adapter} adapts the '{component}' of bundle '{info['base']['bundle']}', which is not an "
+                           f"R2UNetSegment model (those are {', '.join(COMPONENT_KINDS)}): use it where that bundle "
+                           "is used, or train an adapter for this bundle with `slicer-samba train lora`.")
+    check_base(info, bundle, adapter)
+    return component
+
+
+def load_r2unet_models(path, device: str = "cpu", adapter=None) -> R2UNetModels:
+    """Build each model in the bundle and load its verified weights; BundleError names what is wrong.
+
+    `adapter`: a LoRA adapter folder (LoRATrainer) for one of the bundle's components, merged into
+    that component's weights, so inference costs what the base costs."""
     from .inference import Cascade
 
     bundle = load_bundle(path)
@@ -93,16 +120,21 @@ def load_r2unet_models(path, device: str = "cpu") -> R2UNetModels:
     if ("cascade_stage1" in names) != ("cascade_stage2" in names):
         raise BundleError(f"{Path(path)}: the cascade needs both cascade_stage1 and cascade_stage2; train it again "
                           "with `slicer-samba train cascade`")
-    unet = _load_component(bundle, "unet", device) if "unet" in names else None
-    r2unet = _load_component(bundle, "r2unet", device) if "r2unet" in names else None
+    adapted = adapted_component(adapter, bundle) if adapter is not None else None
+
+    def load(name):
+        return _load_component(bundle, name, device, adapter if name == adapted else None)
+
+    unet = load("unet") if "unet" in names else None
+    r2unet = load("r2unet") if "r2unet" in names else None
     cascade = None
     if "cascade_stage1" in names:
         factor = float(names["cascade_stage2"].config.get("factor", DEFAULT_FACTOR))
-        cascade = Cascade(_load_component(bundle, "cascade_stage1", device),
-                          _load_component(bundle, "cascade_stage2", device), factor)
+        cascade = Cascade(load("cascade_stage1"), load("cascade_stage2"), factor)
     first = next(n for n in ("unet", "r2unet", "cascade_stage1") if n in names)
     config = names[first].config
-    return R2UNetModels(unet, r2unet, cascade, bundle, int(config["in_channels"]), int(config["out_channels"]))
+    return R2UNetModels(unet, r2unet, cascade, bundle, int(config["in_channels"]), int(config["out_channels"]),
+                        adapted)
 
 
 def state_of(model: nn.Module) -> dict:

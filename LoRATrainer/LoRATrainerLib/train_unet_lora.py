@@ -1,0 +1,212 @@
+"""Training a LoRA adapter on one network of an R2UNetSegment bundle: the U-Net, the attention
+R2U-Net, or stage 2 of the cascade.
+
+LoRA goes on every Conv2d/Conv3d layer (adapters.conv_targets; peft cannot wrap the transposed
+convolutions, which stay frozen with the rest). Data and loss are those the bundle's networks were
+trained with (R2UNetSegmentLib.training): images z-scored by inference.normalise and cropped to the
+brain's box, random patches two thirds of which are centred on tumour, the hybrid loss (Dice with
+background + weighted BCE). Stage 2 of the cascade sees what it sees at inference: the image plus
+the one-hot labels of the bundle's own (frozen) stage 1, run on the down-sampled brain box and
+brought back to full resolution (as inference.predict_cascade does).
+
+BatchNorm stays in eval mode throughout: its running statistics belong to the frozen base (the
+adapter does not store them), so training normalises with the statistics inference will use.
+
+Validation, before training (the base) and after every epoch: VALIDATION_METRIC.
+
+Resumable (checkpoints.py): after each epoch ADAPTER_DIR/.checkpoint; the patches of step s of
+epoch e come from a generator seeded (seed, e, s) and LoRA dropout is seeded per epoch, so a
+resumed run ends with the same weights as an uninterrupted one. The adapter is written once, at
+the end, atomically. One process: the networks are small (no torchrun).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from LoRATrainerLib import checkpoints
+from LoRATrainerLib.training_data import Case
+from R2UNetSegmentLib.cascade_inputs import downsample, stage2_inputs, upsample_labels
+from R2UNetSegmentLib.inference import brain_box, labels_from, normalise, predict_full
+from R2UNetSegmentLib.losses import HybridLoss
+from R2UNetSegmentLib.r2unet_bundle import load_r2unet_models
+from R2UNetSegmentLib.training import CLASSES, MAX_POS_WEIGHT, patch_batch, stage1_labels
+from SAMBACore import adapters
+from SAMBACore.brats import MODALITIES, region_masks
+from SAMBACore.inputs import InputError
+
+COMPONENTS = ("unet", "r2unet", "cascade_stage2")
+VALIDATION_METRIC = ("whole-tumour Dice pooled over the held-out cases' voxels, the adapted network run on each "
+                     "whole brain box (full-volume inference, which patch-wise inference equals; for cascade_stage2 "
+                     "after the bundle's own stage 1)")
+
+
+@dataclass(frozen=True)
+class UnetLoraSettings:
+    component: str = "unet"
+    rank: int = 4
+    alpha: float = 4.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = ()  # layer names to adapt; () = every Conv2d/Conv3d
+    epochs: int = 5
+    steps_per_epoch: int = 50
+    batch: int = 2  # patches per step
+    patch: int = 48  # patch edge in voxels
+    lr: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.component not in COMPONENTS:
+            raise ValueError(f"U-Net LoRA adapts one of {', '.join(COMPONENTS)}, not {self.component!r}.")
+        for name in ("epochs", "steps_per_epoch", "batch", "patch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}.")
+        if self.lr <= 0:
+            raise ValueError(f"The learning rate must be positive, not {self.lr}.")
+
+    def spec(self, model: nn.Module) -> adapters.LoraSpec:
+        """The LoRA layers for `model` (read before LoRA is added: peft's own A and B are convolutions too)."""
+        return adapters.LoraSpec(tuple(self.targets) or adapters.conv_targets(model), self.rank, self.alpha, self.dropout)
+
+    def record(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _prepared(case: Case, cascade, device: str) -> dict:
+    """A case as the network sees it: normalised, cropped to the brain's box; for stage 2 with the
+    upsampled labels of the bundle's stage 1 (`cascade`), computed as inference computes them."""
+    image = normalise(np.stack([case.images[m] for m in MODALITIES]))
+    box = brain_box(image)
+    prepared = {"name": case.name, "image": np.ascontiguousarray(image[(slice(None),) + box]),
+                "labels": np.ascontiguousarray(case.labels[box])}
+    if cascade is not None:
+        low = stage1_labels(cascade.stage1, downsample(prepared["image"], cascade.factor), device)
+        prepared["stage1"] = upsample_labels(low, prepared["image"].shape[1:])
+    return prepared
+
+
+def _network_input(case: dict, where: tuple, image: np.ndarray) -> np.ndarray:
+    """The network's input for `image`, the case's image or its patch at `where` (patch_batch's `extra`)."""
+    if "stage1" not in case:
+        return image
+    return stage2_inputs(image, case["stage1"][where], CLASSES)
+
+
+def validation_dice(model: nn.Module, cases: list[dict], device: str = "cpu") -> float:
+    """VALIDATION_METRIC on prepared cases."""
+    overlap = total = 0
+    for case in cases:
+        predicted = region_masks(labels_from(predict_full(model, _network_input(case, (...,), case["image"]), device)))["WT"]
+        truth = region_masks(case["labels"])["WT"]
+        overlap += 2 * int(np.logical_and(predicted, truth).sum())
+        total += int(predicted.sum() + truth.sum())
+    return overlap / total if total else 1.0
+
+
+def _train_mode(model: nn.Module) -> None:
+    """LoRA dropout on, BatchNorm on the base's running statistics (see the module docstring)."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def _check_data(models, train_cases: list[Case], val_cases: list[Case], base) -> None:
+    if models.in_channels != len(MODALITIES) or models.classes != CLASSES:
+        raise InputError(f"The bundle {base} takes {models.in_channels} channel(s) and predicts {models.classes} "
+                         f"classes, but BraTS cases give {len(MODALITIES)} channels and {CLASSES} classes: choose a "
+                         "bundle trained on BraTS cases (such as phantom-r2unet).")
+    for cases, what in ((train_cases, "training"), (val_cases, "validation")):
+        if not any(region_masks(c.labels)["WT"].any() for c in cases):
+            raise InputError(f"The {what} cases ({', '.join(c.name for c in cases)}) have no tumour in their ground "
+                             "truth, so the adapter would learn or be scored on nothing: add cases with a segmented tumour.")
+
+
+def train_unet_lora(
+    base,
+    out_dir,
+    train_cases: list[Case],
+    val_cases: list[Case],
+    settings: UnetLoraSettings = UnetLoraSettings(),
+    device: str = "cpu",
+    command: str = "",
+    progress: Callable[[float, str], None] | None = None,
+    log: Callable[[str], None] = print,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> dict:
+    """Train and write the adapter for `settings.component` of R2UNetSegment bundle `base` to
+    `out_dir`; returns adapter.json's content. `progress(fraction, message)` is called every step
+    and may raise background.Cancelled: the run stops, the previous adapter in `out_dir` stays as
+    it was. `on_epoch({"epoch", "loss", "dice"})` gets each epoch's mean loss and validation Dice."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    report = progress or (lambda fraction, message: None)
+    models = load_r2unet_models(base, device)
+    bundle, component = models.bundle, settings.component
+    base_sha = bundle.component(component).sha256  # a BundleError naming what the bundle has, if it lacks it
+    _check_data(models, train_cases, val_cases, base)
+    cascade = models.cascade if component == "cascade_stage2" else None
+    model = cascade.stage2 if cascade else getattr(models, component)
+    train = [_prepared(c, cascade, device) for c in train_cases]
+    val = [_prepared(c, cascade, device) for c in val_cases]
+    log(f"{component}: {len(train)} training case(s), {len(val)} validation case(s)")
+
+    model.requires_grad_(False)
+    torch.manual_seed(settings.seed)  # LoRA's A matrices start random: same seed, same start
+    spec = settings.spec(model)
+    adapters.add_lora(model, spec)
+    trainable = list(checkpoints.trained_parameters(model).values())
+    optimiser = torch.optim.Adam(trainable, lr=settings.lr)
+    checkpoint_dir = out_dir / checkpoints.FOLDER
+    resumed = checkpoints.resume(checkpoint_dir, model, optimiser, settings.record(), base_sha)
+    if resumed:
+        curve, losses, first = resumed["curve"], resumed["losses"], resumed["epoch"]
+        started -= resumed.get("seconds", 0.0)  # time is counted over all runs of one training
+        log(f"resuming after epoch {first} from {checkpoint_dir}")
+    else:
+        curve, losses, first = [validation_dice(model, val, device)], [], 0
+        log(f"base: validation WT Dice {curve[0]:.3f}")
+
+    sample = patch_batch(train, "image", "labels", (settings.patch,) * 3, settings.batch, extra=_network_input)
+    loss_fn = HybridLoss(True, max_pos_weight=MAX_POS_WEIGHT)
+    steps = settings.steps_per_epoch
+    for epoch in range(first, settings.epochs):
+        torch.manual_seed(settings.seed * 100003 + epoch * 101)  # LoRA dropout
+        _train_mode(model)
+        epoch_losses = []
+        for step in range(steps):
+            x, y = sample(np.random.default_rng((settings.seed, epoch, step)))
+            loss = loss_fn(model(x.to(device)), y.to(device))
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            epoch_losses.append(loss.item())
+            report((epoch + (step + 1) / steps) / settings.epochs,
+                   f"epoch {epoch + 1}/{settings.epochs} step {step + 1}/{steps} loss {loss.item():.3f}")
+        curve.append(validation_dice(model, val, device))
+        losses.append(float(np.mean(epoch_losses)))
+        log(f"epoch {epoch + 1}/{settings.epochs}: loss {losses[-1]:.3f}, validation WT Dice {curve[-1]:.3f}")
+        if on_epoch:
+            on_epoch({"epoch": epoch + 1, "loss": losses[-1], "dice": curve[-1]})
+        checkpoints.write_checkpoint(checkpoint_dir, model, optimiser,
+                                     {"epoch": epoch + 1, "curve": curve, "losses": losses,
+                                      "settings": settings.record(), "base_sha256": base_sha,
+                                      "seconds": time.perf_counter() - started})
+    info = {
+        "data": {"train_cases": [c["name"] for c in train], "val_cases": [c["name"] for c in val]},
+        "validation": {"metric": VALIDATION_METRIC, "base": curve[0], "curve": curve[1:], "final": curve[-1]},
+        "training": {"command": command, **settings.record(), "loss_curve": losses, "device": device,
+                     "resumed_from_epoch": first, "trainable_parameters": sum(p.numel() for p in trainable),
+                     "loss": "Dice (with background) + weighted BCE, as the bundle's own training",
+                     "seconds": round(time.perf_counter() - started, 1)},
+    }
+    adapters.save_adapter(out_dir, model, spec, adapters.base_record(bundle, component, ""), info)
+    log(f"Adapter written: {out_dir} (validation WT Dice {curve[0]:.3f} -> {curve[-1]:.3f})")
+    return info
