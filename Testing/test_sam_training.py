@@ -76,3 +76,35 @@ def test_decoder_only_training_leaves_the_encoders_untouched():
     sam_training.train_sam(sam, _blob_slices(rng, 8), steps=3, batch=4, lr=1e-3)
     assert all(torch.equal(v, sam.image_encoder.state_dict()[k]) for k, v in encoder.items())
     assert any(not torch.equal(v, sam.mask_decoder.state_dict()[k]) for k, v in decoder.items())
+
+
+def _nested_blob_slices(rng, n, size=(40, 56)):
+    """Slices with three nested discs of different brightness: WT (dim), TC (mid), ET (bright core)."""
+    yy, xx = np.mgrid[: size[0], : size[1]]
+    samples = []
+    for _ in range(n):
+        cy, cx = rng.uniform(13, size[0] - 13), rng.uniform(13, size[1] - 13)
+        distance = np.hypot(yy - cy, xx - cx)
+        radius = rng.uniform(8, 11)
+        regions = np.stack([distance < radius, distance < radius * 0.65, distance < radius * 0.35])
+        image = rng.normal(40, 6, size) + 60 * regions[0] + 60 * regions[1] + 80 * regions[2]
+        image[image < 1] = 1
+        samples.append(sam_training.SamSample(normalise_slice(image), sam_training.box_of_mask(regions[0]), regions))
+    return samples
+
+
+def test_samba_mc_training_learns_three_regions_and_keeps_the_binary_token():
+    rng = np.random.default_rng(2)
+    train, held_out = _nested_blob_slices(rng, 48), _nested_blob_slices(rng, 12)
+    torch.manual_seed(2)
+    sam = build_sam(TINY)
+    stack = np.stack([s.image for s in held_out])
+    boxes = {i: s.box for i, s in enumerate(held_out)}
+    truth = np.stack([s.target for s in held_out])  # (N, 3, H, W)
+
+    sam_training.train_sam(sam, train, steps=150, batch=8, lr=3e-3, train_encoder=True, multimask=True, jitter=3)
+    regions = segment_stack(sam, stack, boxes, multimask=True)  # tokens 1-3: WT, TC, ET
+    dice = [binary_metrics(regions[:, r], truth[:, r])["dice"] for r in range(3)]
+    assert min(dice) > 0.6, dice
+    binary = segment_stack(sam, stack, boxes)  # token 0 learned the whole tumour too
+    assert binary_metrics(binary, truth[:, 0])["dice"] > 0.7

@@ -51,7 +51,9 @@ def test_decoder_only_training_keeps_the_encoder(data, tmp_path):
     bundle_dir = tmp_path / "b"
     training.train_sam(data, bundle_dir, steps=1, batch=2, sam_config=TINY_SAM, log=lambda s: None)
     before = load_samba_models(bundle_dir).sam.image_encoder.state_dict()
-    training.train_sam(data, bundle_dir, steps=2, batch=2, train_encoder=False, log=lambda s: None)
+    training.train_sam(data, bundle_dir, steps=2, batch=2, train_encoder=False, multimask=True, log=lambda s: None)
     after = load_samba_models(bundle_dir).sam.image_encoder.state_dict()
     assert all(np.array_equal(before[k].numpy(), after[k].numpy()) for k in before)
-    assert json.loads((bundle_dir / "manifest.json").read_text())["training"]["sam"]["trained"] == "decoder"
+    record = json.loads((bundle_dir / "manifest.json").read_text())["training"]["sam"]
+    assert record["trained"] == "decoder" and record["mode"] == "samba-mc"
+    assert record["starting_from"]["trained"] == "encoder+decoder"  # how the starting weights were made

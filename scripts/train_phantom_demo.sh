@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Rebuilds SAMBASegment's phantom-demo bundle from scratch on the CPU, exactly as committed:
-# phantom training cases, then SAM (small, from scratch), YOLOv8n, and the voting network.
-# About an hour on 2 CPU cores (measured: SAM 15 min, YOLO 22 min, voting 14 min). Usage: scripts/train_phantom_demo.sh [WORK_DIR]
+# phantom training cases, then SAM (small, from scratch), YOLOv8n, the voting network, and last
+# SAM's decoder again for SAMBA-mc (its three region tokens, and token 0 kept on the whole tumour
+# so the voting net's inputs stay as they were). About an hour on 2 CPU cores (measured: SAM
+# 15 min, YOLO 22 min, voting 14 min, SAMBA-mc decoder 8 min). Usage: scripts/train_phantom_demo.sh [WORK_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-out/phantom-demo-training}
@@ -15,6 +17,7 @@ rm -rf "$bundle.new"
 $cli train sam "$work/cases" -o "$bundle.new" --steps 3000 --seed 0 --device cpu
 $cli train yolo "$work/yolo-cases" -o "$bundle.new" --epochs 20 --seed 0 --device cpu
 $cli train voting "$work/cases" -o "$bundle.new" --steps 600 --seed 0 --device cpu
+$cli train sam "$work/cases" -o "$bundle.new" --decoder-only --mode samba-mc --steps 1500 --seed 0 --device cpu
 .venv/bin/python - "$bundle.new" <<'PY'
 import sys
 from SAMBACore.bundles import update_manifest

@@ -216,13 +216,16 @@ def decode_batched(sam: Sam, image_embeddings: torch.Tensor, sparse: torch.Tenso
     return masks, decoder.iou_prediction_head(iou_token_out)
 
 
-def decode_logits(sam: Sam, embeddings: torch.Tensor, boxes_xyxy, original_size, multimask: bool = False):
-    """Low-res mask logits (B, 1 or 3, 4h, 4w) and IoU predictions for one box per embedding."""
+def decode_logits(sam: Sam, embeddings: torch.Tensor, boxes_xyxy, original_size, multimask: bool = False,
+                  tokens: slice | None = None):
+    """Low-res mask logits (B, 1 or 3, 4h, 4w) and IoU predictions for one box per embedding.
+
+    `tokens` overrides which mask tokens come back (SAMBA-mc training reads all four)."""
     device = sam.device
     boxes = torch.as_tensor(map_boxes(sam, boxes_xyxy, original_size), dtype=torch.float, device=device)
     sparse, dense = sam.prompt_encoder(points=None, boxes=boxes, masks=None)
     logits, iou = decode_batched(sam, embeddings.to(device), sparse, dense)
-    chosen = slice(1, None) if multimask else slice(0, 1)
+    chosen = tokens or (slice(1, None) if multimask else slice(0, 1))
     return logits[:, chosen], iou[:, chosen]
 
 

@@ -114,11 +114,12 @@ def train_sam(
         else:
             images = torch.as_tensor(resize_slices(sam, np.stack([samples[i].image for i in chosen])), device=sam.device)
             embeddings = sam.image_encoder(sam.preprocess(images.permute(0, 3, 1, 2).float()))
-        logits, _ = decode_logits(sam, embeddings, boxes, size, multimask)
+        # SAMBA-mc trains all four mask tokens: 0 on the whole tumour too, so that binary mode
+        # (token 0) and the voting net trained on its votes keep working with the same decoder.
+        logits, _ = decode_logits(sam, embeddings, boxes, size, tokens=slice(0, 4) if multimask else slice(0, 1))
         logits = sam.postprocess_masks(logits, input_size(sam, size), size)
         target = torch.as_tensor(np.stack([samples[i].target for i in chosen]), dtype=torch.float32, device=sam.device)
-        if not multimask:
-            target = target[:, None]
+        target = torch.cat([target[:, :1], target], dim=1) if multimask else target[:, None]
         loss = loss_fn(logits, target)
         optimiser.zero_grad()
         loss.backward()

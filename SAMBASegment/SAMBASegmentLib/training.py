@@ -82,8 +82,10 @@ def train_sam(data_dir, bundle_dir, steps: int = 2000, seed: int = 0, batch: int
     cases = _load_cases(data_dir, log)
     torch.manual_seed(seed)
     existing = Path(bundle_dir, "manifest.json").exists() and "sam" in load_bundle(bundle_dir).components
+    earlier = None
     if existing:
         bundle = load_bundle(bundle_dir)
+        earlier = bundle.manifest.get("training", {}).get("sam")
         sam_config = bundle.component("sam").config
         sam = build_sam(sam_config)
         sam.load_state_dict(load_state_dict(bundle, "sam"))
@@ -103,6 +105,8 @@ def train_sam(data_dir, bundle_dir, steps: int = 2000, seed: int = 0, batch: int
     record = {"command": command, "cases": len(cases), "slices": len(samples), "steps": steps, "seed": seed,
               "batch": batch, "lr": lr, "trained": "encoder+decoder" if train_encoder else "decoder",
               "mode": "samba-mc" if multimask else "samba", "box_jitter_px": sam_training.MAX_JITTER}
+    if earlier:
+        record["starting_from"] = earlier  # how the weights this run started from were made
     state = {k: v.detach().float().cpu().contiguous() for k, v in sam.state_dict().items()}
     return _update_bundle(bundle_dir, "sam", "sam", sam_config, state, record)
 
