@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -67,3 +69,39 @@ def resume(folder: Path, module: nn.Module, optimiser, settings: dict, base_sha2
         raise ValueError(f"{folder}: its tensors do not fit this model; delete it to start over.")
     optimiser.load_state_dict(torch.load(folder / progress["files"]["optimiser"]["file"], weights_only=True))
     return progress
+
+
+class EpochRecord:
+    """One training's record: validation Dice per epoch (the base's first), mean loss per epoch,
+    seconds over all runs. Resumed from the checkpoint in `folder` when there is one (loading the
+    module and optimiser), otherwise started with `baseline()`, the base's validation Dice; after
+    each epoch, end_epoch records it and (when `write`, i.e. on the main process) checkpoints."""
+
+    def __init__(self, folder: Path, module: nn.Module, optimiser, settings: dict, base_sha256: str,
+                 baseline: Callable[[], float], started: float, say: Callable[[str], None], write: bool = True):
+        self.folder, self.module, self.optimiser = folder, module, optimiser
+        self.settings, self.base_sha256, self.started, self.say, self.write = settings, base_sha256, started, say, write
+        resumed = resume(folder, module, optimiser, settings, base_sha256)
+        if resumed:
+            self.curve, self.losses, self.first = resumed["curve"], resumed["losses"], resumed["epoch"]
+            self.started -= resumed.get("seconds", 0.0)  # time is counted over all runs of one training
+            say(f"resuming after epoch {self.first} from {folder}")
+        else:
+            self.curve, self.losses, self.first = [baseline()], [], 0
+            say(f"base: validation WT Dice {self.curve[0]:.3f}")
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def end_epoch(self, epoch: int, loss: float, dice: float, on_epoch: Callable[[dict], None] | None = None) -> None:
+        """Epoch `epoch` (0-based) is done: note it, tell `on_epoch`, write the checkpoint."""
+        self.curve.append(dice)
+        self.losses.append(loss)
+        self.say(f"epoch {epoch + 1}/{self.settings['epochs']}: loss {loss:.3f}, validation WT Dice {dice:.3f}")
+        if not self.write:
+            return
+        if on_epoch:
+            on_epoch({"epoch": epoch + 1, "loss": loss, "dice": dice})
+        write_checkpoint(self.folder, self.module, self.optimiser,
+                         {"epoch": epoch + 1, "curve": self.curve, "losses": self.losses, "settings": self.settings,
+                          "base_sha256": self.base_sha256, "seconds": self.seconds()})

@@ -186,20 +186,13 @@ def train_lora(
         sam.mask_decoder.output_hypernetworks_mlps[1:].requires_grad_(False)
     trainable = list(checkpoints.trained_parameters(sam).values())
     optimiser = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=0.0)
-    checkpoint_dir = out_dir / checkpoints.FOLDER
-    resumed = checkpoints.resume(checkpoint_dir, sam, optimiser, settings.record(), base_sha)
-    if resumed:
-        curve, losses, first = resumed["curve"], resumed["losses"], resumed["epoch"]
-        started -= resumed.get("seconds", 0.0)  # time is counted over all runs of one training
-        say(f"resuming after epoch {first} from {checkpoint_dir}")
-    else:
-        curve, losses, first = [validation_dice(sam, val, world)], [], 0
-        say(f"base: validation WT Dice {curve[0]:.3f}")
+    record = checkpoints.EpochRecord(out_dir / checkpoints.FOLDER, sam, optimiser, settings.record(), base_sha,
+                                     lambda: validation_dice(sam, val, world), started, say, write=world.main)
     model = wrap(BoxPromptedSam(sam), world)
     loss_fn = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
     sampler = DistributedSampler(train, num_replicas=world.size, rank=world.rank, shuffle=True, seed=settings.seed)
     steps = settings.steps_per_epoch or math.ceil(sampler.num_samples / settings.batch)
-    for epoch in range(first, settings.epochs):
+    for epoch in range(record.first, settings.epochs):
         sampler.set_epoch(epoch)
         order = list(sampler)
         rng = np.random.default_rng([settings.seed, epoch, world.rank])
@@ -215,24 +208,15 @@ def train_lora(
             epoch_losses.append(loss.item())
             report((epoch + (step + 1) / steps) / settings.epochs,
                    f"epoch {epoch + 1}/{settings.epochs} step {step + 1}/{steps} loss {loss.item():.3f}")
-        curve.append(validation_dice(sam, val, world))
-        losses.append(float(np.mean(epoch_losses)))
-        say(f"epoch {epoch + 1}/{settings.epochs}: loss {losses[-1]:.3f}, validation WT Dice {curve[-1]:.3f}")
-        if on_epoch and world.main:
-            on_epoch({"epoch": epoch + 1, "loss": losses[-1], "dice": curve[-1]})
-        if world.main:
-            checkpoints.write_checkpoint(checkpoint_dir, sam, optimiser,
-                                         {"epoch": epoch + 1, "curve": curve, "losses": losses,
-                                          "settings": settings.record(), "base_sha256": base_sha,
-                                          "seconds": time.perf_counter() - started})
+        record.end_epoch(epoch, float(np.mean(epoch_losses)), validation_dice(sam, val, world), on_epoch)
+    curve = record.curve
     info = {
         "data": {"train_cases": [c.name for c in train_cases], "val_cases": [c.name for c in val_cases],
                  "train_slices": len(train), "val_slices": len(val)},
         "validation": {"metric": VALIDATION_METRIC, "base": curve[0], "curve": curve[1:], "final": curve[-1]},
-        "training": {"command": command, **settings.record(), "steps_per_epoch": steps, "loss_curve": losses,
-                     "world_size": world.size, "device": world.device, "resumed_from_epoch": first,
-                     "trainable_parameters": sum(p.numel() for p in trainable),
-                     "seconds": round(time.perf_counter() - started, 1)},
+        "training": {"command": command, **settings.record(), "steps_per_epoch": steps, "loss_curve": record.losses,
+                     "world_size": world.size, "device": world.device, "resumed_from_epoch": record.first,
+                     "trainable_parameters": sum(p.numel() for p in trainable), "seconds": round(record.seconds(), 1)},
     }
     if world.main:
         modules = {"mask_decoder": sam.mask_decoder.state_dict()} if settings.with_decoder else None

@@ -164,20 +164,13 @@ def train_unet_lora(
     adapters.add_lora(model, spec)
     trainable = list(checkpoints.trained_parameters(model).values())
     optimiser = torch.optim.Adam(trainable, lr=settings.lr)
-    checkpoint_dir = out_dir / checkpoints.FOLDER
-    resumed = checkpoints.resume(checkpoint_dir, model, optimiser, settings.record(), base_sha)
-    if resumed:
-        curve, losses, first = resumed["curve"], resumed["losses"], resumed["epoch"]
-        started -= resumed.get("seconds", 0.0)  # time is counted over all runs of one training
-        log(f"resuming after epoch {first} from {checkpoint_dir}")
-    else:
-        curve, losses, first = [validation_dice(model, val, device)], [], 0
-        log(f"base: validation WT Dice {curve[0]:.3f}")
+    record = checkpoints.EpochRecord(out_dir / checkpoints.FOLDER, model, optimiser, settings.record(), base_sha,
+                                     lambda: validation_dice(model, val, device), started, log)
 
     sample = patch_batch(train, "image", "labels", (settings.patch,) * 3, settings.batch, extra=_network_input)
     loss_fn = HybridLoss(True, max_pos_weight=MAX_POS_WEIGHT)
     steps = settings.steps_per_epoch
-    for epoch in range(first, settings.epochs):
+    for epoch in range(record.first, settings.epochs):
         torch.manual_seed(settings.seed * 100003 + epoch * 101)  # LoRA dropout
         _train_mode(model)
         epoch_losses = []
@@ -190,22 +183,15 @@ def train_unet_lora(
             epoch_losses.append(loss.item())
             report((epoch + (step + 1) / steps) / settings.epochs,
                    f"epoch {epoch + 1}/{settings.epochs} step {step + 1}/{steps} loss {loss.item():.3f}")
-        curve.append(validation_dice(model, val, device))
-        losses.append(float(np.mean(epoch_losses)))
-        log(f"epoch {epoch + 1}/{settings.epochs}: loss {losses[-1]:.3f}, validation WT Dice {curve[-1]:.3f}")
-        if on_epoch:
-            on_epoch({"epoch": epoch + 1, "loss": losses[-1], "dice": curve[-1]})
-        checkpoints.write_checkpoint(checkpoint_dir, model, optimiser,
-                                     {"epoch": epoch + 1, "curve": curve, "losses": losses,
-                                      "settings": settings.record(), "base_sha256": base_sha,
-                                      "seconds": time.perf_counter() - started})
+        record.end_epoch(epoch, float(np.mean(epoch_losses)), validation_dice(model, val, device), on_epoch)
+    curve = record.curve
     info = {
         "data": {"train_cases": [c["name"] for c in train], "val_cases": [c["name"] for c in val]},
         "validation": {"metric": VALIDATION_METRIC, "base": curve[0], "curve": curve[1:], "final": curve[-1]},
-        "training": {"command": command, **settings.record(), "loss_curve": losses, "device": device,
-                     "resumed_from_epoch": first, "trainable_parameters": sum(p.numel() for p in trainable),
+        "training": {"command": command, **settings.record(), "loss_curve": record.losses, "device": device,
+                     "resumed_from_epoch": record.first, "trainable_parameters": sum(p.numel() for p in trainable),
                      "loss": "Dice (with background) + weighted BCE, as the bundle's own training",
-                     "seconds": round(time.perf_counter() - started, 1)},
+                     "seconds": round(record.seconds(), 1)},
     }
     adapters.save_adapter(out_dir, model, spec, adapters.base_record(bundle, component, ""), info)
     log(f"Adapter written: {out_dir} (validation WT Dice {curve[0]:.3f} -> {curve[-1]:.3f})")
