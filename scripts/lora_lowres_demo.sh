@@ -2,9 +2,9 @@
 # The LoRATrainer quality bar: does a rank-4 LoRA adapter on the demo bundle's SAM, trained on
 # 5 low-field-like phantom cases (a new "site"), raise WT Dice on 5 other such cases?
 # Writes everything under ${OUT:-out/lora}. Re-running resumes an interrupted training from its checkpoint.
-# Measured on a 2-core CPU shared with other jobs: 120 steps of batch 8 in about 30 min, each
-# evaluation 2-6 min per case; validation WT Dice (true boxes) 0.484 -> 0.532, YOLO-pipeline
-# WT Dice on the 5 evaluation cases 0.629 -> 0.651.
+# Measured on the 2-core CPU, unloaded, with the phantom-demo bundle as committed (SAMBA-mc decoder):
+# 120 steps of batch 8 in 49 s, each evaluation 20-40 s per case; validation WT Dice (true boxes)
+# 0.460 -> 0.512; WT Dice on the 5 evaluation cases 0.612 -> 0.634 (YOLO boxes), 0.678 -> 0.727 (ROI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/lora}
