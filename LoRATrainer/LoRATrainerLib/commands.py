@@ -63,8 +63,8 @@ def _settings(args, component: str):
 
 
 def _train_lora(args) -> int:
-    """`train lora`: a LoRA adapter on a bundle's SAM (one process or several under torchrun) or on
-    one of its U-Nets (one process)."""
+    """`train lora`: a LoRA adapter on a bundle's SAM or on one of its U-Nets, in one process or
+    several under torchrun."""
     from LoRATrainerLib.distributed import start, stop
     from LoRATrainerLib.logic import choose_component, resolve_base
     from LoRATrainerLib.training_data import cases_from_folder, split_cases
@@ -81,8 +81,6 @@ def _train_lora(args) -> int:
             if world.main:
                 print(message, flush=True)
 
-        if component != "sam" and world.distributed:
-            raise ValueError(f"U-Net LoRA ({component}) trains in one process: run it without torchrun.")
         cases = cases_from_folder(args.data_dir, log)
         if args.val:
             train, val = cases, cases_from_folder(args.val, log)
@@ -96,7 +94,7 @@ def _train_lora(args) -> int:
         else:
             from LoRATrainerLib.train_unet_lora import train_unet_lora
 
-            train_unet_lora(base, args.output, train, val, settings, world.device, command=command,
+            train_unet_lora(base, args.output, train, val, settings, world, command=command,
                             progress=_progress_printer(), log=log)
     finally:
         stop(world)
@@ -107,8 +105,8 @@ def register(commands, train, bench) -> None:
     """Add this module's subcommands to the top-level, `train` and `bench` sub-parser groups."""
     lora = train.add_parser("lora", help="a LoRA adapter on a SAMBA bundle's SAM (image encoder, optionally + mask "
                             "decoder) or on the Conv layers of an R2UNetSegment bundle's U-Net, R2U-Net or cascade stage 2",
-                            description="For SAM, under torchrun (--nproc_per_node N) the same command trains "
-                            "data-parallel; U-Net LoRA runs in one process.")
+                            description="Under torchrun (--nproc_per_node N) the same command trains data-parallel, "
+                            "one process per GPU (gloo on the CPU); rank 0 prints and writes the adapter.")
     lora.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file")
     lora.add_argument("--base", required=True, help="the bundle to adapt (folder or bundled name: phantom-demo for SAM, "
                       "phantom-r2unet for the U-Nets)")

@@ -125,6 +125,7 @@ class LoRATrainerCore:
     def compute(self, request: Request, progress: Progress | None = None,
                 on_epoch: Callable[[dict], None] | None = None) -> Trained:
         """Train into a fresh work folder; `on_epoch(record)` gets each epoch's loss and validation Dice."""
+        from LoRATrainerLib.distributed import World
         from LoRATrainerLib.train_unet_lora import UnetLoraSettings, train_unet_lora
 
         work = Path(tempfile.mkdtemp(prefix="lora-")) / "adapter"
@@ -135,17 +136,15 @@ class LoRATrainerCore:
             if on_epoch:
                 on_epoch(entry)
 
-        common = dict(command=request.command, progress=progress, on_epoch=record, log=lambda message: None)
+        common = dict(world=World(device=request.device), command=request.command, progress=progress, on_epoch=record,
+                      log=lambda message: None)
         try:
             if isinstance(request.settings, UnetLoraSettings):
-                info = train_unet_lora(request.base, work, request.train, request.val, request.settings,
-                                       request.device, **common)
+                info = train_unet_lora(request.base, work, request.train, request.val, request.settings, **common)
             else:
-                from LoRATrainerLib.distributed import World
                 from LoRATrainerLib.train_lora import train_lora
 
-                info = train_lora(request.base, work, request.train, request.val, request.settings,
-                                  World(device=request.device), **common)
+                info = train_lora(request.base, work, request.train, request.val, request.settings, **common)
         except BaseException:
             shutil.rmtree(work.parent, ignore_errors=True)
             raise

@@ -14,10 +14,14 @@ adapter does not store them), so training normalises with the statistics inferen
 
 Validation, before training (the base) and after every epoch: VALIDATION_METRIC.
 
-Resumable (checkpoints.py): after each epoch ADAPTER_DIR/.checkpoint; the patches of step s of
-epoch e come from a generator seeded (seed, e, s) and LoRA dropout is seeded per epoch, so a
-resumed run ends with the same weights as an uninterrupted one. The adapter is written once, at
-the end, atomically. One process: the networks are small (no torchrun).
+Resumable (checkpoints.py): after each epoch rank 0 writes ADAPTER_DIR/.checkpoint; the patches
+of step s of epoch e come from a generator seeded (seed, e, s), with the rank appended under
+torchrun, and LoRA dropout is seeded per epoch, so a resumed run ends with the same weights as an
+uninterrupted one. The adapter is written once, at the end, atomically, by rank 0.
+
+Under torchrun (distributed.py) every rank draws its own patches and DistributedDataParallel
+averages the gradients, so N ranks train on N times the patches per step; validation cases are
+shared out over the ranks and the counts summed.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 from torch import nn
 
 from LoRATrainerLib import checkpoints
+from LoRATrainerLib.distributed import World, sum_over_ranks, wrap
 from LoRATrainerLib.training_data import Case
 from R2UNetSegmentLib.cascade_inputs import downsample, stage2_inputs, upsample_labels
 from R2UNetSegmentLib.inference import brain_box, labels_from, normalise, predict_full
@@ -99,15 +104,17 @@ def _network_input(case: dict, where: tuple, image: np.ndarray) -> np.ndarray:
     return stage2_inputs(image, case["stage1"][where], CLASSES)
 
 
-def validation_dice(model: nn.Module, cases: list[dict], device: str = "cpu") -> float:
-    """VALIDATION_METRIC on prepared cases."""
-    overlap = total = 0
-    for case in cases:
-        predicted = region_masks(labels_from(predict_full(model, _network_input(case, (...,), case["image"]), device)))["WT"]
+def validation_dice(model: nn.Module, cases: list[dict], world: World = World()) -> float:
+    """VALIDATION_METRIC on prepared cases, shared out over the ranks and summed."""
+    counts = [0.0, 0.0]  # 2 * intersection, |prediction| + |truth|
+    for case in cases[world.rank::world.size]:
+        image = _network_input(case, (...,), case["image"])
+        predicted = region_masks(labels_from(predict_full(model, image, world.device)))["WT"]
         truth = region_masks(case["labels"])["WT"]
-        overlap += 2 * int(np.logical_and(predicted, truth).sum())
-        total += int(predicted.sum() + truth.sum())
-    return overlap / total if total else 1.0
+        counts[0] += 2.0 * np.logical_and(predicted, truth).sum()
+        counts[1] += float(predicted.sum() + truth.sum())
+    overlap, total = sum_over_ranks(counts, world)
+    return float(overlap / total) if total else 1.0
 
 
 def _train_mode(model: nn.Module) -> None:
@@ -135,7 +142,7 @@ def train_unet_lora(
     train_cases: list[Case],
     val_cases: list[Case],
     settings: UnetLoraSettings = UnetLoraSettings(),
-    device: str = "cpu",
+    world: World | None = None,
     command: str = "",
     progress: Callable[[float, str], None] | None = None,
     log: Callable[[str], None] = print,
@@ -143,11 +150,15 @@ def train_unet_lora(
 ) -> dict:
     """Train and write the adapter for `settings.component` of R2UNetSegment bundle `base` to
     `out_dir`; returns adapter.json's content. `progress(fraction, message)` is called every step
-    and may raise background.Cancelled: the run stops, the previous adapter in `out_dir` stays as
-    it was. `on_epoch({"epoch", "loss", "dice"})` gets each epoch's mean loss and validation Dice."""
+    on rank 0 and may raise background.Cancelled: the run stops, the previous adapter in `out_dir`
+    stays as it was. `on_epoch({"epoch", "loss", "dice"})` gets each epoch's mean loss and
+    validation Dice (rank 0)."""
     started = time.perf_counter()
+    world = world or World()
+    device = world.device
     out_dir = Path(out_dir)
-    report = progress or (lambda fraction, message: None)
+    report = progress if (progress and world.main) else (lambda fraction, message: None)
+    say = log if world.main else (lambda message: None)
     models = load_r2unet_models(base, device)
     bundle, component = models.bundle, settings.component
     base_sha = bundle.component(component).sha256  # a BundleError naming what the bundle has, if it lacks it
@@ -156,7 +167,7 @@ def train_unet_lora(
     model = cascade.stage2 if cascade else getattr(models, component)
     train = [_prepared(c, cascade, device) for c in train_cases]
     val = [_prepared(c, cascade, device) for c in val_cases]
-    log(f"{component}: {len(train)} training case(s), {len(val)} validation case(s)")
+    say(f"{component}: {len(train)} training case(s), {len(val)} validation case(s)")
 
     model.requires_grad_(False)
     torch.manual_seed(settings.seed)  # LoRA's A matrices start random: same seed, same start
@@ -165,7 +176,8 @@ def train_unet_lora(
     trainable = list(checkpoints.trained_parameters(model).values())
     optimiser = torch.optim.Adam(trainable, lr=settings.lr)
     record = checkpoints.EpochRecord(out_dir / checkpoints.FOLDER, model, optimiser, settings.record(), base_sha,
-                                     lambda: validation_dice(model, val, device), started, log)
+                                     lambda: validation_dice(model, val, world), started, say, write=world.main)
+    trained = wrap(model, world)
 
     sample = patch_batch(train, "image", "labels", (settings.patch,) * 3, settings.batch, extra=_network_input)
     loss_fn = HybridLoss(True, max_pos_weight=MAX_POS_WEIGHT)
@@ -175,24 +187,27 @@ def train_unet_lora(
         _train_mode(model)
         epoch_losses = []
         for step in range(steps):
-            x, y = sample(np.random.default_rng((settings.seed, epoch, step)))
-            loss = loss_fn(model(x.to(device)), y.to(device))
+            # Each rank its own patches; one process draws exactly what it drew before torchrun was supported.
+            x, y = sample(np.random.default_rng((settings.seed, epoch, step) + ((world.rank,) if world.distributed else ())))
+            loss = loss_fn(trained(x.to(device)), y.to(device))
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             epoch_losses.append(loss.item())
             report((epoch + (step + 1) / steps) / settings.epochs,
                    f"epoch {epoch + 1}/{settings.epochs} step {step + 1}/{steps} loss {loss.item():.3f}")
-        record.end_epoch(epoch, float(np.mean(epoch_losses)), validation_dice(model, val, device), on_epoch)
+        record.end_epoch(epoch, float(np.mean(epoch_losses)), validation_dice(model, val, world), on_epoch)
     curve = record.curve
     info = {
         "data": {"train_cases": [c["name"] for c in train], "val_cases": [c["name"] for c in val]},
         "validation": {"metric": VALIDATION_METRIC, "base": curve[0], "curve": curve[1:], "final": curve[-1]},
         "training": {"command": command, **settings.record(), "loss_curve": record.losses, "device": device,
+                     "world_size": world.size,
                      "resumed_from_epoch": record.first, "trainable_parameters": sum(p.numel() for p in trainable),
                      "loss": "Dice (with background) + weighted BCE, as the bundle's own training",
                      "seconds": round(record.seconds(), 1)},
     }
-    adapters.save_adapter(out_dir, model, spec, adapters.base_record(bundle, component, ""), info)
-    log(f"Adapter written: {out_dir} (validation WT Dice {curve[0]:.3f} -> {curve[-1]:.3f})")
+    if world.main:
+        adapters.save_adapter(out_dir, model, spec, adapters.base_record(bundle, component, ""), info)
+        say(f"Adapter written: {out_dir} (validation WT Dice {curve[0]:.3f} -> {curve[-1]:.3f})")
     return info
