@@ -133,6 +133,33 @@ def test_a_checkpoint_made_with_other_settings_is_not_used(tiny_cases, straight_
     assert_same_weights(weights(out, "unet"), weights(straight_run, "unet"))
 
 
+def test_poly_schedule_decays_the_rate_and_resumes_on_the_same_curve(tiny_cases, tmp_path, monkeypatch):
+    assert training.learning_rate(1e-3, 0, 100, "poly") == 1e-3
+    assert training.learning_rate(1e-3, 50, 100, "poly") == pytest.approx(1e-3 * 0.5 ** 0.9)
+    assert 0 < training.learning_rate(1e-3, 99, 100, "poly") < 2e-5
+    with pytest.raises(ValueError, match="poly"):
+        training.learning_rate(1e-3, 0, 100, "cosine")
+
+    rates = []
+    real_step = torch.optim.Adam.step
+
+    def noting_rate(self, *args, **kwargs):
+        rates.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", noting_rate)
+    run = dict(steps=6, patch=16, batch=1, lr=1e-2, config=TINY, checkpoint_every=2, log=quiet, schedule="poly")
+    training.train_unet(tiny_cases, tmp_path / "straight", **run)
+    assert rates == [pytest.approx(training.learning_rate(1e-2, s, 6, "poly")) for s in range(6)]
+    assert load_bundle(tmp_path / "straight").manifest["training"]["unet"]["optimiser"] == \
+        "Adam, learning rate poly-decayed to 0"
+
+    with pytest.raises(Stop):
+        training.train_unet(tiny_cases, tmp_path / "resumed", progress=cancel_after(3, 6), **run)
+    training.train_unet(tiny_cases, tmp_path / "resumed", **run)
+    assert_same_weights(weights(tmp_path / "resumed", "unet"), weights(tmp_path / "straight", "unet"))
+
+
 def test_unet_learns_the_tiny_tumours(tiny_cases, tmp_path):
     from R2UNetSegmentLib.inference import normalise, predict_full
 

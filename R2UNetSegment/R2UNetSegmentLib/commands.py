@@ -75,7 +75,7 @@ def _train(args) -> int:
 
     command = "slicer-samba " + " ".join(sys.argv[1:])
     common = {"steps": args.steps, "patch": args.patch, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-                  "device": choose_device(args.device), "command": command}
+                  "device": choose_device(args.device), "command": command, "schedule": args.lr_schedule}
     if args.component == "cascade":
         training.train_cascade(args.data_dir, args.output, stage1_steps=args.stage1_steps,
                                stage1_config=args.widths and {**training.STAGE1_CONFIG, "widths": args.widths},
@@ -139,6 +139,8 @@ def register(commands, train, bench) -> None:
         parser.add_argument("--patch", type=int, default=64, help="patch edge in voxels (default 64)")
         parser.add_argument("--batch", type=int, default=2, help="patches per step (default 2)")
         parser.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
+        parser.add_argument("--lr-schedule", choices=("constant", "poly"), default="constant",
+                            help="constant, or poly: decayed to 0 over the steps as nnU-Net does (default constant)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--device", choices=DEVICES, default="auto")
         parser.add_argument("--widths", type=_widths, help="stage widths, e.g. 16,32,64,128 (the cascade's stage 1; "

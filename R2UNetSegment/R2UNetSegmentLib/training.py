@@ -215,17 +215,36 @@ def _save_keeping_checkpoints(bundle_dir, finished: list[str], **bundle_args) ->
 
 # ---------------------------------------------------------------- the loop
 
+SCHEDULES = ("constant", "poly")
+
+
+def learning_rate(lr: float, step: int, steps: int, schedule: str = "constant") -> float:
+    """The rate of step `step` (0-based): constant, or nnU-Net's poly decay lr * (1 - step/steps)^0.9.
+
+    A function of the step alone, so a resumed run continues on the same curve.
+    """
+    if schedule == "constant":
+        return lr
+    if schedule == "poly":
+        return lr * (1 - step / steps) ** 0.9
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}: use one of {', '.join(SCHEDULES)}")
+
+
 def fit(model, sample: Callable, steps: int, lr: float, seed: int, device: str, loss_fn,
         component: str, bundle_dir=None, signature: dict | None = None, resume: bool = True,
-        checkpoint_every: int = 25, log: Log = print, progress: Progress | None = None) -> list[float]:
+        checkpoint_every: int = 25, log: Log = print, progress: Progress | None = None,
+        schedule: str = "constant") -> list[float]:
     """Adam on batches sample(np.random.default_rng((seed, step))); returns the loss of every step.
 
     With bundle_dir, checkpoints are written every `checkpoint_every` steps and when `progress`
     cancels (raises); with resume, a matching checkpoint is continued.
     """
+    learning_rate(lr, 0, steps, schedule)  # an unknown schedule fails before any work
     model.to(device).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     signature = {**(signature or {}), "seed_lr": [seed, lr]}
+    if schedule != "constant":  # checkpoints of constant-rate runs keep matching
+        signature["schedule"] = [schedule, steps]
     start, losses = (0, [])
     if bundle_dir is not None and resume:
         start, losses = load_checkpoint(bundle_dir, component, model, optimiser, signature, log)
@@ -233,6 +252,8 @@ def fit(model, sample: Callable, steps: int, lr: float, seed: int, device: str, 
     started = time.perf_counter()
     for step in range(start, steps):
         x, y = sample(np.random.default_rng((seed, step)))
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(lr, step, steps, schedule)
         optimiser.zero_grad()
         loss = loss_fn(model(x.to(device)), y.to(device))
         loss.backward()
@@ -261,8 +282,9 @@ def _signature(config: dict, cases: list[dict], **settings) -> dict:
     return {"config": config, "cases": [c["name"] for c in cases], "max_pos_weight": MAX_POS_WEIGHT, **settings}
 
 
-def _record(command: str, cases, background: bool = True, **settings) -> dict:
-    return {"command": command, "cases": len(cases), "case_names": [c["name"] for c in cases], "optimiser": "Adam",
+def _record(command: str, cases, background: bool = True, schedule: str = "constant", **settings) -> dict:
+    optimiser = "Adam" if schedule == "constant" else f"Adam, learning rate {schedule}-decayed to 0"
+    return {"command": command, "cases": len(cases), "case_names": [c["name"] for c in cases], "optimiser": optimiser,
             "loss": f"Dice ({'with' if background else 'without'} background) + weighted BCE, one-hot, "
                     f"pos_weight negatives/positives clipped to [1, {MAX_POS_WEIGHT:g}]", **settings}
 
@@ -271,7 +293,7 @@ PATCHES = f"random inside the brain's bounding box, {TUMOUR_FRACTION:.2f} of the
 
 
 def _train_patchwise(component, config, data_dir, bundle_dir, steps, patch, batch, lr, seed, device, command,
-                     log, resume, progress, checkpoint_every):
+                     log, resume, progress, checkpoint_every, schedule):
     cases = load_cases(data_dir, log)
     torch.manual_seed(seed)
     model = build_model("r2unet" if component == "r2unet" else "unet3d", config)
@@ -280,9 +302,9 @@ def _train_patchwise(component, config, data_dir, bundle_dir, steps, patch, batc
     log(f"{component}: {sum(p.numel() for p in model.parameters()):,} parameters, {steps} steps of "
         f"{batch} x {patch}^3 patches")
     losses = fit(model, sample, steps, lr, seed, device, HybridLoss(True, max_pos_weight=MAX_POS_WEIGHT), component,
-                 bundle_dir, signature, resume, checkpoint_every, log, progress)
-    record = _record(command, cases, steps=steps, patch=patch, patches=PATCHES, batch=batch, lr=lr, seed=seed,
-                     final_loss=float(np.mean(losses[-20:])))
+                 bundle_dir, signature, resume, checkpoint_every, log, progress, schedule)
+    record = _record(command, cases, schedule=schedule, steps=steps, patch=patch, patches=PATCHES, batch=batch, lr=lr,
+                     seed=seed, final_loss=float(np.mean(losses[-20:])))
     _save_keeping_checkpoints(bundle_dir, [component], components={component: (model, config)},
                               training={component: record})
     return model
@@ -290,18 +312,20 @@ def _train_patchwise(component, config, data_dir, bundle_dir, steps, patch, batc
 
 def train_unet(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch: int = 2, lr: float = 3e-4,
                seed: int = 0, device: str = "cpu", command: str = "", log: Log = print, resume: bool = True,
-               progress: Progress | None = None, config: dict | None = None, checkpoint_every: int = 25):
+               progress: Progress | None = None, config: dict | None = None, checkpoint_every: int = 25,
+               schedule: str = "constant"):
     """The plain 3D U-Net (for full-volume and patch-wise inference) into component "unet"."""
     return _train_patchwise("unet", dict(config or UNET_CONFIG), data_dir, bundle_dir, steps, patch, batch, lr, seed,
-                            device, command, log, resume, progress, checkpoint_every)
+                            device, command, log, resume, progress, checkpoint_every, schedule)
 
 
 def train_r2unet(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch: int = 2, lr: float = 3e-4,
                  seed: int = 0, device: str = "cpu", command: str = "", log: Log = print, resume: bool = True,
-                 progress: Progress | None = None, config: dict | None = None, checkpoint_every: int = 25):
+                 progress: Progress | None = None, config: dict | None = None, checkpoint_every: int = 25,
+                 schedule: str = "constant"):
     """The (attention) R2U-Net into component "r2unet"."""
     return _train_patchwise("r2unet", dict(config or R2UNET_CONFIG), data_dir, bundle_dir, steps, patch, batch, lr,
-                            seed, device, command, log, resume, progress, checkpoint_every)
+                            seed, device, command, log, resume, progress, checkpoint_every, schedule)
 
 
 def stage1_labels(stage1, low_image: np.ndarray, device: str = "cpu") -> np.ndarray:
@@ -314,7 +338,8 @@ def stage1_labels(stage1, low_image: np.ndarray, device: str = "cpu") -> np.ndar
 def train_cascade(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch: int = 2, lr: float = 3e-4,
                   seed: int = 0, device: str = "cpu", command: str = "", log: Log = print, resume: bool = True,
                   progress: Progress | None = None, stage1_steps: int | None = None, factor: float = DEFAULT_FACTOR,
-                  stage1_config: dict | None = None, stage2_config: dict | None = None, checkpoint_every: int = 25):
+                  stage1_config: dict | None = None, stage2_config: dict | None = None, checkpoint_every: int = 25,
+                  schedule: str = "constant"):
     """The two-stage cascade into components "cascade_stage1" and "cascade_stage2".
 
     Stage 1 learns on whole down-sampled volumes (Dice without background: each holds tumour).
@@ -340,7 +365,7 @@ def train_cascade(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch
     sample1 = patch_batch(cases, "low_image", "low_labels", tuple(low_shape), batch)
     signature1 = _signature(config1, cases, batch=batch, factor=factor)
     losses1 = fit(stage1, sample1, stage1_steps, lr, seed, device, HybridLoss(False, max_pos_weight=MAX_POS_WEIGHT),
-                  "cascade_stage1", bundle_dir, signature1, resume, checkpoint_every, log, stage_progress(0))
+                  "cascade_stage1", bundle_dir, signature1, resume, checkpoint_every, log, stage_progress(0), schedule)
 
     log("cascade_stage2: stage-1 labels of every training case")
     for case in cases:
@@ -359,9 +384,9 @@ def train_cascade(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch
     stage1_digest = hashlib.sha256(b"".join(v.cpu().numpy().tobytes() for v in stage1.state_dict().values())).hexdigest()
     signature2 = _signature(config2, cases, patch=patch, batch=batch, stage1=stage1_digest)
     losses2 = fit(stage2, sample2, steps, lr, seed, device, HybridLoss(True, max_pos_weight=MAX_POS_WEIGHT),
-                  "cascade_stage2", bundle_dir, signature2, resume, checkpoint_every, log, stage_progress(1))
+                  "cascade_stage2", bundle_dir, signature2, resume, checkpoint_every, log, stage_progress(1), schedule)
 
-    common = {"batch": batch, "lr": lr, "seed": seed, "factor": factor}
+    common = {"batch": batch, "lr": lr, "seed": seed, "factor": factor, "schedule": schedule}
     training = {
         "cascade_stage1": _record(command, cases, steps=stage1_steps, input="whole volume down-sampled by factor "
                                   "(trilinear), cropped to the brain; labels by averaging one-hot maps", background=False,
