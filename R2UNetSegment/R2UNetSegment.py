@@ -104,7 +104,7 @@ class R2UNetSegmentWidget(BackgroundJobWidget):
     def _jobSucceeded(self, result):
         p = self._parameterNode
         p.outputSegmentation = self.logic.finish(slicer.mrmlScene, result, self._reference, p.outputSegmentation)
-        self.ui.statusLabel.text = f"Done in {result.seconds:.1f} s ({result.mode} mode)."
+        self.ui.statusLabel.text = f"Done in {result.seconds:.1f} s ({result.describe()})."
 
 
 class R2UNetSegmentTest(ScriptedLoadableModuleTest):

@@ -130,11 +130,14 @@ def test_too_small_a_budget_names_one_that_works(bundles, tmp_path, capsys):
     source = oblique_file(tmp_path / "one.nii.gz", image_array())
     out = tmp_path / "x.seg.nrrd"
     err = bad_run(capsys, "r2unet", source, "-o", out, "--bundle", bundles[1], "--memory-budget", "1KB")
-    needed = re.search(r"needs about ([\d.]+) (MB|GB)", err)
+    needed = re.search(r"the smallest, (.+), needs about ([\d.]+) (MB|GB)", err)
     assert needed, err
-    enough = f"{math.ceil(float(needed.group(1))) + 1}{needed.group(2)}"
+    enough = f"{math.ceil(float(needed.group(2))) + 1}{needed.group(3)}"
+    capsys.readouterr()
     assert main(["r2unet", str(source), "-o", str(out), "--bundle", str(bundles[1]), "--memory-budget", enough]) == 0
     assert out.exists()
+    # Just above the smallest plan's need, that plan ran, and the user is told which.
+    assert f"Mode: {needed.group(1)}, estimated peak memory" in capsys.readouterr().out
 
 
 def test_budget_sizes_parse():

@@ -8,7 +8,9 @@ from R2UNetSegmentLib.cascade_inputs import downsample, upsample_labels
 from R2UNetSegmentLib.inference import (
     brain_box,
     Cascade,
+    SMALLEST_AUTO_PATCH,
     MemoryBudgetError,
+    Plan,
     choose_mode,
     estimate_peak_bytes,
     normalise,
@@ -126,12 +128,19 @@ def test_choose_mode_takes_the_fastest_that_fits():
     }
     assert estimates["full"] > estimates["patch"] > estimates["cascade"]
     for mode, estimate in estimates.items():
-        assert choose_mode(model, cascade, shape, estimate, 32) == (mode, estimate)
-    assert choose_mode(None, cascade, shape, estimates["full"], 32)[0] == "cascade"
-    with pytest.raises(MemoryBudgetError, match=r"the smallest mode, cascade, needs about \d+ MB") as error:
-        choose_mode(model, cascade, shape, estimates["cascade"] - 1, 32)
+        assert choose_mode(model, cascade, shape, estimate, 32) == Plan(mode, 32, estimate)
+    assert choose_mode(None, cascade, shape, estimates["full"], 32).mode == "cascade"
+
+    # Nothing fits with 32-voxel patches: auto halves them (smaller windows) before giving up.
+    smaller = estimate_peak_bytes(cascade, shape, "cascade", 16)
+    assert smaller < estimates["cascade"]
+    assert choose_mode(model, cascade, shape, estimates["cascade"] - 1, 32) == Plan("cascade", 16, smaller)
+    assert SMALLEST_AUTO_PATCH == 16
+    with pytest.raises(MemoryBudgetError, match=r"the smallest, cascade \(16-voxel patches\), needs about \d+ MB") \
+            as error:
+        choose_mode(model, cascade, shape, smaller - 1, 32)
     assert isinstance(error.value, ValueError)
-    with pytest.raises(MemoryBudgetError, match="smallest mode, patch"):
+    with pytest.raises(MemoryBudgetError, match=r"smallest, patch \(16-voxel patches\)"):
         choose_mode(model, None, shape, 1, 32)
 
 

@@ -51,7 +51,7 @@ def _r2unet(args) -> int:
     print(f"Segmentation: {bridge.save_segmentation(segmentation, args.output)}")
     if args.adapter:
         print(f"Adapter: {args.adapter} (merged into the bundle's {core.models(args.bundle, device, args.adapter).adapted})")
-    print(f"Mode: {result.mode}, estimated peak memory {_format_bytes(result.estimate_bytes)}"
+    print(f"Mode: {result.describe()}, estimated peak memory {_format_bytes(result.estimate_bytes)}"
           + (f" (budget {_format_bytes(request.budget_bytes)})" if request.budget_bytes else ""))
     volumes = metrics.volumes_ml(result.labels, tuple(reversed(node.GetSpacing())))
     print("Volumes (mL): " + ", ".join(f"{name} {ml:.1f}" for name, ml in volumes.items()))

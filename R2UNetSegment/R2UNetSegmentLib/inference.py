@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import psutil
@@ -393,23 +394,68 @@ def _format(n: int) -> str:
     return f"{n / 1024**3:.2f} GB" if n >= 1024**3 else f"{n / 1024**2:.0f} MB"
 
 
-def choose_mode(model_or_none, cascade_or_none, image_shape, budget_bytes: int, patch_size: int = 64) -> tuple[str, int]:
-    """(mode, estimated peak bytes) of the fastest mode that fits: full, then patch, then cascade."""
-    candidates = [(m, model_or_none) for m in ("full", "patch") if model_or_none is not None]
-    if cascade_or_none is not None:
-        candidates.append(("cascade", cascade_or_none))
-    if not candidates:
+class Plan(NamedTuple):
+    """What `auto` chose: the mode, its patch size and the estimated peak bytes."""
+
+    mode: str
+    patch_size: int
+    estimate_bytes: int
+
+    def describe(self) -> str:
+        return self.mode if self.mode == "full" else f"{self.mode} ({self.patch_size}-voxel patches)"
+
+
+SMALLEST_AUTO_PATCH = 16  # auto halves the patch size down to this when nothing fits
+
+
+def _patch_sizes(patch_size: int) -> list[int]:
+    sizes = [patch_size]
+    while sizes[-1] // 2 >= SMALLEST_AUTO_PATCH:
+        sizes.append(sizes[-1] // 2)
+    return sizes
+
+
+def choose_mode(model_or_none, cascade_or_none, image_shape, budget_bytes: int, patch_size: int = 64) -> Plan:
+    """The fastest plan that fits: full, then patch, then cascade with `patch_size`; then patch and
+    cascade with the patch size halved (smaller windows, more recomputed margin: slower), down to
+    SMALLEST_AUTO_PATCH."""
+    plans = [("full", patch_size, model_or_none)] if model_or_none is not None else []
+    for size in _patch_sizes(patch_size):
+        plans += [(mode, size, models) for mode, models in (("patch", model_or_none), ("cascade", cascade_or_none))
+                  if models is not None]
+    if not plans:
         raise ValueError("no model to run: give a model (full or patch mode) or a cascade")
-    estimates = [(mode, estimate_peak_bytes(models, image_shape, mode, patch_size)) for mode, models in candidates]
-    for mode, estimate in estimates:
-        if estimate <= budget_bytes:
-            return mode, estimate
-    mode, smallest = min(estimates, key=lambda pair: pair[1])
+    estimates = [Plan(mode, size, estimate_peak_bytes(models, image_shape, mode, size)) for mode, size, models in plans]
+    for plan in estimates:
+        if plan.estimate_bytes <= budget_bytes:
+            return plan
+    smallest = min(estimates, key=lambda plan: plan.estimate_bytes)
     raise MemoryBudgetError(
         f"a memory budget of {_format(budget_bytes)} is too small for an image of shape {tuple(image_shape)}: "
-        f"the smallest mode, {mode}, needs about {_format(smallest)}. Raise the budget to at least that"
-        + (", or use a smaller patch size." if mode != "full" else ".")
+        f"the smallest, {smallest.describe()}, needs about {_format(smallest.estimate_bytes)}. Raise the budget to at least that."
     )
+
+
+def plan_run(image, model=None, cascade=None, mode: str = "auto", budget_bytes=None, patch_size: int = 64,
+             device="cpu") -> Plan:
+    """The plan segment() follows: `mode` and `patch_size` as given, or for "auto" the fastest
+    plan whose estimated peak on the brain's box fits `budget_bytes` (default: memory available now)."""
+    shape = (image.shape[0],) + tuple(s.stop - s.start for s in brain_box(image))
+    return _plan(shape, model, cascade, mode, budget_bytes, patch_size, device)
+
+
+def _plan(shape, model, cascade, mode, budget_bytes, patch_size, device) -> Plan:
+    """plan_run for the networks' input shape (C, *brain box)."""
+    if mode not in ("auto",) + MODES:
+        raise ValueError(f"unknown mode {mode!r}: choose auto, {', '.join(MODES)}")
+    if mode in ("full", "patch") and model is None:
+        raise ValueError(f"mode {mode} needs a model; give one or use mode cascade")
+    if mode == "cascade" and cascade is None:
+        raise ValueError("mode cascade needs a Cascade; give one or use mode full or patch")
+    if mode != "auto":
+        return Plan(mode, patch_size, estimate_peak_bytes(cascade if mode == "cascade" else model, shape, mode, patch_size))
+    budget = available_bytes(device) if budget_bytes is None else budget_bytes
+    return choose_mode(model, cascade, shape, budget, patch_size)
 
 
 def available_bytes(device="cpu") -> int:
@@ -427,29 +473,21 @@ def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, pat
     The whole-grid probabilities are made only when asked for (probabilities=True): at K float32
     per voxel they would be the largest array of a cascade run.
 
-    mode "auto" takes the fastest mode whose estimated peak fits `budget_bytes` (default: the
-    memory available now). progress(fraction, message) may raise to cancel.
+    mode "auto" follows plan_run: the fastest mode (and patch size) whose estimated peak fits
+    `budget_bytes` (default: the memory available now). progress(fraction, message) may raise to cancel.
     """
-    if mode not in ("auto",) + MODES:
-        raise ValueError(f"unknown mode {mode!r}: choose auto, {', '.join(MODES)}")
-    if mode in ("full", "patch") and model is None:
-        raise ValueError(f"mode {mode} needs a model; give one or use mode cascade")
-    if mode == "cascade" and cascade is None:
-        raise ValueError("mode cascade needs a Cascade; give one or use mode full or patch")
     image = np.asarray(image)
     box = (slice(None),) + brain_box(image)
     inside = image[box]
-    if mode == "auto":
-        budget = available_bytes(device) if budget_bytes is None else budget_bytes
-        mode, _ = choose_mode(model, cascade, inside.shape, budget, patch_size)
+    plan = _plan(inside.shape, model, cascade, mode, budget_bytes, patch_size, device)
     if progress:
-        progress(0.0, f"{mode} inference")
-    if mode == "full":
+        progress(0.0, f"{plan.mode} inference" + (f", {plan.patch_size}-voxel patches" if plan.mode != "full" else ""))
+    if plan.mode == "full":
         inner = predict_full(model, inside, device)
-    elif mode == "patch":
-        inner = predict_patches(model, inside, patch_size, device=device, progress=progress)
+    elif plan.mode == "patch":
+        inner = predict_patches(model, inside, plan.patch_size, device=device, progress=progress)
     else:
-        inner = predict_cascade(cascade, inside, patch_size, device=device, progress=progress)
+        inner = predict_cascade(cascade, inside, plan.patch_size, device=device, progress=progress)
     labels = np.zeros(image.shape[1:], np.uint8)  # outside the brain: background (0)
     labels[box[1:]] = labels_from(inner)
     probs = None
@@ -460,4 +498,4 @@ def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, pat
         probs[box] = inner
     if progress:
         progress(1.0, "done")
-    return labels, probs, mode
+    return labels, probs, plan.mode

@@ -85,6 +85,12 @@ class Result:
     mode: str  # the mode that ran (auto resolved)
     seconds: float
     estimate_bytes: int  # the estimated peak memory of that mode
+    patch_size: int  # the patch edge it used (auto may halve the one asked for to fit the budget)
+
+    def describe(self) -> str:
+        from R2UNetSegmentLib.inference import Plan
+
+        return Plan(self.mode, self.patch_size, self.estimate_bytes).describe()
 
 
 class R2UNetSegmentCore:
@@ -136,7 +142,7 @@ class R2UNetSegmentCore:
                        str(adapter) if adapter else None)
 
     def compute(self, request: Request, progress: Progress | None = None) -> Result:
-        from R2UNetSegmentLib.inference import estimate_peak_bytes, normalise, segment
+        from R2UNetSegmentLib.inference import normalise, plan_run, segment
 
         models = self.models(request.bundle, request.device, request.adapter)
         model = getattr(models, request.model)
@@ -144,13 +150,13 @@ class R2UNetSegmentCore:
         cascade = None if models.adapted in MODELS else models.cascade
         image = request.image[:, 0] if request.flat else request.image
         started = time.perf_counter()
-        labels, _, mode = segment(normalise(image), model=model, cascade=cascade,
-                                  mode=request.mode, budget_bytes=request.budget_bytes, patch_size=request.patch_size,
-                                  device=request.device, progress=progress)
-        estimate = estimate_peak_bytes(models.cascade if mode == "cascade" else model, image.shape, mode,
-                                       request.patch_size)
+        image = normalise(image)
+        plan = plan_run(image, model, cascade, request.mode, request.budget_bytes, request.patch_size, request.device)
+        labels, _, _ = segment(image, model=model, cascade=cascade, mode=plan.mode, patch_size=plan.patch_size,
+                               device=request.device, progress=progress)
         labels = labels[None] if request.flat else labels  # back to the volume's (k, j, i)
-        return Result(labels.astype(np.uint8), request.classes, mode, time.perf_counter() - started, estimate)
+        return Result(labels.astype(np.uint8), request.classes, plan.mode, time.perf_counter() - started,
+                      plan.estimate_bytes, plan.patch_size)
 
     def finish(self, scene, result: Result, reference, output=None, name: str = "R2U-Net segmentation"):
         """Add (or fill `output`) the segmentation on the reference volume's grid."""
