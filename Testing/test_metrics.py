@@ -194,3 +194,18 @@ def test_inputs_are_checked_and_scalar_spacing_is_isotropic():
     assert binary_metrics(a, b, 2.0)["hd95"] == pytest.approx(2 * binary_metrics(a, b)["hd95"])
     with pytest.raises(ValueError, match="same shape"):
         binary_metrics(a, b[:-1])
+
+
+def test_score_cases_scores_what_the_segmenter_returns(tmp_path):
+    from SAMBACore.evaluation import score_cases
+    from test_r2unet_training import write_tiny_cases
+
+    folder = write_tiny_cases(tmp_path / "cases", range(2))
+    (folder / "NOT-A-CASE").mkdir()
+    logs = []
+    perfect = score_cases(folder, lambda images, truth, files: (truth, {"note": "truth"}), logs.append)
+    assert perfect["cases"] == 2 and [c["note"] for c in perfect["per_case"]] == ["truth", "truth"]
+    assert all(perfect["mean"][region]["dice"] == 1.0 for region in ("ET", "TC", "WT"))
+    assert "(truth)" in logs[0] and "WT 1.000" in logs[0]
+    empty = score_cases(folder, lambda images, truth, files: (np.zeros_like(truth), {}), logs.append)
+    assert empty["mean"]["WT"]["dice"] == 0.0 and empty["mean"]["WT"]["sensitivity"] == 0.0

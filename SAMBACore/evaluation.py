@@ -1,0 +1,40 @@
+"""Scoring a segmenter on labelled BraTS cases: the loop SAMBASegment's and R2UNetSegment's
+evaluations share (read each case, segment it, time it, score each region, average)."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from SAMBACore import metrics
+from SAMBACore.brats import find_training_cases, read_case
+
+# segment(images by modality, truth labels, the case's files) -> (labels, notes for the report);
+# the truth is there for prompts drawn from it (an ROI standing in for a radiologist's box).
+SegmentCase = Callable[[dict, np.ndarray, dict], tuple[np.ndarray, dict]]
+
+
+def score_cases(data_dir, segment: SegmentCase, log: Callable[[str], None] = print) -> dict:
+    """Every case of data_dir with its seg file segmented and scored (metrics.region_metrics), with
+    the mean per region over cases and the mean seconds of `segment` per case."""
+    cases, skipped = find_training_cases(data_dir)
+    per_case = []
+    for index, files in enumerate(cases):
+        images, truth, spacing = read_case(files)
+        started = time.perf_counter()
+        labels, notes = segment(images, truth, files)
+        seconds = time.perf_counter() - started
+        scores = metrics.region_metrics(labels, truth, spacing)
+        per_case.append({"case": files["seg"].parent.name, **notes, "seconds": seconds, "metrics": scores})
+        log(f"[{index + 1}/{len(cases)}] {per_case[-1]['case']}"
+            + "".join(f" ({value})" for value in notes.values()) + ": "
+            + ", ".join(f"{r} {v['dice']:.3f}" for r, v in scores.items()) + f" ({seconds:.1f} s)")
+    return {
+        "cases": len(per_case),
+        "skipped": skipped,
+        "mean": metrics.mean_over_cases([c["metrics"] for c in per_case]),
+        "mean_seconds": float(np.mean([c["seconds"] for c in per_case])) if per_case else float("nan"),
+        "per_case": per_case,
+    }
