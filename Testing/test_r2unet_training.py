@@ -240,3 +240,19 @@ def test_the_committed_phantom_bundle_loads_and_says_how_it_was_made():
     assert all(record["seed"] == 0 and record["cases"] == 20 for record in manifest["training"].values())
     assert any(name.startswith("heldout_cascade") for name in manifest["metrics"])
     assert sum(f.stat().st_size for f in path.iterdir()) < 8 * 2**20, "a few MB at most"
+
+
+def test_patch_batch_centres_the_asked_share_of_patches_on_tumour():
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[5:9, 5:9, 5:9] = 2  # a small tumour in one corner: a random patch rarely holds it
+    case = {"image": np.ones((4, 40, 40, 40), np.float32), "labels": labels}
+    share = {}
+    for fraction in (0.0, 1.0):
+        sample = training.patch_batch([case], "image", "labels", (8, 8, 8), 8, tumour_fraction=fraction)
+        hits = [bool(y[i].any()) for y in (sample(np.random.default_rng(s))[1] for s in range(10)) for i in range(8)]
+        share[fraction] = np.mean(hits)
+    assert share[1.0] == 1.0 and share[0.0] < 0.2
+    from LoRATrainerLib.train_unet_lora import UnetLoraSettings
+
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        UnetLoraSettings(tumour_fraction=1.5)

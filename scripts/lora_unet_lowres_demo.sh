@@ -3,10 +3,12 @@
 # bundle's U-Net, trained on 5 low-field-like phantom cases (a new "site"), raise its WT Dice
 # (full-volume mode) on 5 other such cases? The same cases as scripts/lora_lowres_demo.sh.
 # Writes everything under ${OUT:-out/lora}. Re-running resumes an interrupted training from its checkpoint.
-# Measured on a 2-core CPU shared with other jobs (load 3-6): 750 steps of 2 x 48^3 patches in 57 min
-# (about 0.4 s a step on an idle machine), each evaluation about 6 s per case. The U-Net's WT Dice on the
-# 5 evaluation cases went 0.262 -> 0.660 (TC 0.289 -> 0.535, ET 0.331 -> 0.520); the validation Dice on the
-# 2 validation cases barely moved (0.164 -> 0.201, noisy), so it is no guide to when to stop here.
+# Measured on the 2-core CPU with nothing else running, against the current bundle (U-Net trained 2,000
+# steps): 450 steps of 2 x 64^3 patches in about 9 min, each evaluation about 4 s per case. The U-Net's
+# WT Dice on the 5 evaluation cases went 0.605 -> 0.610 (TC 0.441 -> 0.475, ET 0.473 -> 0.428): no real
+# gain. With two thirds of the patches on tumour (the default) the adapter traded specificity for
+# sensitivity and lost: 0.605 -> 0.530 (lr 1e-3, 48^3 patches, 750 steps), 0.532 (lr 3e-4, 64^3, 450).
+# Against the first, weaker U-Net (400 steps) the lr 1e-3 recipe had lifted WT 0.262 -> 0.660.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/lora}
@@ -18,7 +20,8 @@ CLI=("$PYTHON" -m SAMBACore.cli)
 [ -d "$OUT/val" ] || "${CLI[@]}" phantom "$OUT/val" 2 --lowres --seed 40200  # validation during training only
 
 "${CLI[@]}" train lora "$OUT/train" --base phantom-r2unet --component unet --rank 4 --val "$OUT/val" \
-  --epochs 10 --steps-per-epoch 75 --batch 2 --patch 48 --lr 1e-3 --seed 0 --device cpu -o "$OUT/unet-adapter-r4"
+  --epochs 6 --steps-per-epoch 75 --batch 2 --patch 64 --tumour-fraction 0.33 --lr 3e-4 --seed 0 --device cpu \
+  -o "$OUT/unet-adapter-r4"
 
 "$PYTHON" - "$OUT" <<'PY'
 import json

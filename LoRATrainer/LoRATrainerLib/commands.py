@@ -59,7 +59,8 @@ def _settings(args, component: str):
         raise ValueError("--with-decoder trains SAM's mask decoder: leave it out for a U-Net component.")
     from LoRATrainerLib.train_unet_lora import UnetLoraSettings
 
-    return UnetLoraSettings(component=component, patch=args.patch, **common)
+    extra = {"tumour_fraction": args.tumour_fraction} if args.tumour_fraction is not None else {}
+    return UnetLoraSettings(component=component, patch=args.patch, **extra, **common)
 
 
 def _train_lora(args) -> int:
@@ -125,6 +126,8 @@ def register(commands, train, bench) -> None:
                       "slices for SAM, 50 for a U-Net)")
     lora.add_argument("--batch", type=int, help="slices (SAM, per process; default 8) or patches (U-Net; default 2) per step")
     lora.add_argument("--patch", type=int, default=48, help="U-Net: patch edge in voxels (default 48)")
+    lora.add_argument("--tumour-fraction", type=float, help="U-Net: share of patches centred on tumour, the rest "
+                      "anywhere in the brain (default 0.67; lower teaches fewer false positives)")
     lora.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     lora.add_argument("--views", default="axial,coronal,sagittal", help="SAM: slice views to train on (default all three)")
     held_out = lora.add_mutually_exclusive_group()

@@ -4,8 +4,8 @@ R2U-Net, or stage 2 of the cascade.
 LoRA goes on every Conv2d/Conv3d layer (adapters.conv_targets; peft cannot wrap the transposed
 convolutions, which stay frozen with the rest). Data and loss are those the bundle's networks were
 trained with (R2UNetSegmentLib.training): images z-scored by inference.normalise and cropped to the
-brain's box, random patches two thirds of which are centred on tumour, the hybrid loss (Dice with
-background + weighted BCE). Stage 2 of the cascade sees what it sees at inference: the image plus
+brain's box, random patches of which tumour_fraction (two thirds by default) are centred on tumour,
+the hybrid loss (Dice with background + weighted BCE). Stage 2 of the cascade sees what it sees at inference: the image plus
 the one-hot labels of the bundle's own (frozen) stage 1, run on the down-sampled brain box and
 brought back to full resolution (as inference.predict_cascade does).
 
@@ -42,7 +42,7 @@ from R2UNetSegmentLib.cascade_inputs import downsample, stage2_inputs, upsample_
 from R2UNetSegmentLib.inference import brain_box, labels_from, normalise, predict_full
 from R2UNetSegmentLib.losses import HybridLoss
 from R2UNetSegmentLib.r2unet_bundle import load_r2unet_models
-from R2UNetSegmentLib.training import CLASSES, MAX_POS_WEIGHT, patch_batch, stage1_labels
+from R2UNetSegmentLib.training import CLASSES, MAX_POS_WEIGHT, TUMOUR_FRACTION, patch_batch, stage1_labels
 from SAMBACore import adapters
 from SAMBACore.brats import MODALITIES, region_masks
 from SAMBACore.inputs import InputError
@@ -64,6 +64,7 @@ class UnetLoraSettings:
     steps_per_epoch: int = 50
     batch: int = 2  # patches per step
     patch: int = 48  # patch edge in voxels
+    tumour_fraction: float = TUMOUR_FRACTION  # of the patches centred on a tumour voxel; the rest anywhere in the brain
     lr: float = 1e-3
     seed: int = 0
 
@@ -75,6 +76,8 @@ class UnetLoraSettings:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}.")
         if self.lr <= 0:
             raise ValueError(f"The learning rate must be positive, not {self.lr}.")
+        if not 0 <= self.tumour_fraction <= 1:
+            raise ValueError(f"The tumour fraction of the patches is between 0 and 1, not {self.tumour_fraction}.")
 
     def spec(self, model: nn.Module) -> adapters.LoraSpec:
         """The LoRA layers for `model` (read before LoRA is added: peft's own A and B are convolutions too)."""
@@ -179,7 +182,8 @@ def train_unet_lora(
                                      lambda: validation_dice(model, val, world), started, say, write=world.main)
     trained = wrap(model, world)
 
-    sample = patch_batch(train, "image", "labels", (settings.patch,) * 3, settings.batch, extra=_network_input)
+    sample = patch_batch(train, "image", "labels", (settings.patch,) * 3, settings.batch, extra=_network_input,
+                         tumour_fraction=settings.tumour_fraction)
     loss_fn = HybridLoss(True, max_pos_weight=MAX_POS_WEIGHT)
     steps = settings.steps_per_epoch
     for epoch in range(record.first, settings.epochs):

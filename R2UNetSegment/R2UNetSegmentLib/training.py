@@ -105,15 +105,17 @@ def random_patch(rng: np.random.Generator, shape, patch, labels: np.ndarray, tum
     return tuple(slice(int(c), int(c + s)) for c, s in zip(corner, size))
 
 
-def patch_batch(cases: list[dict], image_key: str, label_key: str, patch, batch: int, extra: Callable | None = None):
-    """A sampler rng -> (x, y) of `batch` random patches; `extra(case, where, image_patch)` may add channels."""
+def patch_batch(cases: list[dict], image_key: str, label_key: str, patch, batch: int, extra: Callable | None = None,
+                tumour_fraction: float = TUMOUR_FRACTION):
+    """A sampler rng -> (x, y) of `batch` random patches (random_patch); `extra(case, where, image_patch)`
+    may add channels."""
 
     def sample(rng):
         xs, ys = [], []
         for _ in range(batch):
             case = cases[rng.integers(len(cases))]
             labels = case[label_key]
-            where = random_patch(rng, labels.shape, patch, labels)
+            where = random_patch(rng, labels.shape, patch, labels, tumour_fraction)
             image = case[image_key][(slice(None),) + where]
             xs.append(extra(case, where, image) if extra else image)
             ys.append(labels[where][None])
