@@ -5,9 +5,9 @@ LoRA goes on every Conv2d/Conv3d layer (adapters.conv_targets; peft cannot wrap 
 convolutions, which stay frozen with the rest). Data and loss are those the bundle's networks were
 trained with (R2UNetSegmentLib.training): images z-scored by inference.normalise and cropped to the
 brain's box, random patches of which tumour_fraction (two thirds by default) are centred on tumour,
-the hybrid loss (Dice with background + weighted BCE). Stage 2 of the cascade sees what it sees at inference: the image plus
-the one-hot labels of the bundle's own (frozen) stage 1, run on the down-sampled brain box and
-brought back to full resolution (as inference.predict_cascade does).
+the hybrid loss (Dice with background + weighted BCE). Stage 2 of the cascade sees what it sees at
+inference: the image plus the one-hot labels of the bundle's own (frozen) stage 1, run on the
+down-sampled brain box and brought back to full resolution (as inference.predict_cascade does).
 
 BatchNorm stays in eval mode throughout: its running statistics belong to the frozen base (the
 adapter does not store them), so training normalises with the statistics inference will use.

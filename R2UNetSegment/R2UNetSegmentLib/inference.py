@@ -395,7 +395,7 @@ def _format(n: int) -> str:
 
 
 class Plan(NamedTuple):
-    """What `auto` chose: the mode, its patch size and the estimated peak bytes."""
+    """How segment() runs: the mode, its patch size and the estimated peak bytes (auto's choice, or as asked)."""
 
     mode: str
     patch_size: int
@@ -432,7 +432,8 @@ def choose_mode(model_or_none, cascade_or_none, image_shape, budget_bytes: int, 
     smallest = min(estimates, key=lambda plan: plan.estimate_bytes)
     raise MemoryBudgetError(
         f"a memory budget of {_format(budget_bytes)} is too small for an image of shape {tuple(image_shape)}: "
-        f"the smallest, {smallest.describe()}, needs about {_format(smallest.estimate_bytes)}. Raise the budget to at least that."
+        f"the smallest, {smallest.describe()}, needs about {_format(smallest.estimate_bytes)}. "
+        "Raise the budget to at least that."
     )
 
 
@@ -481,7 +482,7 @@ def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, pat
     inside = image[box]
     plan = _plan(inside.shape, model, cascade, mode, budget_bytes, patch_size, device)
     if progress:
-        progress(0.0, f"{plan.mode} inference" + (f", {plan.patch_size}-voxel patches" if plan.mode != "full" else ""))
+        progress(0.0, f"{plan.describe()} inference")
     if plan.mode == "full":
         inner = predict_full(model, inside, device)
     elif plan.mode == "patch":
