@@ -16,12 +16,9 @@ import vtk
 from vtk.util import numpy_support
 
 from SAMBACore.brats import Segment
+from SAMBACore.errors import BridgeError
 
 BINARY_LABELMAP = "Binary labelmap"
-
-
-class BridgeError(RuntimeError):
-    """A file could not be read or written; the message names the file and what to do."""
 
 
 def _register_segmentation_converters() -> None:

@@ -21,16 +21,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from SAMBACore.atomic import replacing_folder
+from SAMBACore.errors import BundleError
 
 MANIFEST = "manifest.json"
 FORMATS = ("safetensors", "torch-weights-only")
 REQUIRED = ("name", "version", "description", "licence", "intended_use", "components",
             "preprocessing", "labels", "training", "metrics")
 COMPONENT_REQUIRED = ("file", "sha256", "format", "kind", "config")
-
-
-class BundleError(RuntimeError):
-    """A bundle or weight file cannot be used; the message names the file and says what to do."""
 
 
 @dataclass

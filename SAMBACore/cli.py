@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 from SAMBACore.brats import ModalityError
-from SAMBACore.bridge import BridgeError
-from SAMBACore.bundles import BundleError
+from SAMBACore.errors import BridgeError, BundleError
 from SAMBACore.inputs import InputError
 
 DEMO_SEED = 20261  # phantom seeds from 20000 up are never used for training

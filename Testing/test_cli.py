@@ -1,6 +1,7 @@
 """`slicer-samba` end to end, as a user runs it: phantom, demo, and bad input."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -44,6 +45,41 @@ def test_every_subcommand_has_help():
     for command in ("phantom", "demo", "segment", "train", "bench", "evaluate", "train sam"):
         result = run_cli(*command.split(), "--help")
         assert result.returncode == 0 and "usage: slicer-samba " + command in result.stdout
+
+
+def test_help_imports_neither_torch_nor_slicer():
+    # `--help` must stay instant, and the benchmarks must start where slicer-core is not
+    # installed (a GPU machine with torch only): the CLI's own imports are light.
+    code = ("import sys; from SAMBACore.cli import build_parser; build_parser(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'slicer', 'vtkmodules', 'SimpleITK'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+BLOCK_SLICER = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"slicer", "vtk", "vtkmodules", "SimpleITK", "slicerio"}:
+            raise ImportError("not installed on this machine: " + name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_benchmarks_run_without_slicer_core(tmp_path):
+    # What a lent GPU machine has: torch and the model libraries, no slicer-core (vtk alone is
+    # larger than what can be carried there). A sitecustomize makes those imports fail.
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_SLICER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-m", "SAMBACore.cli", "bench", "memory", "--shape", "24,32,32", "--modes", "full,cascade",
+         "--json"], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(report["modes"]) == {"full", "cascade"}
+    blocked = subprocess.run([sys.executable, "-c", "import slicer"], capture_output=True, text=True, env=env)
+    assert "not installed on this machine" in blocked.stderr  # the block was in force
 
 
 @pytest.fixture(scope="module")
