@@ -8,11 +8,6 @@ from R2UNetSegmentLib.cascade_inputs import downsample, upsample_labels
 from R2UNetSegmentLib.inference import (
     brain_box,
     Cascade,
-    SMALLEST_AUTO_PATCH,
-    MemoryBudgetError,
-    Plan,
-    choose_mode,
-    estimate_peak_bytes,
     normalise,
     predict_cascade,
     predict_full,
@@ -20,6 +15,7 @@ from R2UNetSegmentLib.inference import (
     segment,
 )
 from R2UNetSegmentLib.memory import PeakMemory
+from R2UNetSegmentLib.memory_plan import SMALLEST_AUTO_PATCH, MemoryBudgetError, Plan, choose_mode, estimate_peak_bytes
 from R2UNetSegmentLib.r2unet import R2UNet
 from R2UNetSegmentLib.unet3d import UNet3D
 from torch import nn

@@ -23,8 +23,10 @@ from SAMBACore.brats import MODALITIES
 from SAMBACore.metrics import region_metrics
 from SAMBACore.phantom import make_case
 
-from .inference import Cascade, brain_box, estimate_peak_bytes, model_margin, normalise, segment
+from .inference import Cascade, brain_box, normalise, segment
 from .memory import PeakMemory
+from .memory_plan import estimate_peak_bytes
+from .model_facts import model_margin
 from .unet3d import UNet3D
 
 ORDER = ("cascade", "patch", "full")  # smallest peak first: see the module docstring

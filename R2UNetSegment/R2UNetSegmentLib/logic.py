@@ -88,7 +88,7 @@ class Result:
     patch_size: int  # the patch edge it used (auto may halve the one asked for to fit the budget)
 
     def describe(self) -> str:
-        from R2UNetSegmentLib.inference import Plan
+        from R2UNetSegmentLib.memory_plan import Plan
 
         return Plan(self.mode, self.patch_size, self.estimate_bytes).describe()
 
@@ -131,7 +131,7 @@ class R2UNetSegmentCore:
         if mode != "cascade" and getattr(models, model) is None:
             raise InputError(f"The bundle {bundle} has no {model} model; choose another model or mode cascade.")
         segments_for(models.classes)
-        from R2UNetSegmentLib.inference import spatial_dims
+        from R2UNetSegmentLib.model_facts import spatial_dims
 
         network = models.cascade.stage1 if mode == "cascade" else getattr(models, model)
         flat = spatial_dims(network) == 2
