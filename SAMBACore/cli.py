@@ -15,8 +15,7 @@ from pathlib import Path
 from SAMBACore.brats import ModalityError
 from SAMBACore.errors import BridgeError, BundleError
 from SAMBACore.inputs import InputError
-
-DEMO_SEED = 20261  # phantom seeds from 20000 up are never used for training
+from SAMBACore.sample_data import DEMO_SEED
 
 
 def _phantom(args) -> int:

@@ -47,6 +47,30 @@ class SAMBASegment(ScriptedLoadableModule):
             "SAMBA: Barakat, Magdy et al., BraTS 2023 (LNCS 14669). Built on 3D Slicer, Segment Anything, "
             "Ultralytics YOLOv8, MONAI and PEFT."
         )
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Sample Data > SlicerSAMBA: a BraTS phantom, made on this computer (nothing is downloaded)."""
+    import SampleData
+
+    from SAMBACore.sample_data import SAMPLE_NAME, load_phantom_case
+
+    def makeAndLoad(source):
+        if not ensure_packages({"nilearn": "nilearn==0.14.1"}):  # the phantom is built on nilearn's MNI152 brain
+            return None
+        with slicer.util.tryWithErrorDisplay("Could not make the phantom case.", waitCursor=True):
+            slicer.util.showStatusMessage("Making a BraTS phantom case (about 10 s the first time) ...")
+            slicer.app.processEvents()
+            nodes = load_phantom_case(slicer.mrmlScene, os.path.join(slicer.app.cachePath, "SlicerSAMBA"))
+            slicer.util.setSliceViewerLayers(background=nodes["flair"], fit=True)
+            return [nodes[m] for m in MODALITIES]
+
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="SlicerSAMBA", sampleName=SAMPLE_NAME, uris=[], fileNames=[], nodeNames=[],
+        thumbnailFileName=os.path.join(os.path.dirname(__file__), "Resources", "Icons", "SAMBASegment.png"),
+        customDownloader=makeAndLoad,
+    )
 
 
 @parameterNodeWrapper

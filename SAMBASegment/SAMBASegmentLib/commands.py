@@ -131,7 +131,7 @@ def _bench(args) -> int:
 
 def register(commands, train, bench) -> None:
     """Add SAMBA's subcommands to the top-level, `train` and `bench` sub-parser groups."""
-    from SAMBACore.cli import DEMO_SEED  # the demo's held-out phantom seed, also the benchmark's case
+    from SAMBACore.sample_data import DEMO_SEED  # the demo's held-out phantom seed, also the benchmark's case
 
     segment = commands.add_parser("segment", help="segment a BraTS case folder with SAMBA into a .seg.nrrd")
     segment.add_argument("case_dir", type=Path, help="folder with the four images (BraTS 2021 or 2023 naming)")
