@@ -2,6 +2,7 @@
 
 import numpy as np
 import slicer
+from LoRATrainerLib.scene_data import cases_from_scene
 
 from SAMBACore import bridge
 from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, find_case_files, to_internal_labels
@@ -24,6 +25,9 @@ def test_the_sample_loads_as_named_volumes_and_a_ground_truth_segmentation(tmp_p
     labels = bridge.labels_from_segmentation(truth, nodes["t1"], {s.key: v for v, s in LABEL_SEGMENTS.items()})
     assert np.array_equal(labels, case.labels)
     assert np.allclose(bridge.array_from_volume(nodes["flair"]), case.images["flair"], atol=1e-3)
+    # LoRA Trainer's "segmentations in the scene" finds it as one training case.
+    [training_case] = cases_from_scene(scene)
+    assert np.array_equal(training_case.labels, case.labels)
 
 
 def test_the_case_is_made_once_and_remade_whole_when_incomplete(tmp_path):
