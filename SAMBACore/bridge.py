@@ -298,20 +298,38 @@ def roi_node_to_voxels(roi_node, volume_node):
     return ras_box_to_voxels(volume_node, bounds[0::2], bounds[1::2])
 
 
+def table_node(scene, name: str, columns: dict[str, list], table=None):
+    """A table node (or `table`, refilled in place) with one column per entry: text columns for
+    str values, numbers otherwise."""
+    table = table or scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    data = vtk.vtkTable()
+    for column, values in columns.items():
+        text = any(isinstance(value, str) for value in values)
+        array = vtk.vtkStringArray() if text else vtk.vtkDoubleArray()
+        array.SetName(column)
+        for value in values:
+            array.InsertNextValue(str(value) if text else float(value))
+        data.AddColumn(array)
+    table.SetAndObserveTable(data)
+    return table
+
+
+def save_table(table_node, path) -> Path:
+    """Write a table through Slicer's storage node: .csv or .tsv, plus the .schema file with the column
+    types that Slicer writes beside it (and reads back)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".tsv"):
+        raise BridgeError(f"{path}: a table is written as .csv or .tsv.")
+    _write(slicer.vtkMRMLTableStorageNode(), table_node, path)
+    return path
+
+
 def curve_chart(scene, name: str, columns: dict[str, list[float]], table=None, chart=None):
     """A table node of `columns` (the first is the x axis) and a line chart of the others against it,
     for training curves shown in a plot view. Pass the nodes back to update them in place.
     Returns (table node, plot chart node)."""
-    table = table or scene.AddNewNodeByClass("vtkMRMLTableNode", f"{name} table")
+    table = table_node(scene, f"{name} table", columns, table)
     chart = chart or scene.AddNewNodeByClass("vtkMRMLPlotChartNode", name)
-    data = vtk.vtkTable()
-    for column, values in columns.items():
-        array = vtk.vtkDoubleArray()
-        array.SetName(column)
-        for value in values:
-            array.InsertNextValue(float(value))
-        data.AddColumn(array)
-    table.SetAndObserveTable(data)
     x_name, *y_names = columns
     if chart.GetNumberOfPlotSeriesNodes() == 0:
         for y_name in y_names:

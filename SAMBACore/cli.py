@@ -62,7 +62,7 @@ def _demo(args) -> int:
     result = core.compute(request, lambda fraction, message: print(f"  [{fraction:4.0%}] {message}", flush=True))
     seconds.update({f"SAMBA {name}": value for name, value in result.seconds.items()})
     clock[0] = time.perf_counter()
-    segmentation, _ = core.finish(scene, result, nodes["t1"], name="Tumour segmentation")
+    segmentation = core.finish(scene, result, nodes["t1"], name="Tumour segmentation").segmentation
     out_path = bridge.save_segmentation(segmentation, out_dir / f"{case_dir.name}.seg.nrrd")
     stage("write .seg.nrrd")
     truth = to_internal_labels(bridge.array_from_volume(bridge.load_volume(scene, files["seg"])))

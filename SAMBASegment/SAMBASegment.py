@@ -88,6 +88,7 @@ class SAMBASegmentParameterNode:
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
     agreementMap: bool = True
+    volumeTable: bool = True
 
 
 class SAMBASegmentLogic(ScriptedLoadableModuleLogic, SAMBASegmentCore):
@@ -161,9 +162,9 @@ class SAMBASegmentWidget(BackgroundJobWidget):
 
     def _jobSucceeded(self, result):
         p = self._parameterNode
-        segmentation, _ = self.logic.finish(slicer.mrmlScene, result, self._reference, p.outputSegmentation,
-                                            agreement=p.agreementMap)
-        p.outputSegmentation = segmentation
+        outputs = self.logic.finish(slicer.mrmlScene, result, self._reference, p.outputSegmentation,
+                                    agreement=p.agreementMap, volume_table=p.volumeTable)
+        p.outputSegmentation = outputs.segmentation
         volumes = volumes_ml(result.labels, tuple(reversed(self._reference.GetSpacing())))
         found = ", ".join(f"{name} {ml:.1f} mL" for name, ml in volumes.items())
         self.ui.statusLabel.text = found if result.tumour_found else (

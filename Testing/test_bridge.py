@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import slicer
 import slicerio
 
 from SAMBACore import bridge
@@ -212,3 +213,20 @@ def test_resample_reports_how_much_of_the_reference_is_covered(scene):
     far[:3, 3] = (500.0, 0.0, 0.0)
     away = bridge.volume_from_array(scene, np.ones((10, 10, 20), np.float32), far, "away")
     assert bridge.resample_to_reference(away, reference)[1] == 0.0
+
+
+def test_table_node_and_curve_chart_are_filled_in_place():
+    scene = slicer.vtkMRMLScene()
+    table = bridge.table_node(scene, "t", {"Region": ["ET", "WT"], "Volume (mL)": [1.5, 20]})
+    data = table.GetTable()
+    assert data.GetColumnByName("Region").GetValue(1) == "WT"
+    assert data.GetColumnByName("Volume (mL)").GetValue(1) == 20.0
+    assert bridge.table_node(scene, "t", {"Region": ["NETC"]}, table) is table and table.GetNumberOfRows() == 1
+
+    columns = {"epoch": [1, 2], "loss": [0.9, 0.5], "Dice": [0.2, 0.6]}
+    chart_table, chart = bridge.curve_chart(scene, "training", columns)
+    assert chart.GetNumberOfPlotSeriesNodes() == 2 and chart_table.GetNumberOfRows() == 2
+    columns = {key: values + [values[-1]] for key, values in columns.items()}
+    assert bridge.curve_chart(scene, "training", columns, chart_table, chart) == (chart_table, chart)
+    assert chart.GetNumberOfPlotSeriesNodes() == 2 and chart_table.GetNumberOfRows() == 3
+    assert scene.GetNumberOfNodesByClass("vtkMRMLPlotSeriesNode") == 2

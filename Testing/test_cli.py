@@ -1,10 +1,12 @@
 """`slicer-samba` end to end, as a user runs it: phantom, demo, and bad input."""
 
+import csv
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import slicerio
 
@@ -108,12 +110,24 @@ def test_segment_with_a_bundle_and_an_roi(tiny_bundle_and_case, tmp_path):
     out = tmp_path / "out.seg.nrrd"
     # BraTS voxel (i, j, k) sits at LPS (i, j - 239, k), i.e. RAS (-i, 239 - j, k).
     result = run_cli("segment", str(case), "-o", str(out), "--bundle", str(bundle),
-                     "--roi=-80,150,40,-120,100,80", "--agreement", str(tmp_path / "agree.nrrd"))
+                     "--roi=-80,150,40,-120,100,80", "--agreement", str(tmp_path / "agree.nrrd"),
+                     "--volumes", str(tmp_path / "volumes.csv"))
     assert result.returncode == 0, result.stderr
     assert out.exists() and (tmp_path / "agree.nrrd").exists()
     assert "Volumes (mL)" in result.stdout and "Time per stage" in result.stdout
     seg = slicerio.read_segmentation(str(out))
     assert [s["name"] for s in seg["segments"]] == [s.name for s in LABEL_SEGMENTS.values()]
+    # The volume table (Slicer's table format: .csv plus .schema.csv) agrees with the segmentation.
+    with open(tmp_path / "volumes.csv", newline="") as f:
+        rows = {row["Region"]: float(row["Volume (mL)"]) for row in csv.DictReader(f)}
+    assert list(rows) == ["NETC", "SNFH", "ET", "TC", "WT"] and (tmp_path / "volumes.schema.csv").exists()
+    voxel_ml = float(np.prod(np.abs(np.diag(seg["ijkToLPS"][:3, :3])))) / 1000  # the phantom's grid is axis-aligned
+    for segment in seg["segments"]:
+        count = int(np.count_nonzero(seg["voxels"] == segment["labelValue"]))
+        assert rows[segment["id"]] == pytest.approx(count * voxel_ml, rel=1e-5, abs=1e-3)  # 6 digits in the file
+    assert rows["WT"] == pytest.approx(rows["NETC"] + rows["SNFH"] + rows["ET"], rel=1e-5)
+    bad_table = run_cli("segment", str(case), "-o", str(out), "--bundle", str(bundle), "--volumes", "v.txt")
+    assert bad_table.returncode == 2 and ".csv or .tsv" in bad_table.stderr
 
     bad = run_cli("segment", str(case), "-o", str(out), "--bundle", str(bundle), "--roi", "1,2,3")
     assert bad.returncode == 2 and "six numbers" in bad.stderr

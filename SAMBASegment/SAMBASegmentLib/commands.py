@@ -29,15 +29,17 @@ def _roi_ijk(reference, values: str):
 
 
 def _segment(args) -> int:
-    from SAMBACore import bridge, metrics
+    from SAMBACore import bridge
     from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, find_case_files
     from SAMBACore.device import choose_device
-    from SAMBASegmentLib.logic import arrays_from_nodes
+    from SAMBASegmentLib.logic import arrays_from_nodes, volume_columns
     from SAMBASegmentLib.pipeline import run_samba
     from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
 
     if not str(args.output).endswith(".seg.nrrd"):
         raise ValueError(f"{args.output}: the output must end in .seg.nrrd.")
+    if args.volumes and args.volumes.suffix.lower() not in (".csv", ".tsv"):
+        raise ValueError(f"{args.volumes}: the volume table must end in .csv or .tsv.")
     device = choose_device(args.device)
     bundle = resolve_bundle(args.bundle)
     scene = bridge.get_scene()
@@ -62,10 +64,12 @@ def _segment(args) -> int:
     if args.agreement:
         agreement = bridge.volume_from_array(scene, result.agreement, bridge.ijk_to_ras(nodes["t1"]), "SAM agreement")
         print(f"Agreement map: {bridge.save_volume(agreement, args.agreement)}")
+    volumes = volume_columns(result.labels, nodes["t1"])
+    if args.volumes:
+        print(f"Volume table: {bridge.save_table(bridge.table_node(scene, 'Tumour volumes', volumes), args.volumes)}")
     if not result.tumour_found:
         print("No tumour found: the segmentation is empty. Try an ROI prompt (--roi) around the lesion.")
-    volumes = metrics.volumes_ml(result.labels, tuple(reversed(nodes["t1"].GetSpacing())))
-    print("Volumes (mL): " + ", ".join(f"{name} {ml:.1f}" for name, ml in volumes.items()))
+    print("Volumes (mL): " + ", ".join(f"{key} {ml:.1f}" for key, ml in zip(volumes["Region"], volumes["Volume (mL)"])))
     seconds = {"load models": load_seconds, **result.seconds}
     print("Time per stage: " + ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items()))
     return 0
@@ -143,6 +147,7 @@ def register(commands, train, bench) -> None:
     segment.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary SAM + voting, or multi-class SAM")
     segment.add_argument("--device", choices=DEVICES, default="auto")
     segment.add_argument("--agreement", type=Path, help="also write the per-voxel SAM agreement map (.nrrd or .nii.gz)")
+    segment.add_argument("--volumes", type=Path, help="also write the sub-region volumes in mL as a table (.csv or .tsv)")
     segment.set_defaults(run=_segment)
 
     evaluate = commands.add_parser("evaluate", help="score a bundle on labelled BraTS cases (Dice, HD95 per region)")

@@ -1,9 +1,9 @@
-"""SAMBASegment's logic without Qt: four volume nodes in, a segmentation (and agreement map) out.
+"""SAMBASegment's logic without Qt: four volume nodes in, a segmentation (agreement map, volume table) out.
 
 The work is split in three so the GUI can run the middle part on a worker thread:
   prepare  (main thread)  nodes -> checked arrays, prompts in voxel coordinates
   compute  (any thread)   arrays -> SambaResult, with progress and cancel; touches no MRML
-  finish   (main thread)  result -> segmentation node (+ agreement volume) in the scene
+  finish   (main thread)  result -> segmentation node (+ agreement volume, volume table) in the scene
 Everything that can fail happens before `finish`, so a failure or cancel leaves the scene as it was.
 """
 
@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from SAMBACore import bridge
-from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, region_masks
+from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, REGION_SEGMENTS, region_masks
+from SAMBACore.metrics import volumes_ml
 from SAMBACore.inputs import InputError, check_image, geometry_differences
 from SAMBASegmentLib.pipeline import SambaResult, run_samba
 from SAMBASegmentLib.sam_runner import EmbeddingCache
@@ -28,6 +29,25 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], None]  # fraction done 0-1, what is happening; may raise to cancel
 METHODS = ("samba", "threshold")
+
+
+class Outputs(NamedTuple):
+    """What `finish` added to the scene."""
+
+    segmentation: object  # vtkMRMLSegmentationNode
+    agreement: object | None  # vtkMRMLScalarVolumeNode, when asked for
+    volumes: object | None  # vtkMRMLTableNode, when asked for
+
+
+VOLUME_TABLE_REFERENCE = "SAMBAVolumeTable"  # segmentation -> its volume table, refilled by the next run
+
+
+def volume_columns(labels: np.ndarray, reference) -> dict[str, list]:
+    """Sub-region volumes in mL (NETC, SNFH, ET, TC, WT) as table columns, on the reference's voxel size."""
+    volumes = volumes_ml(labels, tuple(reversed(reference.GetSpacing())))
+    names = {s.key: s.name for s in (*LABEL_SEGMENTS.values(), *REGION_SEGMENTS.values())}
+    return {"Region": list(volumes), "Name": [names[key] for key in volumes],
+            "Volume (mL)": [round(ml, 3) for ml in volumes.values()]}
 
 
 def arrays_from_nodes(nodes: dict) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -128,15 +148,20 @@ class SAMBASegmentCore:
                          device=request.device, progress=progress)
 
     def finish(self, scene, result: SambaResult, reference, output=None, name: str = "Tumour segmentation",
-               agreement: bool = False):
+               agreement: bool = False, volume_table: bool = False) -> Outputs:
         """Add (or fill `output`) the segmentation NETC, SNFH, ET on the reference grid; optionally the
-        agreement map as a volume. Returns (segmentation node, agreement node or None)."""
+        agreement map as a volume and the volumes in mL as a table (the one an earlier run into the
+        same segmentation made is refilled)."""
         segmentation = bridge.segmentation_from_labels(scene, result.labels, reference, LABEL_SEGMENTS, name, into=output)
-        agreement_node = None
+        agreement_node = table = None
         if agreement:
             agreement_node = bridge.volume_from_array(scene, result.agreement, bridge.ijk_to_ras(reference),
                                                       f"{segmentation.GetName()} SAM agreement")
-        return segmentation, agreement_node
+        if volume_table:
+            table = bridge.table_node(scene, f"{segmentation.GetName()} volumes", volume_columns(result.labels, reference),
+                                      segmentation.GetNodeReference(VOLUME_TABLE_REFERENCE))
+            segmentation.SetNodeReferenceID(VOLUME_TABLE_REFERENCE, table.GetID())
+        return Outputs(segmentation, agreement_node, table)
 
     def process(self, scene, nodes: dict, output=None, name: str = "Tumour segmentation",
                 progress: Progress | None = None, **options):
@@ -145,4 +170,4 @@ class SAMBASegmentCore:
         for warning in request.warnings:
             log.warning(warning)
         result = self.compute(request, progress)
-        return self.finish(scene, result, nodes[MODALITIES[0]], output, name)[0]
+        return self.finish(scene, result, nodes[MODALITIES[0]], output, name).segmentation
