@@ -34,16 +34,15 @@ def phantom_case_folder(cache_dir, seed: int = DEMO_SEED) -> Path:
 def load_phantom_case(scene, cache_dir, seed: int = DEMO_SEED) -> dict:
     """Load the phantom case into `scene`: volume nodes keyed t1, t1ce, t2, flair, and "truth", a
     segmentation node with the three sub-regions (named and coloured as SAMBA's results)."""
+    import slicer
+
     from SAMBACore import bridge
     from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, find_case_files, to_internal_labels
 
     files = find_case_files(phantom_case_folder(cache_dir, seed), need_seg=True)
     nodes = {key: bridge.load_volume(scene, files[key]) for key in MODALITIES}
-    labels = bridge.load_volume(scene, files["seg"])
-    try:
-        truth = to_internal_labels(bridge.array_from_volume(labels))
-    finally:
-        scene.RemoveNode(labels)
+    scratch = slicer.vtkMRMLScene()  # the label volume is only read: it goes to the user's scene as a segmentation
+    truth = to_internal_labels(bridge.array_from_volume(bridge.load_volume(scratch, files["seg"])))
     name = f"{files['seg'].name.split('.')[0]} (ground truth)"
     nodes["truth"] = bridge.segmentation_from_labels(scene, truth, nodes["t1"], LABEL_SEGMENTS, name)
     return nodes

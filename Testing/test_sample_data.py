@@ -17,7 +17,9 @@ def test_the_sample_loads_as_named_volumes_and_a_ground_truth_segmentation(tmp_p
     nodes = load_phantom_case(scene, tmp_path, seed=SEED)
     # The modules fill their four inputs from the names: the sample must be found that way.
     assert bridge.modality_nodes(scene) == {m: nodes[m] for m in MODALITIES}
-    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 4  # the label volume was not left behind
+    # The label volume (and its storage node) was not left behind.
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 4
+    assert scene.GetNumberOfNodesByClass("vtkMRMLVolumeArchetypeStorageNode") == 4
     truth = nodes["truth"]
     assert [truth.GetSegmentation().GetNthSegment(i).GetName() for i in range(3)] == [
         s.name for s in LABEL_SEGMENTS.values()]

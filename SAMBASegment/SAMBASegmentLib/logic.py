@@ -18,8 +18,8 @@ import numpy as np
 
 from SAMBACore import bridge
 from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, REGION_SEGMENTS, region_masks
-from SAMBACore.metrics import volumes_ml
 from SAMBACore.inputs import InputError, check_image, geometry_differences
+from SAMBACore.metrics import volumes_ml
 from SAMBASegmentLib.pipeline import SambaResult, run_samba
 from SAMBASegmentLib.sam_runner import EmbeddingCache
 from SAMBASegmentLib.samba_bundle import SambaModels, load_samba_models, resolve_bundle
