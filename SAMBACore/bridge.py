@@ -113,14 +113,16 @@ def _image_data(array: np.ndarray) -> vtk.vtkImageData:
     return image
 
 
-def volume_from_array(scene, array: np.ndarray, ijk_to_ras_matrix: np.ndarray, name: str, labelmap: bool = False):
-    """Add a scalar (or labelmap) volume node holding a copy of `array` with the given geometry;
-    a (k, j, i, c) array gives a vector volume (c components per voxel, as Slicer loads a photo)."""
+def volume_from_array(scene, array: np.ndarray, ijk_to_ras_matrix: np.ndarray, name: str, labelmap: bool = False,
+                      into=None):
+    """Add a scalar (or labelmap) volume node holding a copy of `array` with the given geometry, or
+    refill `into` (a node of the same class) in place; a (k, j, i, c) array gives a vector volume
+    (c components per voxel, as Slicer loads a photo)."""
     if array.ndim not in (3, 4) or (array.ndim == 4 and labelmap):
         raise ValueError(f"Expected an array (k, j, i), or (k, j, i, components) for a vector volume; got {array.shape}.")
     node_class = "vtkMRMLLabelMapVolumeNode" if labelmap else \
         "vtkMRMLVectorVolumeNode" if array.ndim == 4 else "vtkMRMLScalarVolumeNode"
-    node = scene.AddNewNodeByClass(node_class, name)
+    node = into if into is not None and into.GetClassName() == node_class else scene.AddNewNodeByClass(node_class, name)
     node.SetIJKToRASMatrix(_vtk_matrix(ijk_to_ras_matrix))
     node.SetAndObserveImageData(_image_data(array))
     node.CreateDefaultDisplayNodes()

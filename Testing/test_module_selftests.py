@@ -47,9 +47,10 @@ def test_samba_logic_from_the_console(app_scene, tmp_path):
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 3
 
 
-def test_samba_volume_table_is_made_and_refilled(app_scene, tmp_path):
+def test_samba_volume_table_and_agreement_map_are_made_and_refilled(app_scene, tmp_path):
     """The widget's 'table of the sub-region volumes': rows NETC, SNFH, ET, TC, WT in mL, matching the
-    labels; a second run into the same segmentation refills its table instead of adding one."""
+    labels; a second run into the same segmentation refills its table and agreement map instead of
+    adding new ones (pressing Apply again does not pile up nodes)."""
     from SAMBACore.brats import MODALITIES, find_case_files
     from SAMBACore.metrics import volumes_ml
     from SAMBACore.phantom import write_case
@@ -59,7 +60,7 @@ def test_samba_volume_table_is_made_and_refilled(app_scene, tmp_path):
     nodes = {m: bridge.load_volume(app_scene, files[m]) for m in MODALITIES}
     logic = module.SAMBASegmentLogic()
     result = logic.compute(logic.prepare(nodes, method="threshold"))
-    outputs = logic.finish(app_scene, result, nodes["t1"], volume_table=True)
+    outputs = logic.finish(app_scene, result, nodes["t1"], volume_table=True, agreement=True)
     table = outputs.volumes.GetTable()
     regions = [table.GetValueByName(row, "Region").ToString() for row in range(table.GetNumberOfRows())]
     assert regions == ["NETC", "SNFH", "ET", "TC", "WT"]
@@ -67,7 +68,9 @@ def test_samba_volume_table_is_made_and_refilled(app_scene, tmp_path):
     assert expected["WT"] > 1  # the threshold baseline finds the phantom's tumour: the check below means something
     for row, region in enumerate(regions):
         assert table.GetValueByName(row, "Volume (mL)").ToDouble() == pytest.approx(expected[region], abs=1e-3)
-    again = logic.finish(app_scene, result, nodes["t1"], output=outputs.segmentation, volume_table=True)
-    assert again.volumes is outputs.volumes
+    volumes = app_scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    again = logic.finish(app_scene, result, nodes["t1"], output=outputs.segmentation, volume_table=True, agreement=True)
+    assert again.volumes is outputs.volumes and again.agreement is outputs.agreement
     assert app_scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
+    assert app_scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == volumes
     assert logic.finish(app_scene, result, nodes["t1"]).volumes is None  # not asked for: none made

@@ -39,7 +39,8 @@ class Outputs(NamedTuple):
     volumes: object | None  # vtkMRMLTableNode, when asked for
 
 
-VOLUME_TABLE_REFERENCE = "SAMBAVolumeTable"  # segmentation -> its volume table, refilled by the next run
+# A segmentation's agreement map and volume table, refilled by the next run into that segmentation.
+AGREEMENT_REFERENCE, VOLUME_TABLE_REFERENCE = "SAMBAAgreementMap", "SAMBAVolumeTable"
 
 
 def volume_columns(labels: np.ndarray, reference) -> dict[str, list]:
@@ -150,13 +151,15 @@ class SAMBASegmentCore:
     def finish(self, scene, result: SambaResult, reference, output=None, name: str = "Tumour segmentation",
                agreement: bool = False, volume_table: bool = False) -> Outputs:
         """Add (or fill `output`) the segmentation NETC, SNFH, ET on the reference grid; optionally the
-        agreement map as a volume and the volumes in mL as a table (the one an earlier run into the
-        same segmentation made is refilled)."""
+        agreement map as a volume and the volumes in mL as a table; those an earlier
+        run into the same segmentation made are refilled, not added again."""
         segmentation = bridge.segmentation_from_labels(scene, result.labels, reference, LABEL_SEGMENTS, name, into=output)
         agreement_node = table = None
         if agreement:
             agreement_node = bridge.volume_from_array(scene, result.agreement, bridge.ijk_to_ras(reference),
-                                                      f"{segmentation.GetName()} SAM agreement")
+                                                      f"{segmentation.GetName()} SAM agreement",
+                                                      into=segmentation.GetNodeReference(AGREEMENT_REFERENCE))
+            segmentation.SetNodeReferenceID(AGREEMENT_REFERENCE, agreement_node.GetID())
         if volume_table:
             table = bridge.table_node(scene, f"{segmentation.GetName()} volumes", volume_columns(result.labels, reference),
                                       segmentation.GetNodeReference(VOLUME_TABLE_REFERENCE))
