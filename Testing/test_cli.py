@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -86,11 +87,11 @@ def test_benchmarks_run_without_slicer_core(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_bundle_and_case(tmp_path_factory):
-    """A tiny random SAMBA bundle and one phantom case: for the plumbing, not the quality."""
+    """A tiny random SAMBA bundle (untrained YOLO) and one phantom case: for the plumbing, not the quality."""
     import torch
 
     from SAMBACore.phantom import write_case
-    from SAMBASegmentLib import voting
+    from SAMBASegmentLib import localizer, voting
     from SAMBASegmentLib.sam_model import build_sam
     from SAMBASegmentLib.samba_bundle import SambaModels, save_samba_bundle
 
@@ -98,8 +99,8 @@ def tiny_bundle_and_case(tmp_path_factory):
     tiny = {"type": "small", "img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
             "prompt_embed_dim": 32, "mlp_dim": 64, "decoder_heads": 2}
     torch.manual_seed(0)
-    save_samba_bundle(folder / "bundle", SambaModels(build_sam(tiny), None, voting.build_voting_net()),
-                      {"sam": tiny, "voting": voting.CONFIG},
+    save_samba_bundle(folder / "bundle", SambaModels(build_sam(tiny), localizer.build_detector(), voting.build_voting_net()),
+                      {"sam": tiny, "yolo": localizer.CONFIG, "voting": voting.CONFIG},
                       {"name": "tiny", "version": "0", "description": "random", "licence": "Apache-2.0",
                        "intended_use": "tests", "preprocessing": {}, "labels": {}, "training": {}, "metrics": {}})
     return folder / "bundle", write_case(folder / "cases", "CASE", seed=3)
@@ -119,13 +120,15 @@ def test_segment_with_a_bundle_and_an_roi(tiny_bundle_and_case, tmp_path):
     assert [s["name"] for s in seg["segments"]] == [s.name for s in LABEL_SEGMENTS.values()]
     # The volume table (Slicer's table format: .csv plus .schema.csv) agrees with the segmentation.
     with open(tmp_path / "volumes.csv", newline="") as f:
-        rows = {row["Region"]: float(row["Volume (mL)"]) for row in csv.DictReader(f)}
-    assert list(rows) == ["NETC", "SNFH", "ET", "TC", "WT"] and (tmp_path / "volumes.schema.csv").exists()
+        [row] = list(csv.DictReader(f))
+    assert list(row) == ["Case", "NETC (mL)", "SNFH (mL)", "ET (mL)", "TC (mL)", "WT (mL)"]
+    assert row["Case"] == case.name and (tmp_path / "volumes.schema.csv").exists()
     voxel_ml = float(np.prod(np.abs(np.diag(seg["ijkToLPS"][:3, :3])))) / 1000  # the phantom's grid is axis-aligned
     for segment in seg["segments"]:
         count = int(np.count_nonzero(seg["voxels"] == segment["labelValue"]))
-        assert rows[segment["id"]] == pytest.approx(count * voxel_ml, rel=1e-5, abs=1e-3)  # 6 digits in the file
-    assert rows["WT"] == pytest.approx(rows["NETC"] + rows["SNFH"] + rows["ET"], rel=1e-5)
+        assert float(row[f"{segment['id']} (mL)"]) == pytest.approx(count * voxel_ml, rel=1e-5, abs=1e-3)  # 6 digits
+    wt = sum(float(row[f"{region} (mL)"]) for region in ("NETC", "SNFH", "ET"))
+    assert float(row["WT (mL)"]) == pytest.approx(wt, rel=1e-5)
     bad_table = run_cli("segment", str(case), "-o", str(out), "--bundle", str(bundle), "--volumes", "v.txt")
     assert bad_table.returncode == 2 and ".csv or .tsv" in bad_table.stderr
 
@@ -133,6 +136,31 @@ def test_segment_with_a_bundle_and_an_roi(tiny_bundle_and_case, tmp_path):
     assert bad.returncode == 2 and "six numbers" in bad.stderr
     missing = run_cli("segment", str(case), "-o", str(out), "--bundle", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "No model bundle" in missing.stderr
+
+
+def test_segment_a_folder_of_cases_goes_on_past_a_broken_one(tiny_bundle_and_case, tmp_path):
+    bundle, case = tiny_bundle_and_case
+    data = tmp_path / "data"
+    for name in ("A", "B"):
+        shutil.copytree(case, data / name)
+    shutil.copytree(case, data / "C-broken")
+    next((data / "C-broken").glob("*t2w*")).unlink()
+    out = tmp_path / "out"
+    result = run_cli("segment", str(data), "-o", str(out), "--bundle", str(bundle),
+                     "--volumes", str(tmp_path / "volumes.csv"), "--agreement", str(tmp_path / "agreement"))
+    assert result.returncode == 2  # not all done: said so, after doing the rest
+    assert "Skipped C-broken" in result.stderr and "1 of 3 case(s) were skipped (C-broken)" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["A.seg.nrrd", "B.seg.nrrd"]
+    assert sorted(p.name for p in (tmp_path / "agreement").iterdir()) == ["A-agreement.nrrd", "B-agreement.nrrd"]
+    with open(tmp_path / "volumes.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["Case"] for row in rows] == ["A", "B"]
+    assert rows[0]["WT (mL)"] == rows[1]["WT (mL)"]  # the same images give the same volumes
+
+    single_output = run_cli("segment", str(data), "-o", str(tmp_path / "x.seg.nrrd"), "--bundle", str(bundle))
+    assert single_output.returncode == 2 and "give a folder for -o" in single_output.stderr
+    roi = run_cli("segment", str(data), "-o", str(out), "--bundle", str(bundle), "--roi=1,2,3,4,5,6")
+    assert roi.returncode == 2 and "one case's box" in roi.stderr
 
 
 def test_evaluate_scores_every_case(tiny_bundle_and_case):

@@ -28,50 +28,104 @@ def _roi_ijk(reference, values: str):
     return bridge.ras_box_to_voxels(reference, numbers[:3], numbers[3:])
 
 
-def _segment(args) -> int:
-    from SAMBACore import bridge
-    from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, find_case_files
-    from SAMBACore.device import choose_device
-    from SAMBASegmentLib.logic import arrays_from_nodes, volume_columns
-    from SAMBASegmentLib.pipeline import run_samba
-    from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
+def _is_batch(case_dir: Path) -> bool:
+    """A folder of case folders (no images of its own) rather than one case."""
+    from SAMBACore.brats import ModalityError, find_case_files
 
-    if not str(args.output).endswith(".seg.nrrd"):
+    try:
+        find_case_files(case_dir)
+        return False
+    except ModalityError:  # not one case: a folder of them, or a broken case that find_case_files explains
+        return case_dir.is_dir() and any(p.is_dir() for p in case_dir.iterdir())
+
+
+def _check_outputs(args, batch: bool) -> None:
+    """Refuse before any work what cannot be written as asked."""
+    if batch:
+        if str(args.output).endswith(".seg.nrrd"):
+            raise ValueError(f"{args.case_dir} holds several cases: give a folder for -o, not {args.output}.")
+        if args.roi:
+            raise ValueError("--roi is one case's box: segment that case on its own (its folder), not the whole set.")
+    elif not str(args.output).endswith(".seg.nrrd"):
         raise ValueError(f"{args.output}: the output must end in .seg.nrrd.")
     if args.volumes and args.volumes.suffix.lower() not in (".csv", ".tsv"):
         raise ValueError(f"{args.volumes}: the volume table must end in .csv or .tsv.")
-    device = choose_device(args.device)
-    bundle = resolve_bundle(args.bundle)
-    scene = bridge.get_scene()
-    files = find_case_files(args.case_dir)
+
+
+def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, args, device) -> dict[str, float]:
+    """One case folder -> its .seg.nrrd (and agreement map); returns the sub-region volumes in mL."""
+    from SAMBACore import bridge, metrics
+    from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, find_case_files
+    from SAMBASegmentLib.logic import arrays_from_nodes
+    from SAMBASegmentLib.pipeline import run_samba
+
+    scene = bridge.get_scene()  # headless: a new scene per case, so a batch does not accumulate volumes
+    files = find_case_files(case_dir)
     nodes = {m: bridge.load_volume(scene, files[m]) for m in MODALITIES}
     images, warnings = arrays_from_nodes(nodes)
     for warning in warnings:
         print(f"Warning: {warning}", file=sys.stderr, flush=True)
     roi = _roi_ijk(nodes["t1"], args.roi) if args.roi else None
-    prompt = args.prompt or ("roi" if roi else "yolo")
-    started = time.perf_counter()
-    models = load_samba_models(bundle, device, adapter=args.adapter)
-    load_seconds = time.perf_counter() - started
 
     def report(fraction, message):
         print(f"[{fraction:4.0%}] {message}", flush=True)
 
-    result = run_samba(images, models, prompt=prompt, mode=args.mode, roi=roi, device=device, progress=report)
+    result = run_samba(images, models, prompt=args.prompt or ("roi" if roi else "yolo"), mode=args.mode, roi=roi,
+                       device=device, progress=report)
     segmentation = bridge.segmentation_from_labels(scene, result.labels, nodes["t1"], LABEL_SEGMENTS, "Tumour segmentation")
-    out = bridge.save_segmentation(segmentation, args.output)
-    print(f"Segmentation: {out}")
-    if args.agreement:
-        agreement = bridge.volume_from_array(scene, result.agreement, bridge.ijk_to_ras(nodes["t1"]), "SAM agreement")
-        print(f"Agreement map: {bridge.save_volume(agreement, args.agreement)}")
-    volumes = volume_columns(result.labels, nodes["t1"])
-    if args.volumes:
-        print(f"Volume table: {bridge.save_table(bridge.table_node(scene, 'Tumour volumes', volumes), args.volumes)}")
+    print(f"Segmentation: {bridge.save_segmentation(segmentation, output)}")
+    if agreement:
+        node = bridge.volume_from_array(scene, result.agreement, bridge.ijk_to_ras(nodes["t1"]), "SAM agreement")
+        print(f"Agreement map: {bridge.save_volume(node, agreement)}")
     if not result.tumour_found:
         print("No tumour found: the segmentation is empty. Try an ROI prompt (--roi) around the lesion.")
-    print("Volumes (mL): " + ", ".join(f"{key} {ml:.1f}" for key, ml in zip(volumes["Region"], volumes["Volume (mL)"])))
-    seconds = {"load models": load_seconds, **result.seconds}
-    print("Time per stage: " + ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items()))
+    volumes = metrics.volumes_ml(result.labels, tuple(reversed(nodes["t1"].GetSpacing())))
+    print("Volumes (mL): " + ", ".join(f"{name} {ml:.1f}" for name, ml in volumes.items()))
+    print("Time per stage: " + ", ".join(f"{name} {s:.1f} s" for name, s in result.seconds.items()))
+    return volumes
+
+
+def _segment(args) -> int:
+    from SAMBACore import bridge
+    from SAMBACore.device import choose_device
+    from SAMBACore.errors import BridgeError
+    from SAMBASegmentLib.pipeline import NO_LOCALIZER
+    from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
+
+    batch = _is_batch(args.case_dir)
+    _check_outputs(args, batch)
+    device = choose_device(args.device)
+    started = time.perf_counter()
+    models = load_samba_models(resolve_bundle(args.bundle), device, adapter=args.adapter)
+    print(f"Models loaded in {time.perf_counter() - started:.1f} s.", flush=True)
+    if models.yolo is None and (args.prompt or ("roi" if args.roi else "yolo")) == "yolo":
+        raise ValueError(NO_LOCALIZER)  # now, not once per case of a batch
+    cases = sorted(p for p in args.case_dir.iterdir() if p.is_dir()) if batch else [args.case_dir]
+    for folder in (args.output, args.agreement) if batch else ():
+        if folder:
+            folder.mkdir(parents=True, exist_ok=True)
+    volumes, failed = {}, []
+    for index, case_dir in enumerate(cases):
+        output, agreement = args.output, args.agreement
+        if batch:
+            print(f"== [{index + 1}/{len(cases)}] {case_dir.name}", flush=True)
+            output = args.output / f"{case_dir.name}.seg.nrrd"
+            agreement = agreement and agreement / f"{case_dir.name}-agreement.nrrd"
+        try:
+            volumes[case_dir.name] = _segment_case(case_dir, output, agreement, models, args, device)
+        except (ValueError, BridgeError) as error:
+            if not batch:
+                raise
+            failed.append(case_dir.name)  # the others go on: one bad folder does not lose a night's batch
+            print(f"Skipped {case_dir.name}: {error}", file=sys.stderr, flush=True)
+    if args.volumes and volumes:
+        regions = next(iter(volumes.values()))
+        columns = {"Case": list(volumes), **{f"{r} (mL)": [round(v[r], 3) for v in volumes.values()] for r in regions}}
+        print(f"Volume table: {bridge.save_table(bridge.table_node(bridge.get_scene(), 'Tumour volumes', columns), args.volumes)}")
+    if failed:
+        print(f"{len(failed)} of {len(cases)} case(s) were skipped ({', '.join(failed)}): see the messages above.",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -137,17 +191,21 @@ def register(commands, train, bench) -> None:
     """Add SAMBA's subcommands to the top-level, `train` and `bench` sub-parser groups."""
     from SAMBACore.sample_data import DEMO_SEED  # the demo's held-out phantom seed, also the benchmark's case
 
-    segment = commands.add_parser("segment", help="segment a BraTS case folder with SAMBA into a .seg.nrrd")
-    segment.add_argument("case_dir", type=Path, help="folder with the four images (BraTS 2021 or 2023 naming)")
-    segment.add_argument("-o", "--output", type=Path, required=True, help="the .seg.nrrd to write")
+    segment = commands.add_parser("segment", help="segment a BraTS case folder (or a folder of them) with SAMBA")
+    segment.add_argument("case_dir", type=Path, help="folder with the four images (BraTS 2021 or 2023 naming), or a "
+                         "folder of such folders (batch: every case, one after the other)")
+    segment.add_argument("-o", "--output", type=Path, required=True,
+                         help="the .seg.nrrd to write; for a batch, the folder to write CASE.seg.nrrd files into")
     segment.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)
     segment.add_argument("--adapter", type=Path, metavar="DIR", help=ADAPTER_HELP)
     segment.add_argument("--roi", help="box around the tumour, two opposite corners in RAS mm: --roi=R,A,S,R,A,S (the = keeps a leading minus sign from reading as an option)")
     segment.add_argument("--prompt", choices=("yolo", "roi"), help="box source (default: roi if --roi, else yolo)")
     segment.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary SAM + voting, or multi-class SAM")
     segment.add_argument("--device", choices=DEVICES, default="auto")
-    segment.add_argument("--agreement", type=Path, help="also write the per-voxel SAM agreement map (.nrrd or .nii.gz)")
-    segment.add_argument("--volumes", type=Path, help="also write the sub-region volumes in mL as a table (.csv or .tsv)")
+    segment.add_argument("--agreement", type=Path, help="also write the per-voxel SAM agreement map (.nrrd or .nii.gz; "
+                         "for a batch, a folder for CASE-agreement.nrrd files)")
+    segment.add_argument("--volumes", type=Path, help="also write the sub-region volumes in mL, a row per case, as a "
+                         "table (.csv or .tsv)")
     segment.set_defaults(run=_segment)
 
     evaluate = commands.add_parser("evaluate", help="score a bundle on labelled BraTS cases (Dice, HD95 per region)")

@@ -45,11 +45,14 @@ class SambaResult:
         return bool(self.labels.any())
 
 
+NO_LOCALIZER = "This bundle has no YOLO localizer: draw a box (ROI prompt) or use a segmentation."
+
+
 def prompt_boxes(models: SambaModels, images: dict[str, np.ndarray], view: str, prompt: str,
                  roi=None, mask: np.ndarray | None = None, device: str = "cpu") -> Boxes:
     if prompt == "yolo":
         if models.yolo is None:
-            raise ValueError("This bundle has no YOLO localizer: draw a box (ROI prompt) or use a segmentation.")
+            raise ValueError(NO_LOCALIZER)
         return localizer.detect_boxes(models.yolo, normalise_slices(view_slices(images["flair"], view)), device=device)
     if prompt == "roi":
         if roi is None:
