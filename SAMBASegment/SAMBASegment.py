@@ -41,7 +41,8 @@ class SAMBASegment(ScriptedLoadableModule):
             "the tumour on each slice (YOLO, or a box you draw: the more accurate choice), segments it with "
             "Segment Anything per modality and view, and fuses the 12 masks with a small voting network. "
             "The bundled 'phantom-demo' models were trained on synthetic phantoms: they show the method "
-            "works, not how it does on patients. See https://github.com/SlicerSAMBA/SlicerSAMBA."
+            "works, not how it does on patients. To try it, load Sample Data > SlicerSAMBA > BraTS phantom. "
+            "See https://github.com/SlicerSAMBA/SlicerSAMBA."
         )
         self.parent.acknowledgementText = (
             "SAMBA: Barakat, Magdy et al., BraTS 2023 (LNCS 14669). Built on 3D Slicer, Segment Anything, "
