@@ -87,6 +87,22 @@ def test_case_folder_with_a_four_channel_bundle(bundles, tmp_path, capsys):
     assert slicerio.read_segmentation(str(out))["voxels"].shape == (24, 24, 20)
 
 
+def test_a_folder_of_cases_is_segmented_case_by_case(bundles, tmp_path, capsys):
+    cases = write_tiny_cases(tmp_path / "cases", [7, 8])
+    broken = cases / "BROKEN"
+    broken.mkdir()
+    (broken / "notes.txt").write_text("no images here")
+    out = tmp_path / "out"
+    code = main(["r2unet", str(cases), "-o", str(out), "--bundle", str(bundles[4]), "--mode", "full",
+                 "--volumes", str(tmp_path / "volumes.tsv")])
+    captured = capsys.readouterr()
+    assert code == 2 and "Skipped BROKEN" in captured.err and "1 of 3 case(s) were skipped (BROKEN)" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["TINY-00007-000.seg.nrrd", "TINY-00008-000.seg.nrrd"]
+    rows = [line.split("\t") for line in (tmp_path / "volumes.tsv").read_text().splitlines()]
+    assert rows[0] == ["Case", "NETC (mL)", "SNFH (mL)", "ET (mL)", "TC (mL)", "WT (mL)"]
+    assert [row[0] for row in rows[1:]] == ["TINY-00007-000", "TINY-00008-000"]
+
+
 def bad_run(capsys, *args):
     code = main(list(map(str, args)))
     err = capsys.readouterr().err.strip()

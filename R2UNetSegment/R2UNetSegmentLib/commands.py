@@ -30,33 +30,38 @@ def _load_input(scene, path: Path):
 def _r2unet(args) -> int:
     from R2UNetSegmentLib.logic import R2UNetSegmentCore
     from SAMBACore import bridge, metrics
+    from SAMBACore.batch import check_outputs, is_case_set, segment_cases
     from SAMBACore.device import choose_device
 
-    if not str(args.output).endswith(".seg.nrrd"):
-        raise ValueError(f"{args.output}: the output must end in .seg.nrrd.")
+    batch = is_case_set(args.input)
+    check_outputs(args.input, args.output, args.volumes, batch)
     device = choose_device(args.device)
-    started = time.perf_counter()
-    core = R2UNetSegmentCore()
-    scene = bridge.get_scene()
-    node = _load_input(scene, args.input)
-    request = core.prepare(scene, node, bundle=args.bundle, model=args.model, mode=args.mode,
-                           budget=args.memory_budget, patch_size=args.patch_size, device=device, adapter=args.adapter)
+    core = R2UNetSegmentCore()  # keeps the bundle loaded from one case to the next
 
     def report(fraction, message):
         print(f"[{fraction:4.0%}] {message}", flush=True)
 
-    loaded = time.perf_counter()
-    result = core.compute(request, report)
-    segmentation = core.finish(scene, result, node, name="Tumour segmentation")
-    print(f"Segmentation: {bridge.save_segmentation(segmentation, args.output)}")
-    if args.adapter:
-        print(f"Adapter: {args.adapter} (merged into the bundle's {core.models(args.bundle, device, args.adapter).adapted})")
-    print(f"Mode: {result.describe()}, estimated peak memory {_format_bytes(result.estimate_bytes)}"
-          + (f" (budget {_format_bytes(request.budget_bytes)})" if request.budget_bytes else ""))
-    volumes = metrics.volumes_ml(result.labels, tuple(reversed(node.GetSpacing())))
-    print("Volumes (mL): " + ", ".join(f"{name} {ml:.1f}" for name, ml in volumes.items()))
-    print(f"Time: load {loaded - started:.1f} s, segment {result.seconds:.1f} s")
-    return 0
+    def segment_case(path, output):
+        started = time.perf_counter()
+        scene = bridge.get_scene()  # headless: a new scene per case, so a batch does not accumulate volumes
+        node = _load_input(scene, path)
+        request = core.prepare(scene, node, bundle=args.bundle, model=args.model, mode=args.mode,
+                               budget=args.memory_budget, patch_size=args.patch_size, device=device,
+                               adapter=args.adapter)
+        loaded = time.perf_counter()
+        result = core.compute(request, report)
+        segmentation = core.finish(scene, result, node, name="Tumour segmentation")
+        print(f"Segmentation: {bridge.save_segmentation(segmentation, output)}")
+        if args.adapter:
+            print(f"Adapter: {args.adapter} (merged into the bundle's {core.models(args.bundle, device, args.adapter).adapted})")
+        print(f"Mode: {result.describe()}, estimated peak memory {_format_bytes(result.estimate_bytes)}"
+              + (f" (budget {_format_bytes(request.budget_bytes)})" if request.budget_bytes else ""))
+        volumes = metrics.volumes_ml(result.labels, tuple(reversed(node.GetSpacing())))
+        print("Volumes (mL): " + ", ".join(f"{name} {ml:.1f}" for name, ml in volumes.items()))
+        print(f"Time: load {loaded - started:.1f} s, segment {result.seconds:.1f} s")
+        return volumes
+
+    return segment_cases(args.input, args.output, segment_case, args.volumes, batch)
 
 
 def _widths(text: str) -> list[int]:
@@ -96,8 +101,10 @@ def register(commands, train, bench) -> None:
 
     r2unet = commands.add_parser("r2unet", help="segment a BraTS case folder or one image with the U-Net, R2U-Net "
                                  "or U-Net cascade, inside a memory budget")
-    r2unet.add_argument("input", type=Path, help="BraTS case folder (four images) or a single image file")
-    r2unet.add_argument("-o", "--output", type=Path, required=True, help="the .seg.nrrd to write")
+    r2unet.add_argument("input", type=Path, help="BraTS case folder (four images), a single image file, or a folder "
+                        "of case folders (batch: every case, one after the other)")
+    r2unet.add_argument("-o", "--output", type=Path, required=True,
+                        help="the .seg.nrrd to write; for a batch, the folder to write CASE.seg.nrrd files into")
     r2unet.add_argument("--bundle", default="phantom-r2unet", help="bundle folder or bundled name (default phantom-r2unet)")
     r2unet.add_argument("--model", choices=("unet", "r2unet"), default="unet", help="network for full and patch modes")
     r2unet.add_argument("--mode", choices=MODES, default="auto", help="auto: the cheapest mode within the budget")
@@ -108,6 +115,8 @@ def register(commands, train, bench) -> None:
     r2unet.add_argument("--adapter", type=Path, metavar="DIR", help="a LoRA adapter folder for one of the bundle's "
                         "networks (slicer-samba train lora --component ...), merged in before use; the mode and "
                         "network are then the adapted one's")
+    r2unet.add_argument("--volumes", type=Path, help="also write the volumes in mL per label or region, a row per "
+                        "case, as a table (.csv or .tsv)")
     r2unet.set_defaults(run=_r2unet)
 
     def bench_memory(args):

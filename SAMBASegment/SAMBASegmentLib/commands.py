@@ -28,30 +28,6 @@ def _roi_ijk(reference, values: str):
     return bridge.ras_box_to_voxels(reference, numbers[:3], numbers[3:])
 
 
-def _is_batch(case_dir: Path) -> bool:
-    """A folder of case folders (no images of its own) rather than one case."""
-    from SAMBACore.brats import ModalityError, find_case_files
-
-    try:
-        find_case_files(case_dir)
-        return False
-    except ModalityError:  # not one case: a folder of them, or a broken case that find_case_files explains
-        return case_dir.is_dir() and any(p.is_dir() for p in case_dir.iterdir())
-
-
-def _check_outputs(args, batch: bool) -> None:
-    """Refuse before any work what cannot be written as asked."""
-    if batch:
-        if str(args.output).endswith(".seg.nrrd"):
-            raise ValueError(f"{args.case_dir} holds several cases: give a folder for -o, not {args.output}.")
-        if args.roi:
-            raise ValueError("--roi is one case's box: segment that case on its own (its folder), not the whole set.")
-    elif not str(args.output).endswith(".seg.nrrd"):
-        raise ValueError(f"{args.output}: the output must end in .seg.nrrd.")
-    if args.volumes and args.volumes.suffix.lower() not in (".csv", ".tsv"):
-        raise ValueError(f"{args.volumes}: the volume table must end in .csv or .tsv.")
-
-
 def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, args, device) -> dict[str, float]:
     """One case folder -> its .seg.nrrd (and agreement map); returns the sub-region volumes in mL."""
     from SAMBACore import bridge, metrics
@@ -86,47 +62,29 @@ def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, 
 
 
 def _segment(args) -> int:
-    from SAMBACore import bridge
+    from SAMBACore.batch import check_outputs, is_case_set, segment_cases
     from SAMBACore.device import choose_device
-    from SAMBACore.errors import BridgeError
     from SAMBASegmentLib.pipeline import NO_LOCALIZER
     from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
 
-    batch = _is_batch(args.case_dir)
-    _check_outputs(args, batch)
+    batch = is_case_set(args.case_dir)
+    check_outputs(args.case_dir, args.output, args.volumes, batch)
+    if batch and args.roi:
+        raise ValueError("--roi is one case's box: segment that case on its own (its folder), not the whole set.")
     device = choose_device(args.device)
     started = time.perf_counter()
     models = load_samba_models(resolve_bundle(args.bundle), device, adapter=args.adapter)
     print(f"Models loaded in {time.perf_counter() - started:.1f} s.", flush=True)
     if models.yolo is None and (args.prompt or ("roi" if args.roi else "yolo")) == "yolo":
         raise ValueError(NO_LOCALIZER)  # now, not once per case of a batch
-    cases = sorted(p for p in args.case_dir.iterdir() if p.is_dir()) if batch else [args.case_dir]
-    for folder in (args.output, args.agreement) if batch else ():
-        if folder:
-            folder.mkdir(parents=True, exist_ok=True)
-    volumes, failed = {}, []
-    for index, case_dir in enumerate(cases):
-        output, agreement = args.output, args.agreement
-        if batch:
-            print(f"== [{index + 1}/{len(cases)}] {case_dir.name}", flush=True)
-            output = args.output / f"{case_dir.name}.seg.nrrd"
-            agreement = agreement and agreement / f"{case_dir.name}-agreement.nrrd"
-        try:
-            volumes[case_dir.name] = _segment_case(case_dir, output, agreement, models, args, device)
-        except (ValueError, BridgeError) as error:
-            if not batch:
-                raise
-            failed.append(case_dir.name)  # the others go on: one bad folder does not lose a night's batch
-            print(f"Skipped {case_dir.name}: {error}", file=sys.stderr, flush=True)
-    if args.volumes and volumes:
-        regions = next(iter(volumes.values()))
-        columns = {"Case": list(volumes), **{f"{r} (mL)": [round(v[r], 3) for v in volumes.values()] for r in regions}}
-        print(f"Volume table: {bridge.save_table(bridge.table_node(bridge.get_scene(), 'Tumour volumes', columns), args.volumes)}")
-    if failed:
-        print(f"{len(failed)} of {len(cases)} case(s) were skipped ({', '.join(failed)}): see the messages above.",
-              file=sys.stderr)
-        return 2
-    return 0
+    if batch and args.agreement:
+        args.agreement.mkdir(parents=True, exist_ok=True)
+
+    def segment_case(case_dir, output):
+        agreement = args.agreement and (args.agreement / f"{case_dir.name}-agreement.nrrd" if batch else args.agreement)
+        return _segment_case(case_dir, output, agreement, models, args, device)
+
+    return segment_cases(args.case_dir, args.output, segment_case, args.volumes, batch)
 
 
 def _train(args) -> int:
