@@ -19,7 +19,7 @@ try:  # installed: SAMBACore sits beside the modules; from source: one folder up
 except ImportError:
     sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from R2UNetSegmentLib.logic import MODELS, MODES, R2UNetSegmentCore
+from R2UNetSegmentLib.logic import MODELS, MODES, R2UNetSegmentCore, volumes_ml
 from R2UNetSegmentLib.selftest import run_self_test
 from SAMBACore.slicer_widget import BackgroundJobWidget, ensure_packages
 
@@ -104,7 +104,9 @@ class R2UNetSegmentWidget(BackgroundJobWidget):
     def _jobSucceeded(self, result):
         p = self._parameterNode
         p.outputSegmentation = self.logic.finish(slicer.mrmlScene, result, self._reference, p.outputSegmentation)
-        self.ui.statusLabel.text = f"Done in {result.seconds:.1f} s ({result.describe()})."
+        volumes = volumes_ml(result.labels, result.classes, self._reference)
+        self.ui.statusLabel.text = (f"Done in {result.seconds:.1f} s ({result.describe()}): "
+                                    + ", ".join(f"{name} {ml:.1f} mL" for name, ml in volumes.items()))
 
 
 class R2UNetSegmentTest(ScriptedLoadableModuleTest):

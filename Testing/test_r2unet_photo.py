@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from R2UNetSegmentLib.inference import normalise, segment
-from R2UNetSegmentLib.logic import LESION, R2UNetSegmentCore
+from R2UNetSegmentLib.logic import LESION, R2UNetSegmentCore, volumes_ml
 from R2UNetSegmentLib.r2unet import R2UNet
 from R2UNetSegmentLib.r2unet_bundle import save_r2unet_bundle
 from SAMBACore import bridge
@@ -44,6 +44,9 @@ def test_a_photo_is_segmented_as_one_2d_image_on_its_own_grid(scene, photo_bundl
     assert segmentation.GetSegmentation().GetNthSegment(0).GetName() == LESION[1].name
     back = bridge.labels_from_segmentation(segmentation, photo, {LESION[1].key: 1})
     np.testing.assert_array_equal(back, result.labels)
+    # Its size is the lesion's (not a BraTS region's): pixels x 0.05 x 0.05 x 1 mm, in mL.
+    assert volumes_ml(result.labels, result.classes, photo) == {
+        "lesion": pytest.approx(np.count_nonzero(result.labels) * 0.0025 / 1000)}
 
 
 def test_a_2d_model_refuses_a_volume_of_many_slices(scene, photo_bundle):

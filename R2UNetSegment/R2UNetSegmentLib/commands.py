@@ -28,8 +28,8 @@ def _load_input(scene, path: Path):
 
 
 def _r2unet(args) -> int:
-    from R2UNetSegmentLib.logic import R2UNetSegmentCore
-    from SAMBACore import bridge, metrics
+    from R2UNetSegmentLib.logic import R2UNetSegmentCore, volumes_ml
+    from SAMBACore import bridge
     from SAMBACore.batch import check_outputs, is_case_set, segment_cases
     from SAMBACore.device import choose_device
 
@@ -56,7 +56,7 @@ def _r2unet(args) -> int:
             print(f"Adapter: {args.adapter} (merged into the bundle's {core.models(args.bundle, device, args.adapter).adapted})")
         print(f"Mode: {result.describe()}, estimated peak memory {_format_bytes(result.estimate_bytes)}"
               + (f" (budget {_format_bytes(request.budget_bytes)})" if request.budget_bytes else ""))
-        volumes = metrics.volumes_ml(result.labels, tuple(reversed(node.GetSpacing())))
+        volumes = volumes_ml(result.labels, result.classes, node)
         print("Volumes (mL): " + ", ".join(f"{name} {ml:.1f}" for name, ml in volumes.items()))
         print(f"Time: load {loaded - started:.1f} s, segment {result.seconds:.1f} s")
         return volumes

@@ -49,6 +49,17 @@ def segments_for(classes: int) -> dict[int, Segment]:
     raise InputError(f"The model predicts {classes} classes; R2UNetSegment shows 2 (lesion) or 4 (BraTS) classes.")
 
 
+def volumes_ml(labels: np.ndarray, classes: int, reference) -> dict[str, float]:
+    """Volumes in mL on the reference's voxel size: the BraTS regions (NETC, SNFH, ET, TC, WT) for a
+    four-class model, the lesion for a binary one (for a photo, its area in mm^2 / 1000)."""
+    from SAMBACore import metrics
+
+    spacing = tuple(reversed(reference.GetSpacing()))
+    if classes == 4:
+        return metrics.volumes_ml(labels, spacing)
+    return {LESION[1].key: float(np.count_nonzero(labels == 1)) * float(np.prod(spacing)) / 1000.0}
+
+
 def _mode_using(adapted: str, model: str, mode: str, adapter) -> str:
     """The mode to run when an adapter adapts the bundle's `adapted` network: the one using it,
     or an InputError saying what to choose (an adapter that runs unused would mislead)."""
