@@ -56,7 +56,8 @@ def segment_cases(input_path: Path, output: Path, segment_case: SegmentCase, vol
         if batch:
             print(f"== [{index + 1}/{len(cases)}] {case.name}", flush=True)
         try:
-            volumes[case.name.split(".")[0]] = segment_case(case, Path(output) / f"{case.name}.seg.nrrd" if batch else output)
+            name = case.name if case.is_dir() else case.name.split(".")[0]  # an image file: its name without extensions
+            volumes[name] = segment_case(case, Path(output) / f"{case.name}.seg.nrrd" if batch else output)
         except (ValueError, BridgeError) as error:
             if not batch:
                 raise

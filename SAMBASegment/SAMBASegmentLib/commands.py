@@ -28,7 +28,7 @@ def _roi_ijk(reference, values: str):
     return bridge.ras_box_to_voxels(reference, numbers[:3], numbers[3:])
 
 
-def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, args, device) -> dict[str, float]:
+def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, prompt: str, args, device) -> dict[str, float]:
     """One case folder -> its .seg.nrrd (and agreement map); returns the sub-region volumes in mL."""
     from SAMBACore import bridge, metrics
     from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, find_case_files
@@ -46,8 +46,7 @@ def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, 
     def report(fraction, message):
         print(f"[{fraction:4.0%}] {message}", flush=True)
 
-    result = run_samba(images, models, prompt=args.prompt or ("roi" if roi else "yolo"), mode=args.mode, roi=roi,
-                       device=device, progress=report)
+    result = run_samba(images, models, prompt=prompt, mode=args.mode, roi=roi, device=device, progress=report)
     segmentation = bridge.segmentation_from_labels(scene, result.labels, nodes["t1"], LABEL_SEGMENTS, "Tumour segmentation")
     print(f"Segmentation: {bridge.save_segmentation(segmentation, output)}")
     if agreement:
@@ -75,14 +74,15 @@ def _segment(args) -> int:
     started = time.perf_counter()
     models = load_samba_models(resolve_bundle(args.bundle), device, adapter=args.adapter)
     print(f"Models loaded in {time.perf_counter() - started:.1f} s.", flush=True)
-    if models.yolo is None and (args.prompt or ("roi" if args.roi else "yolo")) == "yolo":
+    prompt = args.prompt or ("roi" if args.roi else "yolo")
+    if models.yolo is None and prompt == "yolo":
         raise ValueError(NO_LOCALIZER)  # now, not once per case of a batch
     if batch and args.agreement:
         args.agreement.mkdir(parents=True, exist_ok=True)
 
     def segment_case(case_dir, output):
         agreement = args.agreement and (args.agreement / f"{case_dir.name}-agreement.nrrd" if batch else args.agreement)
-        return _segment_case(case_dir, output, agreement, models, args, device)
+        return _segment_case(case_dir, output, agreement, models, prompt, args, device)
 
     return segment_cases(args.case_dir, args.output, segment_case, args.volumes, batch)
 
