@@ -30,14 +30,20 @@ def is_case_set(path: Path) -> bool:
         return any(p.is_dir() for p in path.iterdir())
 
 
-def check_outputs(input_path: Path, output: Path, volumes: Path | None, batch: bool) -> None:
-    """Refuse, before any work, outputs that cannot be written as asked."""
+def check_outputs(input_path: Path, output: Path, volumes: Path | None, batch: bool, preview: Path | None = None) -> None:
+    """Refuse, before any work, outputs that cannot be written as asked (and make a batch's preview folder)."""
     if batch and str(output).endswith(".seg.nrrd"):
         raise ValueError(f"{input_path} holds several cases: give a folder for -o, not {output}.")
     if not batch and not str(output).endswith(".seg.nrrd"):
         raise ValueError(f"{output}: the output must end in .seg.nrrd.")
     if volumes and volumes.suffix.lower() not in (".csv", ".tsv"):
         raise ValueError(f"{volumes}: the volume table must end in .csv or .tsv.")
+    if preview and batch and Path(preview).suffix.lower() == ".png":
+        raise ValueError(f"{input_path} holds several cases: give a folder for --preview (one CASE.png each), not {preview}.")
+    if preview and not batch and Path(preview).suffix.lower() != ".png":
+        raise ValueError(f"{preview}: the preview is a picture, so it must end in .png.")
+    if preview and batch:
+        Path(preview).mkdir(parents=True, exist_ok=True)
 
 
 def segment_cases(input_path: Path, output: Path, segment_case: SegmentCase, volumes_path: Path | None = None,

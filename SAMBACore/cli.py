@@ -31,7 +31,8 @@ def _phantom(args) -> int:
 
 
 def _demo(args) -> int:
-    """Phantom case -> Slicer storage nodes -> SAMBA with the demo bundle -> .seg.nrrd -> Dice, timed."""
+    """Phantom case -> Slicer storage nodes -> SAMBA with the demo bundle -> .seg.nrrd -> Dice and a preview
+    picture, timed."""
     from SAMBACore import bridge, metrics
     from SAMBACore.brats import MODALITIES, find_case_files, to_internal_labels
     from SAMBACore.device import choose_device
@@ -68,13 +69,25 @@ def _demo(args) -> int:
     truth = to_internal_labels(bridge.array_from_volume(bridge.load_volume(scene, files["seg"])))
     scores = metrics.region_metrics(result.labels, truth, tuple(reversed(nodes["t1"].GetSpacing())))
 
+    preview = None
+    if not args.no_preview:  # a picture of the result beside the truth: what a newcomer looks at first
+        from SAMBACore.preview import preview_case
+
+        clock[0] = time.perf_counter()
+        images = {key: bridge.array_from_volume(nodes[key]) for key in ("flair", "t1ce")}
+        note = "Dice against the truth: " + ", ".join(f"{r} {v['dice']:.3f}" for r, v in scores.items())
+        preview = preview_case(out_dir / "preview.png", images, result.labels, bridge.ijk_to_ras(nodes["t1"]),
+                               truth=truth, title=f"SAMBA ({args.bundle}, YOLO boxes) on phantom {case_dir.name}",
+                               note=note)
+        stage("preview")
     print(f"\nCase: {case_dir}\nSegmentation: {out_path} (segments NETC, SNFH, ET)")
     print("Region  Dice   HD95 (mm)")
     for region, values in scores.items():
         print(f"{region:<6}  {values['dice']:.3f}  {values['hd95']:.1f}")
     print("Time per stage: " + ", ".join(f"{name} {value:.1f} s" for name, value in seconds.items()))
     if args.json:
-        print(json.dumps({"case": str(case_dir), "segmentation": str(out_path), "metrics": scores, "seconds": seconds}))
+        print(json.dumps({"case": str(case_dir), "segmentation": str(out_path), "preview": preview and str(preview),
+                          "metrics": scores, "seconds": seconds}))
     return 0
 
 
@@ -108,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--lowres", action="store_true", help="use a low-field-like phantom")
     demo.add_argument("--bundle", default="phantom-demo", help="bundle folder or bundled name (default phantom-demo)")
     demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    demo.add_argument("--no-preview", action="store_true", help="do not write OUT_DIR/preview.png (slices through "
+                      "the tumour with the result's and the truth's outlines)")
     demo.add_argument("--json", action="store_true", help="also print the results as one JSON line")
     demo.set_defaults(run=_demo)
 

@@ -16,9 +16,11 @@ from SAMBACore.brats import find_training_cases, read_case
 SegmentCase = Callable[[dict, np.ndarray, dict], tuple[np.ndarray, dict]]
 
 
-def score_cases(data_dir, segment: SegmentCase, log: Callable[[str], None] = print) -> dict:
+def score_cases(data_dir, segment: SegmentCase, log: Callable[[str], None] = print,
+                on_case: Callable[[dict, dict, np.ndarray, np.ndarray], None] | None = None) -> dict:
     """Every case of data_dir with its seg file segmented and scored (metrics.region_metrics), with
-    the mean per region over cases and the mean seconds of `segment` per case."""
+    the mean per region over cases and the mean seconds of `segment` per case. `on_case(files,
+    images, labels, truth)` is called after each case (a preview picture of it, for example)."""
     cases, skipped = find_training_cases(data_dir)
     per_case = []
     for index, files in enumerate(cases):
@@ -31,6 +33,8 @@ def score_cases(data_dir, segment: SegmentCase, log: Callable[[str], None] = pri
         log(f"[{index + 1}/{len(cases)}] {per_case[-1]['case']}"
             + "".join(f" ({value})" for value in notes.values()) + ": "
             + ", ".join(f"{r} {v['dice']:.3f}" for r, v in scores.items()) + f" ({seconds:.1f} s)")
+        if on_case:
+            on_case(files, images, labels, truth)
     return {
         "cases": len(per_case),
         "skipped": skipped,

@@ -28,6 +28,7 @@ def test_demo_writes_a_named_seg_nrrd_and_scores_it(tmp_path):
     assert set(report["metrics"]) == {"ET", "TC", "WT"}
     assert report["metrics"]["WT"]["dice"] > 0.85  # SAMBA with the phantom-demo bundle measured 0.935 here
     assert "Dice" in result.stdout and "Time per stage" in result.stdout
+    assert report["preview"] == str(tmp_path / "preview.png") and (tmp_path / "preview.png").stat().st_size > 10_000
 
 
 def test_phantom_command_writes_n_cases_in_2021_naming(tmp_path):

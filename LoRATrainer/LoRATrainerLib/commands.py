@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+CURVE = "training-curve.png"  # written into the adapter folder by `train lora`
+
 
 def _extract(args) -> int:
     from .extract import extract_lora
@@ -90,13 +92,18 @@ def _train_lora(args) -> int:
         if component == "sam":
             from LoRATrainerLib.train_lora import train_lora
 
-            train_lora(base, args.output, train, val, settings, world, command=command,
-                       progress=_progress_printer(), log=log)
+            info = train_lora(base, args.output, train, val, settings, world, command=command,
+                              progress=_progress_printer(), log=log)
         else:
             from LoRATrainerLib.train_unet_lora import train_unet_lora
 
-            train_unet_lora(base, args.output, train, val, settings, world, command=command,
-                            progress=_progress_printer(), log=log)
+            info = train_unet_lora(base, args.output, train, val, settings, world, command=command,
+                                   progress=_progress_printer(), log=log)
+        if world.main:  # the curve LoRA Trainer plots in Slicer, as a picture beside the adapter's files
+            from SAMBACore.plots import plot_training_curve
+
+            curve = plot_training_curve(info, Path(args.output) / CURVE, f"LoRA on {component} of {Path(str(base)).name}")
+            log(f"Training curve: {curve}")
     finally:
         stop(world)
     return 0

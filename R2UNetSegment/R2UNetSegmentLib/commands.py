@@ -27,14 +27,35 @@ def _load_input(scene, path: Path):
     return bridge.load_volume(scene, path)
 
 
+def _preview(path: Path, source: Path, request, result, node) -> None:
+    """The preview picture of one r2unet result: the BraTS contrasts (or the one image, a photo in
+    colour) with the outlines of the BraTS sub-regions or of the lesion; the truth beside it when
+    the case folder has a seg file."""
+    import numpy as np
+
+    from R2UNetSegmentLib.logic import segments_for
+    from SAMBACore import bridge
+    from SAMBACore.brats import modality_of
+    from SAMBACore.preview import preview_case
+
+    if request.image.shape[0] == 3 and all("component" in n for n in request.names):  # an RGB photo
+        images = {node.GetName(): np.moveaxis(request.image, 0, -1)}
+    else:
+        images = {modality_of(n) or n: channel for n, channel in zip(request.names, request.image)}
+    preview_case(path, images, result.labels, bridge.ijk_to_ras(node), segments_for(result.classes),
+                 case_dir=source if Path(source).is_dir() else None,
+                 title=f"R2U-Net Segment ({request.bundle}, {result.describe()}): {Path(source).name}")
+
+
 def _r2unet(args) -> int:
     from R2UNetSegmentLib.logic import R2UNetSegmentCore, volumes_ml
     from SAMBACore import bridge
     from SAMBACore.batch import check_outputs, is_case_set, segment_cases
     from SAMBACore.device import choose_device
+    from SAMBACore.preview import preview_path
 
     batch = is_case_set(args.input)
-    check_outputs(args.input, args.output, args.volumes, batch)
+    check_outputs(args.input, args.output, args.volumes, batch, preview=args.preview)
     device = choose_device(args.device)
     core = R2UNetSegmentCore()  # keeps the bundle loaded from one case to the next
 
@@ -59,6 +80,8 @@ def _r2unet(args) -> int:
         volumes = volumes_ml(result.labels, result.classes, node)
         print("Volumes (mL): " + ", ".join(f"{name} {ml:.1f}" for name, ml in volumes.items()))
         print(f"Time: load {loaded - started:.1f} s, segment {result.seconds:.1f} s")
+        if args.preview:
+            _preview(preview_path(args.preview, path, batch), path, request, result, node)
         return volumes
 
     return segment_cases(args.input, args.output, segment_case, args.volumes, batch)
@@ -117,6 +140,9 @@ def register(commands, train, bench) -> None:
                         "network are then the adapted one's")
     r2unet.add_argument("--volumes", type=Path, help="also write the volumes in mL per label or region, a row per "
                         "case, as a table (.csv or .tsv)")
+    r2unet.add_argument("--preview", type=Path, metavar="OUT.png", help="also write a picture: axial, coronal and "
+                        "sagittal slices through the lesion with the segment outlines and volumes (and the truth's "
+                        "outlines when the case folder has a seg file); for a batch, a folder for CASE.png files")
     r2unet.set_defaults(run=_r2unet)
 
     def bench_memory(args):

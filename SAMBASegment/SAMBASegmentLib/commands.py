@@ -28,7 +28,8 @@ def _roi_ijk(reference, values: str):
     return bridge.ras_box_to_voxels(reference, numbers[:3], numbers[3:])
 
 
-def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, prompt: str, args, device) -> dict[str, float]:
+def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, prompt: str, args, device,
+                  preview: Path | None = None) -> dict[str, float]:
     """One case folder -> its .seg.nrrd (and agreement map); returns the sub-region volumes in mL."""
     from SAMBACore import bridge, metrics
     from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, find_case_files
@@ -57,17 +58,23 @@ def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, 
     volumes = metrics.volumes_ml(result.labels, tuple(reversed(nodes["t1"].GetSpacing())))
     print("Volumes (mL): " + ", ".join(f"{name} {ml:.1f}" for name, ml in volumes.items()))
     print("Time per stage: " + ", ".join(f"{name} {s:.1f} s" for name, s in result.seconds.items()))
+    if preview:
+        from SAMBACore.preview import preview_case
+
+        preview_case(preview, images, result.labels, bridge.ijk_to_ras(nodes["t1"]), case_dir=case_dir,
+                     title=f"SAMBA ({args.bundle}, {prompt} boxes): {case_dir.name}")
     return volumes
 
 
 def _segment(args) -> int:
     from SAMBACore.batch import check_outputs, is_case_set, segment_cases
     from SAMBACore.device import choose_device
+    from SAMBACore.preview import preview_path
     from SAMBASegmentLib.pipeline import NO_LOCALIZER
     from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
 
     batch = is_case_set(args.case_dir)
-    check_outputs(args.case_dir, args.output, args.volumes, batch)
+    check_outputs(args.case_dir, args.output, args.volumes, batch, preview=args.preview)
     if batch and args.roi:
         raise ValueError("--roi is one case's box: segment that case on its own (its folder), not the whole set.")
     device = choose_device(args.device)
@@ -82,7 +89,8 @@ def _segment(args) -> int:
 
     def segment_case(case_dir, output):
         agreement = args.agreement and (args.agreement / f"{case_dir.name}-agreement.nrrd" if batch else args.agreement)
-        return _segment_case(case_dir, output, agreement, models, prompt, args, device)
+        return _segment_case(case_dir, output, agreement, models, prompt, args, device,
+                             preview=preview_path(args.preview, case_dir, batch))
 
     return segment_cases(args.case_dir, args.output, segment_case, args.volumes, batch)
 
@@ -113,9 +121,16 @@ def _evaluate(args) -> int:
     if args.record and args.adapter:
         raise ValueError("--record stores the bundle's own metrics in its manifest: leave out --adapter, "
                          "or keep the adapted scores from --json.")
+    from SAMBACore.preview import case_preview_writer
+
+    if args.plot:
+        from SAMBACore.plots import check_png
+
+        check_png(args.plot, "the Dice plot")
     device = choose_device(args.device)
     models = load_samba_models(resolve_bundle(args.bundle), device, adapter=args.adapter)
-    report = evaluate(models, args.data_dir, prompt=args.prompt, mode=args.mode, device=device)
+    on_case = case_preview_writer(args.preview, f"SAMBA ({args.bundle}, {args.prompt} boxes, {args.mode})")
+    report = evaluate(models, args.data_dir, prompt=args.prompt, mode=args.mode, device=device, on_case=on_case)
     report["adapter"] = str(args.adapter) if args.adapter else None
     print(f"Mean over {report['cases']} case(s), {args.prompt} prompts, {args.mode}: "
           + ", ".join(f"{r} Dice {v['dice']:.3f} HD95 {v['hd95']:.1f} mm" for r, v in report["mean"].items())
@@ -127,6 +142,11 @@ def _evaluate(args) -> int:
         summary["data"] = str(args.data_dir)
         record_metrics(resolve_bundle(args.bundle), args.record, summary)
         print(f"Recorded as metrics '{args.record}' in the bundle's manifest.")
+    if args.plot:
+        from SAMBACore.plots import plot_dice
+
+        title = f"{args.bundle}, {args.prompt} boxes, {args.mode}: Dice per region, one dot per case ({report['cases']})"
+        print(f"Dice plot: {plot_dice(report['per_case'], args.plot, title)}")
     if args.json:
         print(json.dumps(report))
     return 0
@@ -164,6 +184,9 @@ def register(commands, train, bench) -> None:
                          "for a batch, a folder for CASE-agreement.nrrd files)")
     segment.add_argument("--volumes", type=Path, help="also write the sub-region volumes in mL, a row per case, as a "
                          "table (.csv or .tsv)")
+    segment.add_argument("--preview", type=Path, metavar="OUT.png", help="also write a picture: axial, coronal and "
+                         "sagittal slices through the tumour with the segment outlines and volumes (and the truth's "
+                         "outlines when the case has a seg file); for a batch, a folder for CASE.png files")
     segment.set_defaults(run=_segment)
 
     evaluate = commands.add_parser("evaluate", help="score a bundle on labelled BraTS cases (Dice, HD95 per region)")
@@ -176,6 +199,10 @@ def register(commands, train, bench) -> None:
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--json", action="store_true", help="also print the full report as one JSON line")
     evaluate.add_argument("--record", metavar="NAME", help="store the means in the bundle's manifest under metrics.NAME")
+    evaluate.add_argument("--plot", type=Path, metavar="OUT.png", help="also draw Dice per region per case (a box "
+                          "plot with one dot per case) as a PNG")
+    evaluate.add_argument("--preview", type=Path, metavar="DIR", help="also write a preview picture of each case, "
+                          "result and truth side by side, as DIR/CASE.png")
     evaluate.set_defaults(run=_evaluate)
 
     def training_parser(component, help_text):
