@@ -267,7 +267,8 @@ def write_preview(path, images: Mapping[str, np.ndarray], labels: np.ndarray, ij
                            bbox_to_anchor=(0.5, 0.08 / height_in), labelcolor=TEXT, handlelength=1.8)
     legend.set_in_layout(False)
     # Grey images keep every colour in a 256-colour palette (a smaller file); a colour photo does not.
-    save_figure(figure, path, dpi=DPI, palette=all(np.ndim(images[c]) == 3 for c in rows_shown))
+    grey = all(np.ndim(images[c]) == 3 for c in rows_shown)
+    save_figure(figure, path, dpi=DPI, grey_palette=tuple(s.color for s in segments.values()) if grey else None)
 
     width, height = round(width_in * DPI), round(height_in * DPI)
     panels = []
