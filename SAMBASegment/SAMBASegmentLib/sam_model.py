@@ -2,7 +2,8 @@
 
 The official shapes ("vit_b", "vit_l", "vit_h") match segment_anything/build_sam.py exactly, but
 no checkpoint is read here: the project loads weights itself, safely. "small" is a little SAM
-(global attention, 256 px input by default) for CPU demos and tests.
+(global attention, 256 px input by default) for CPU demos and tests. "litemedsam" is LiteMedSAM
+(litemedsam.py: a TinyViT encoder with SAM's prompt encoder and mask decoder, 256 px).
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def build_sam(config: dict) -> Sam:
     Build under `with torch.device("meta"):` to get the structure without allocating weights.
     """
     kind = config.get("type", "small")
+    if kind == "litemedsam":
+        from SAMBASegmentLib.litemedsam import build_litemedsam  # imports timm: only when asked for
+
+        return build_litemedsam()
     if kind in OFFICIAL:
         shape = OFFICIAL[kind]
         return _assemble(
@@ -51,7 +56,7 @@ def build_sam(config: dict) -> Sam:
             prompt_embed_dim=256, mlp_dim=2048, decoder_heads=8,
         )
     if kind != "small":
-        raise ValueError(f"unknown SAM type {kind!r}; expected small, vit_b, vit_l or vit_h")
+        raise ValueError(f"unknown SAM type {kind!r}; expected small, litemedsam, vit_b, vit_l or vit_h")
     c = {**SMALL_DEFAULT, **config}
     return _assemble(
         img_size=c["img_size"], patch_size=c["patch_size"], embed_dim=c["embed_dim"], depth=c["depth"],

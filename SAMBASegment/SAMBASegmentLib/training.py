@@ -19,7 +19,7 @@ from SAMBACore.bundles import load_bundle, load_state_dict, save_bundle
 from SAMBASegmentLib import localizer, sam_training, voting
 from SAMBASegmentLib.pipeline import run_samba
 from SAMBASegmentLib.sam_model import SMALL_DEFAULT, build_sam
-from SAMBASegmentLib.samba_bundle import load_samba_models
+from SAMBASegmentLib.samba_bundle import backbone_state_dict, load_samba_models, trained_on_backbone
 
 Progress = Callable[[str], None]
 
@@ -61,6 +61,23 @@ def _update_bundle(bundle_dir, name: str, kind: str, config: dict, state: dict, 
     return save_bundle(bundle_dir, base, states)
 
 
+def copy_component(source, bundle_dir, name: str, half: bool = False):
+    """Take component `name` (weights, config and how it was trained) from bundle `source` into
+    `bundle_dir`: for a head that does not depend on the SAM, such as the YOLO localizer. `half`
+    stores its float tensors as float16 (half the size; loading casts them back to float32)."""
+    from SAMBASegmentLib.samba_bundle import resolve_bundle
+
+    origin = load_bundle(resolve_bundle(source))
+    component = origin.component(name)
+    record = {"copied_from": f"{origin.manifest.get('name', origin.path.name)} (sha256 {component.sha256})"
+                             + (", stored as float16" if half else ""),
+              **origin.manifest.get("training", {}).get(name, {})}
+    state = load_state_dict(origin, name)
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    return _update_bundle(bundle_dir, name, component.kind, component.config, state, record)
+
+
 def train_yolo(data_dir, bundle_dir, epochs: int = 30, seed: int = 0, batch: int = 16, device: str = "cpu",
                views=("axial", "coronal", "sagittal"), command: str = "", log: Progress = print):
     cases = _load_cases(data_dir, log)
@@ -75,23 +92,38 @@ def train_yolo(data_dir, bundle_dir, epochs: int = 30, seed: int = 0, batch: int
     return _update_bundle(bundle_dir, "yolo", "yolo", localizer.CONFIG, localizer.detector_state_dict(yolo), record)
 
 
+def backbone_config(name: str) -> dict:
+    """The sam config of a bundle built on a pretrained backbone: only its heads are stored."""
+    from SAMBASegmentLib import litemedsam
+
+    if name != "litemedsam":
+        raise ValueError(f"Unknown backbone {name!r}: the pretrained backbone available is litemedsam.")
+    return {"type": "litemedsam", "backbone": {"name": "litemedsam", "sha256": litemedsam.CHECKPOINT_SHA256,
+                                               "package": litemedsam.PACKAGE, "source": litemedsam.SOURCE}}
+
+
 def train_sam(data_dir, bundle_dir, steps: int = 2000, seed: int = 0, batch: int = 8, lr: float = 3e-4,
               train_encoder: bool = True, multimask: bool = False, sam_config: dict | None = None,
-              device: str = "cpu", command: str = "", log: Progress = print):
-    """The small SAM from scratch (train_encoder True) or, with an existing 'sam' in the bundle, its decoder."""
-    cases = _load_cases(data_dir, log)
+              device: str = "cpu", command: str = "", log: Progress = print, backbone: str | None = None):
+    """The small SAM from scratch (train_encoder True) or, with an existing 'sam' in the bundle, its decoder.
+    `backbone` (litemedsam): start a new sam component from that pretrained backbone (replacing one the
+    bundle had); with steps 0 it is used as it was pretrained."""
+    cases = _load_cases(data_dir, log) if steps else []
     torch.manual_seed(seed)
-    existing = Path(bundle_dir, "manifest.json").exists() and "sam" in load_bundle(bundle_dir).components
+    if backbone:
+        sam_config = backbone_config(backbone)
+    existing = not backbone and Path(bundle_dir, "manifest.json").exists() and "sam" in load_bundle(bundle_dir).components
     earlier = None
     if existing:
         bundle = load_bundle(bundle_dir)
         earlier = bundle.manifest.get("training", {}).get("sam")
         sam_config = bundle.component("sam").config
-        sam = build_sam(sam_config)
-        sam.load_state_dict(load_state_dict(bundle, "sam"))
+        sam = load_samba_models(bundle_dir).sam  # with its backbone, if it has one
     else:
         sam_config = sam_config or SMALL_DEFAULT
         sam = build_sam(sam_config)
+        if sam_config.get("backbone"):  # fine-tune from the pretrained weights, not from scratch
+            sam.load_state_dict(backbone_state_dict(sam_config["backbone"]))
     sam.to(device)
     samples = [s for images, labels in cases for s in sam_training.samples_from_case(images, labels, multimask=multimask)]
     log(f"training SAM ({'encoder and decoder' if train_encoder else 'decoder'}) on {len(samples)} slices, {steps} steps")
@@ -100,37 +132,44 @@ def train_sam(data_dir, bundle_dir, steps: int = 2000, seed: int = 0, batch: int
         if step % 50 == 0 or step == steps - 1:
             log(f"step {step + 1}/{steps} loss {loss:.3f}")
 
-    sam_training.train_sam(sam, samples, steps, batch=batch, lr=lr, train_encoder=train_encoder,
-                           multimask=multimask, seed=seed, progress=report)
+    if steps:
+        sam_training.train_sam(sam, samples, steps, batch=batch, lr=lr, train_encoder=train_encoder,
+                               multimask=multimask, seed=seed, progress=report)
     record = {"command": command, "cases": len(cases), "slices": len(samples), "steps": steps, "seed": seed,
               "batch": batch, "lr": lr, "trained": "encoder+decoder" if train_encoder else "decoder",
               "mode": "samba-mc" if multimask else "samba", "box_jitter_px": sam_training.MAX_JITTER}
+    if not steps:
+        record["trained"] = "nothing: the backbone as it was pretrained"
+    if backbone:
+        record["starting_from"] = sam_config["backbone"]
     if earlier:
         record["starting_from"] = earlier  # how the weights this run started from were made
-    state = {k: v.detach().float().cpu().contiguous() for k, v in sam.state_dict().items()}
-    return _update_bundle(bundle_dir, "sam", "sam", sam_config, state, record)
+    return _update_bundle(bundle_dir, "sam", "sam", sam_config, trained_on_backbone(sam.state_dict(), sam_config), record)
 
 
-def sam_votes_for_training(models, images, labels, device: str = "cpu") -> np.ndarray:
+def sam_votes_for_training(models, images, labels, device: str = "cpu", preset: str = "auto") -> np.ndarray:
     """The 12 SAM votes the voting net will see: from YOLO boxes when the bundle has YOLO (as at
-    inference), otherwise from the true whole-tumour boxes."""
+    inference), otherwise from the true whole-tumour boxes; those the preset does not run filled in
+    as at inference."""
     if models.yolo is not None:
         prompt, mask = "yolo", None
     else:
         prompt, mask = "mask", region_masks(labels)["WT"]
     no_fusion = type(models)(models.sam, models.yolo, None)
-    result = run_samba(images, no_fusion, prompt=prompt, mask=mask, device=device, keep_votes=True)
-    return result.votes
+    result = run_samba(images, no_fusion, prompt=prompt, mask=mask, device=device, keep_votes=True, preset=preset)
+    return result.votes, result.preset
 
 
 def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: int = 64, batch: int = 2,
-                 lr: float = 3e-3, device: str = "cpu", command: str = "", log: Progress = print):
+                 lr: float = 3e-3, device: str = "cpu", command: str = "", log: Progress = print, preset: str = "auto"):
     cases = _load_cases(data_dir, log)
     models = load_samba_models(bundle_dir, device)
-    samples = []
+    samples, presets = [], set()
     for index, (images, labels) in enumerate(cases):
         log(f"SAM votes for case {index + 1}/{len(cases)}")
-        samples.append((voting.voting_inputs(images, sam_votes_for_training(models, images, labels, device)), labels))
+        votes, ran = sam_votes_for_training(models, images, labels, device, preset)
+        samples.append((voting.voting_inputs(images, votes), labels))
+        presets.add(ran)
     torch.manual_seed(seed)
     net = voting.build_voting_net()
 
@@ -141,6 +180,6 @@ def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: i
     voting.train_voting(net, samples, steps, patch=(patch,) * 3, batch=batch, lr=lr, seed=seed, device=device, progress=report)
     record = {"command": command, "cases": len(cases), "steps": steps, "seed": seed, "patch": patch, "batch": batch,
               "lr": lr, "votes_from": "yolo boxes" if models.yolo is not None else "true whole-tumour boxes",
-              "modalities": list(MODALITIES)}
+              "modalities": list(MODALITIES), "preset": ",".join(sorted(presets))}
     state = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
     return _update_bundle(bundle_dir, "voting", "voting", voting.CONFIG, state, record)

