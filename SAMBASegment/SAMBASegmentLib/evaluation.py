@@ -24,9 +24,15 @@ def truth_roi(labels: np.ndarray, margin: int = 5):
 
 
 def evaluate(models: SambaModels, data_dir, prompt: str = "yolo", mode: str = "samba", roi_margin: int = 5,
-             device: str = "cpu", log: Callable[[str], None] = print, on_case=None) -> dict:
+             device: str = "cpu", log: Callable[[str], None] = print, on_case=None, preset: str = "auto") -> dict:
+    ran = set()
+
     def segment(images, truth, files):
         roi = truth_roi(truth, roi_margin) if prompt == "roi" and truth.any() else None
-        return run_samba(images, models, prompt=prompt, mode=mode, roi=roi, cache=EmbeddingCache(), device=device).labels, {}
+        result = run_samba(images, models, prompt=prompt, mode=mode, roi=roi, cache=EmbeddingCache(), device=device,
+                           preset=preset)
+        ran.add(result.preset)
+        return result.labels, {}
 
-    return {"prompt": prompt, "mode": mode, **score_cases(data_dir, segment, log, on_case)}
+    scores = score_cases(data_dir, segment, log, on_case)
+    return {"prompt": prompt, "mode": mode, "preset": ",".join(sorted(ran)), **scores}

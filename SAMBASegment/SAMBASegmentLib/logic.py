@@ -108,6 +108,7 @@ class Request:
     mask: np.ndarray | None = None
     device: str = "cpu"
     volume_key: str = "case"
+    preset: str = "auto"  # which contrasts and views vote (pipeline.PRESETS)
     options: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # e.g. a volume was resampled: show them to the user
 
@@ -126,7 +127,8 @@ class SAMBASegmentCore:
         return self._models[key]
 
     def prepare(self, nodes: dict, method: str = "samba", bundle: str = "phantom-demo", prompt: str = "yolo",
-                mode: str = "samba", roi_node=None, prompt_segmentation=None, device: str = "cpu") -> Request:
+                mode: str = "samba", roi_node=None, prompt_segmentation=None, device: str = "cpu",
+                preset: str = "auto") -> Request:
         if method not in METHODS:
             raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
         images, warnings = arrays_from_nodes(nodes)
@@ -137,7 +139,7 @@ class SAMBASegmentCore:
             keys = {s.key: v for v, s in LABEL_SEGMENTS.items()}
             mask = region_masks(bridge.labels_from_segmentation(prompt_segmentation, reference, keys))["WT"]
         key = "|".join(f"{nodes[m].GetID()}@{nodes[m].GetImageData().GetMTime()}" for m in MODALITIES)
-        return Request(images, method, bundle, prompt, mode, roi, mask, device, key, warnings=warnings)
+        return Request(images, method, bundle, prompt, mode, roi, mask, device, key, preset, warnings=warnings)
 
     def compute(self, request: Request, progress: Progress | None = None) -> SambaResult:
         if request.method == "threshold":
@@ -146,7 +148,7 @@ class SAMBASegmentCore:
         models = self.models(request.bundle, request.device)
         return run_samba(request.images, models, prompt=request.prompt, mode=request.mode, roi=request.roi,
                          mask=request.mask, cache=self.cache, volume_key=request.volume_key,
-                         device=request.device, progress=progress)
+                         device=request.device, progress=progress, preset=request.preset)
 
     def finish(self, scene, result: SambaResult, reference, output=None, name: str = "Tumour segmentation",
                agreement: bool = False, volume_table: bool = False) -> Outputs:

@@ -1,7 +1,8 @@
 """The SAMBA pipeline on one case: prompts per slice, SAM per modality and view, fusion.
 
 1. Prompts per view: the YOLO box on each FLAIR slice (reused for all four modalities, as the
-   paper), or a user ROI projected onto every slice it crosses, or boxes from a segmentation.
+   paper), or a user ROI (one 3D box: its middle slice first, then each next slice boxed from its
+   neighbour's mask, propagation.py), or boxes from a segmentation.
 2. SAM on every slice that has a box, per modality and view: 12 binary vote volumes
    (SAMBA-mc: 12 votes for each of WT, TC, ET).
 3. Fusion: the voting network on the 4 images + 12 votes; for SAMBA-mc, the majority of the
@@ -20,12 +21,19 @@ import numpy as np
 from SAMBACore.brats import MODALITIES, SNFH
 from SAMBASegmentLib import localizer, voting
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask, boxes_from_roi
+from SAMBASegmentLib.propagation import propagate_stack
 from SAMBASegmentLib.sam_runner import EmbeddingCache, segment_stack
 from SAMBASegmentLib.samba_bundle import SambaModels
 from SAMBASegmentLib.slices import VIEWS, from_view_slices, normalise_slices, view_slices
 
 PROMPTS = ("yolo", "roi", "mask")
 MODES = ("samba", "samba-mc")
+ALL_VOTES = tuple((m, v) for m in MODALITIES for v in VIEWS)  # vote m * 3 + v: modality-major
+# Which (modality, view) pairs SAM runs on. "all" is the paper's 12 votes. "fast" is for a CPU, where
+# LiteMedSAM's encoder costs about a second a slice: FLAIR (where the whole tumour is defined) in two
+# views and T1CE (where enhancement is) axially; the votes not run are filled in (fill_missing_votes).
+PRESETS = {"all": ALL_VOTES,
+           "fast": (("flair", "axial"), ("flair", "coronal"), ("t1ce", "axial"))}
 
 
 class Cancelled(Exception):
@@ -39,6 +47,7 @@ class SambaResult:
     boxes: dict[str, int]  # view -> number of slices prompted
     seconds: dict[str, float] = field(default_factory=dict)
     votes: np.ndarray | None = None  # (12, K, J, I) whole-tumour votes, when asked for (training)
+    preset: str = "all"  # which votes SAM ran (PRESETS)
 
     @property
     def tumour_found(self) -> bool:
@@ -65,14 +74,47 @@ def prompt_boxes(models: SambaModels, images: dict[str, np.ndarray], view: str, 
     raise ValueError(f"Unknown prompt source {prompt!r}: choose one of {', '.join(PROMPTS)}.")
 
 
+PRESET_CHOICES = ("auto", *PRESETS)
+
+
+def choose_preset(preset: str, sam, device: str) -> str:
+    """auto: every vote on a GPU, or with a SAM whose encoder is cheap on a CPU (the small phantom
+    SAM's 16 x 16 embedding); 'fast' for a 64 x 64-embedding encoder (LiteMedSAM, ViT) on a CPU."""
+    if preset not in PRESET_CHOICES:
+        raise ValueError(f"Unknown preset {preset!r}: choose one of {', '.join(PRESET_CHOICES)}.")
+    if preset != "auto":
+        return preset
+    height, width = sam.prompt_encoder.image_embedding_size
+    return "all" if str(device).startswith("cuda") or height * width < 4096 else "fast"
+
+
+def fill_missing_votes(votes: np.ndarray, computed: tuple[tuple[str, str], ...]) -> np.ndarray:
+    """Votes that were not run, filled in place from those that were, so the voting net sees 12: the
+    same modality's majority over the views it has, else the majority of that view's other modalities,
+    else of every computed vote."""
+    index = {pair: i for i, pair in enumerate(ALL_VOTES)}
+    done = [index[p] for p in computed]
+    for m, v in ALL_VOTES:
+        if (m, v) in computed:
+            continue
+        same_modality = [index[(m, w)] for w in VIEWS if (m, w) in computed]
+        same_view = [index[(n, v)] for n in MODALITIES if (n, v) in computed]
+        source = same_modality or same_view or done
+        votes[index[(m, v)]] = votes[source].mean(axis=0) > 0.5 if len(source) > 1 else votes[source[0]]
+    return votes
+
+
 def sam_votes(images: dict[str, np.ndarray], sam, boxes: dict[str, Boxes], multimask: bool = False,
               cache: EmbeddingCache | None = None, volume_key: str = "case", segment=None,
-              progress: Callable[[float, str], None] | None = None) -> np.ndarray:
+              progress: Callable[[float, str], None] | None = None, propagate: bool = False,
+              pairs: tuple[tuple[str, str], ...] = ALL_VOTES) -> np.ndarray:
     """SAM on every prompted slice, per modality and view: (12, 1 or 3, K, J, I) bool votes.
 
     Vote m * 3 + v is modality m in view v (MODALITIES x VIEWS); a view missing from `boxes` gets
     no votes. `segment(sam, slices, boxes, multimask)` replaces the batched runner (the benchmark
-    passes SamPredictor's naive loop, so both see exactly the same slices and boxes).
+    passes SamPredictor's naive loop, so both see exactly the same slices and boxes). `propagate`:
+    the boxes are one ROI's projection; each stack is prompted from the middle out (propagation.py).
+    `pairs`: the (modality, view) pairs SAM runs on (a preset); the other votes are filled in.
     """
     report = progress or (lambda fraction, message: None)
     shape = images["flair"].shape
@@ -80,6 +122,8 @@ def sam_votes(images: dict[str, np.ndarray], sam, boxes: dict[str, Boxes], multi
     for v, view in enumerate(VIEWS):
         view_boxes = boxes.get(view, {})
         for m, modality in enumerate(MODALITIES):
+            if (modality, view) not in pairs:
+                continue
             report((v + m / len(MODALITIES)) / len(VIEWS), f"{view}: SAM on {modality} ({len(view_boxes)} slices)")
             if not view_boxes:
                 continue
@@ -87,21 +131,23 @@ def sam_votes(images: dict[str, np.ndarray], sam, boxes: dict[str, Boxes], multi
             prompted = np.zeros(stack.shape + (3,), np.uint8)  # unprompted slices are never read
             indices = sorted(view_boxes)
             prompted[indices] = normalise_slices(stack[indices])
-            if segment is None:
+            if propagate:
+                masks, _ = propagate_stack(sam, prompted, view_boxes, cache, (volume_key, modality, view), multimask)
+            elif segment is None:
                 masks = segment_stack(sam, prompted, view_boxes, cache, (volume_key, modality, view), multimask=multimask)
             else:
                 masks = segment(sam, prompted, view_boxes, multimask)
             masks = masks if multimask else masks[:, None]
             votes[m * len(VIEWS) + v] = np.stack([from_view_slices(masks[:, c], view) for c in range(masks.shape[1])])
-    return votes
+    return fill_missing_votes(votes, tuple(pairs)) if set(pairs) != set(ALL_VOTES) else votes
 
 
 def fuse_votes(images: dict[str, np.ndarray], votes: np.ndarray, models: SambaModels, multimask: bool,
-               device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+               device: str = "cpu", pairs: tuple[tuple[str, str], ...] = ALL_VOTES) -> tuple[np.ndarray, np.ndarray]:
     """(labels, agreement) from the votes of sam_votes: the voting net (binary), or the majority per
-    region (SAMBA-mc)."""
+    region (SAMBA-mc). The agreement is over the votes SAM really ran (`pairs`), none filled in."""
     whole_votes = votes[:, 0]
-    agreement = whole_votes.mean(axis=0, dtype=np.float32)
+    agreement = whole_votes[[ALL_VOTES.index(p) for p in pairs]].mean(axis=0, dtype=np.float32)
     if multimask:
         labels = voting.regions_to_labels(votes.mean(axis=0) > 0.5)
     elif models.voting is None:  # votes only wanted (training the voting net): whole tumour as a stand-in
@@ -123,18 +169,21 @@ def run_samba(
     device: str = "cpu",
     progress: Callable[[float, str], None] | None = None,
     keep_votes: bool = False,
+    preset: str = "auto",
 ) -> SambaResult:
     """Segment one case. `roi` is ((k, j, i) min, (k, j, i) max) voxel corners, inclusive.
 
     `cache` keeps SAM's slice embeddings between runs on the same `volume_key`, so a second run
     with another ROI only encodes slices it has not seen. `progress(fraction, message)` may raise
-    Cancelled.
+    Cancelled. `preset`: which modalities and views SAM runs on (PRESETS; auto: choose_preset).
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
     if mode == "samba" and models.voting is None and not keep_votes:
         raise ValueError("This bundle has no voting network to split the tumour into sub-regions: "
                          "use mode samba-mc, or a bundle with a voting network.")
+    preset = choose_preset(preset, models.sam, device)
+    pairs = PRESETS[preset]
     report = progress or (lambda fraction, message: None)
     multimask = mode == "samba-mc"
     seconds: dict[str, float] = {}
@@ -143,21 +192,23 @@ def run_samba(
     boxes = {}
     for v, view in enumerate(VIEWS):
         report(v / len(VIEWS) * 0.1, f"{view}: finding the tumour on each slice")
-        boxes[view] = prompt_boxes(models, images, view, prompt, roi, mask, device)
+        wanted = any(w == view for _, w in pairs)  # a view no vote of the preset uses needs no boxes
+        boxes[view] = prompt_boxes(models, images, view, prompt, roi, mask, device) if wanted else {}
     seconds["prompts"] = time.perf_counter() - started
 
     started = time.perf_counter()
     votes = sam_votes(images, models.sam, boxes, multimask, cache, volume_key,
-                      progress=lambda fraction, message: report(0.1 + 0.75 * fraction, message))
+                      progress=lambda fraction, message: report(0.1 + 0.75 * fraction, message),
+                      propagate=prompt == "roi", pairs=pairs)
     seconds["sam"] = time.perf_counter() - started
 
     report(0.85, "Fusing the votes")
     started = time.perf_counter()
     counts = {view: len(view_boxes) for view, view_boxes in boxes.items()}
     if any(counts.values()):
-        labels, agreement = fuse_votes(images, votes, models, multimask, device)
+        labels, agreement = fuse_votes(images, votes, models, multimask, device, pairs)
     else:  # no slice had a prompt: nothing to fuse, and no tumour to report
         labels, agreement = np.zeros(votes.shape[2:], np.uint8), np.zeros(votes.shape[2:], np.float32)
     seconds["fusion"] = time.perf_counter() - started
     report(1.0, "Done" if labels.any() else "No tumour found")
-    return SambaResult(labels, agreement, counts, seconds, votes[:, 0] if keep_votes else None)
+    return SambaResult(labels, agreement, counts, seconds, votes[:, 0] if keep_votes else None, preset)
