@@ -87,7 +87,7 @@ class SAMBASegmentParameterNode:
     promptSegmentation: vtkMRMLSegmentationNode
     mode: Annotated[str, Choice(["samba", "samba-mc"])] = "samba"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    preset: Annotated[str, Choice(["auto", "all", "fast"])] = "auto"
+    preset: Annotated[str, Choice(["auto", "all", "balanced", "fast"])] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
     agreementMap: bool = True
     volumeTable: bool = True

@@ -113,3 +113,43 @@ def test_batched_runner_equals_litemedsams_own_per_slice_inference(sam, shape, m
         agree = 2 * (fast[index] & reference[index]).sum() / (fast[index].sum() + reference[index].sum())
         assert agree > 0.999, (index, agree)
     assert not fast[1].any()
+
+
+def test_the_bundled_litemedsam_samba_is_the_pretrained_backbone_with_its_heads(cache, monkeypatch):
+    from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
+
+    monkeypatch.setenv("SLICER_SAMBA_CACHE", str(cache))
+    models = load_samba_models(resolve_bundle("litemedsam-samba"))
+    assert isinstance(models.sam, litemedsam.LiteMedSam) and models.yolo is not None and models.voting is not None
+    assert models.whole_tumour_from_votes  # the phantom-trained voting net only splits SAM's tumour
+    pretrained = litemedsam.pretrained_state_dict(cache)
+    assert all(torch.equal(v, pretrained[k]) for k, v in models.sam.state_dict().items())
+
+
+def test_heads_made_for_another_backbone_checkpoint_are_refused_naming_both(tmp_path):
+    from SAMBASegmentLib.samba_bundle import backbone_state_dict
+
+    with pytest.raises(BundleError) as error:
+        backbone_state_dict({"name": "litemedsam", "sha256": "ab" * 32})
+    assert "ab" * 32 in str(error.value) and litemedsam.CHECKPOINT_SHA256 in str(error.value)
+    with pytest.raises(BundleError, match="unknown SAM backbone 'sam2'"):
+        backbone_state_dict({"name": "sam2", "sha256": "ab" * 32})
+
+
+def test_a_bundle_on_the_backbone_stores_only_what_training_changed(sam, cache, monkeypatch, tmp_path):
+    from SAMBASegmentLib.samba_bundle import SambaModels, load_samba_models, save_samba_bundle
+    from SAMBASegmentLib.training import backbone_config
+
+    monkeypatch.setenv("SLICER_SAMBA_CACHE", str(cache))
+    tuned = build_sam({"type": "litemedsam"})
+    tuned.load_state_dict(sam.state_dict())
+    with torch.no_grad():
+        tuned.mask_decoder.iou_token.weight += 0.5  # "training" changed one tensor
+    manifest = {"name": "t", "version": "0", "description": "d", "licence": "Apache-2.0", "intended_use": "tests",
+                "preprocessing": {}, "labels": {}, "training": {}, "metrics": {}}
+    save_samba_bundle(tmp_path / "b", SambaModels(tuned, None, None), {"sam": backbone_config("litemedsam")}, manifest)
+    from safetensors.torch import load_file
+
+    assert list(load_file(str(tmp_path / "b" / "sam.safetensors"))) == ["mask_decoder.iou_token.weight"]
+    loaded = load_samba_models(tmp_path / "b").sam
+    assert all(torch.equal(v, tuned.state_dict()[k]) for k, v in loaded.state_dict().items())

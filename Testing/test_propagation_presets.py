@@ -1,4 +1,5 @@
-"""One drawn ROI to per-slice prompts by propagation, and the presets that choose which votes run.
+"""One drawn ROI to per-slice prompts by propagation, the presets that choose which votes run, and
+fusion that keeps the votes' whole tumour.
 
 Propagation's logic is checked with an oracle in place of SAM's decoder (a named stand-in: it
 returns the true tumour inside the box it is given), so what is tested is which boxes are asked
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from SAMBACore.brats import ET, NETC, SNFH
 from SAMBASegmentLib import propagation, voting
 from SAMBASegmentLib.pipeline import ALL_VOTES, PRESETS, choose_preset, fill_missing_votes, run_samba
 from SAMBASegmentLib.prompts import boxes_from_roi
@@ -90,7 +92,7 @@ def test_fill_missing_votes_from_the_same_modality_then_the_same_view():
     votes[index[("flair", "axial")]] = flair_axial
     votes[index[("flair", "coronal")]] = flair_coronal
     votes[index[("t1ce", "axial")]] = t1ce_axial
-    filled = fill_missing_votes(votes.copy(), PRESETS["fast"])
+    filled = fill_missing_votes(votes.copy(), PRESETS["balanced"])
     # FLAIR sagittal: the majority of FLAIR's two views (ties count as not tumour)
     np.testing.assert_array_equal(filled[index[("flair", "sagittal")]], flair_axial & flair_coronal)
     np.testing.assert_array_equal(filled[index[("t1ce", "coronal")]], t1ce_axial)  # T1CE's only view
@@ -98,7 +100,7 @@ def test_fill_missing_votes_from_the_same_modality_then_the_same_view():
     np.testing.assert_array_equal(filled[index[("t1", "axial")]], flair_axial & t1ce_axial)
 
 
-def test_the_fast_preset_runs_only_its_stacks_and_reports_agreement_over_them():
+def test_the_balanced_preset_runs_only_its_stacks_and_reports_agreement_over_them():
     torch.manual_seed(0)
     models = SambaModels(build_sam(TINY_SAM).eval(), None, voting.build_voting_net().eval())
     rng = np.random.default_rng(0)
@@ -106,13 +108,13 @@ def test_the_fast_preset_runs_only_its_stacks_and_reports_agreement_over_them():
     encoded = []
     hook = models.sam.image_encoder.register_forward_hook(lambda module, args, out: encoded.append(out.shape[0]))
     try:
-        result = run_samba(images, models, prompt="roi", roi=((3, 5, 4), (8, 14, 12)), preset="fast", keep_votes=True)
+        result = run_samba(images, models, prompt="roi", roi=((3, 5, 4), (8, 14, 12)), preset="balanced", keep_votes=True)
     finally:
         hook.remove()
-    assert result.preset == "fast" and result.boxes["sagittal"] == 0
+    assert result.preset == "balanced" and result.boxes["sagittal"] == 0
     # propagation encodes a slice at a time, at most every ROI slice: FLAIR axial + coronal, T1CE axial
     assert 0 < sum(encoded) <= 6 + 10 + 6
-    computed = [ALL_VOTES.index(p) for p in PRESETS["fast"]]
+    computed = [ALL_VOTES.index(p) for p in PRESETS["balanced"]]
     np.testing.assert_allclose(result.agreement, result.votes[computed].mean(axis=0))
     with pytest.raises(ValueError, match="Unknown preset 'quick'"):
         run_samba(images, models, prompt="roi", roi=((3, 5, 4), (8, 14, 12)), preset="quick")
@@ -126,3 +128,10 @@ def test_auto_preset_is_all_for_the_small_sam_or_a_gpu_and_fast_for_a_64_by_64_e
     assert choose_preset("auto", big, "cpu") == "fast"
     assert choose_preset("auto", big, "cuda") == "all"
     assert choose_preset("all", big, "cpu") == "all"
+
+
+def test_within_votes_keeps_the_nets_split_inside_the_votes_tumour_only():
+    labels = np.array([[0, SNFH, NETC, ET, ET, 0]], np.uint8)
+    whole = np.array([[True, True, True, True, False, False]])
+    # outside the votes: nothing; inside but left out by the net: edema; inside: the net's label
+    np.testing.assert_array_equal(voting.within_votes(labels, whole), [[SNFH, SNFH, NETC, ET, 0, 0]])

