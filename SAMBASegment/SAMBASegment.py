@@ -40,8 +40,11 @@ class SAMBASegment(ScriptedLoadableModule):
             "tumour (ET) from the four BraTS MRI volumes (T1, T1CE, T2, FLAIR) on one voxel grid. SAMBA boxes "
             "the tumour on each slice (YOLO, or a box you draw: the more accurate choice), segments it with "
             "Segment Anything per modality and view, and fuses the 12 masks with a small voting network. "
-            "The bundled 'phantom-demo' models were trained on synthetic phantoms: they show the method "
-            "works, not how it does on patients. To try it, load Sample Data > SlicerSAMBA > BraTS phantom. "
+            "For real scans choose the bundle 'litemedsam-samba' (LiteMedSAM, pretrained on medical images) "
+            "and draw one ROI around the tumour; its sub-regions are split by a network that has seen only "
+            "phantoms, so check them. The default 'phantom-demo' models were trained on synthetic phantoms: "
+            "they show the method works, not how it does on patients. To try it, load Sample Data > "
+            "SlicerSAMBA > BraTS phantom. "
             "See https://github.com/SlicerSAMBA/SlicerSAMBA."
         )
         self.parent.acknowledgementText = (
