@@ -1,8 +1,60 @@
-"""Shared fixtures: a headless MRML scene from slicer-core, and phantom cases made once per run."""
+"""Shared fixtures: a headless MRML scene from slicer-core, the one place tests are seeded, and
+the record of the numbers learning tests assert on (for scripts/learning_spread.py)."""
 
+import json
+import os
+import random
+
+import numpy as np
 import pytest
+import torch
 
 from SAMBACore import bridge
+
+# Every test starts from this seed (torch, numpy's global RNG, Python's random). Override it to
+# measure how a test's numbers spread over seeds: SAMBA_TEST_SEED=3 pytest ...
+TEST_SEED = int(os.environ.get("SAMBA_TEST_SEED", "0"))
+# SAMBA_TEST_THREADS=N runs every test with N torch threads, to measure the spread over thread
+# counts; unset, the tests that pin threads (one_thread) use 1 and the others torch's default.
+THREADS = os.environ.get("SAMBA_TEST_THREADS")
+PINNED_THREADS = int(THREADS or 1)
+
+
+def _seed_everything():
+    random.seed(TEST_SEED)
+    np.random.seed(TEST_SEED)
+    torch.manual_seed(TEST_SEED)
+    if THREADS:
+        torch.set_num_threads(int(THREADS))
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    """Seeds before every test: its numbers do not depend on which tests ran before it."""
+    _seed_everything()
+
+
+@pytest.fixture(scope="session")
+def reseed():
+    """reseed(): the same seeding, for a module- or session-scoped fixture that makes something
+    random (a bundle of random weights made once): it is made alike whichever test asks first."""
+    return _seed_everything
+
+
+@pytest.fixture
+def measured(request):
+    """measured(name, value): a number the test asserts on, appended as one JSON line to the file
+    that SAMBA_MEASUREMENTS names (nothing when unset), with the seed, threads and CPU kernels."""
+    path = os.environ.get("SAMBA_MEASUREMENTS")
+
+    def record(name: str, value) -> None:
+        if path:
+            entry = {"test": request.node.nodeid, "name": name, "value": value, "seed": TEST_SEED,
+                     "threads": torch.get_num_threads(), "kernels": torch.backends.cpu.get_cpu_capability()}
+            with open(path, "a") as stream:
+                stream.write(json.dumps(entry) + "\n")
+
+    return record
 
 
 @pytest.fixture
@@ -13,13 +65,14 @@ def scene():
     scene.Clear(True)
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: tiny models gain nothing from two, and OpenMP threads fighting a busy
-    2-core machine for cores cost far more than they give."""
-    import torch
-
+def _pinned_threads():
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(PINNED_THREADS)
     yield
     torch.set_num_threads(threads)
+
+
+# One torch thread: tiny models gain nothing from two, and OpenMP threads fighting a busy 2-core
+# machine for cores cost far more than they give. one_thread_module for module-scoped fixtures.
+one_thread = pytest.fixture(_pinned_threads, name="one_thread")
+one_thread_module = pytest.fixture(_pinned_threads, name="one_thread_module", scope="module")

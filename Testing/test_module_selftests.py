@@ -19,11 +19,31 @@ def app_scene(monkeypatch):
     scene.Clear(True)
 
 
+def _measuring(name, run_self_test, measured):
+    """The module's self-test body, recording the numbers it asserts on (conftest.py's `measured`);
+    LoRA Trainer's is run with the test seed, so that scripts/learning_spread.py can vary it."""
+    from conftest import TEST_SEED
+
+    def run(*args, **kwargs):
+        if name == "LoRATrainer":
+            kwargs["seed"] = TEST_SEED
+        result = run_self_test(*args, **kwargs)
+        if name == "LoRATrainer":
+            measured("dice_gain", result["final"] - result["base"])
+            measured("loss_drop", result["loss"][0] - result["loss"][-1])
+        else:
+            measured("wt_dice", result["WT"]["dice"])
+        return result
+
+    return run
+
+
 @pytest.mark.parametrize("name", MODULES)
-def test_module_self_test_passes(name, app_scene):
+def test_module_self_test_passes(name, app_scene, measured, monkeypatch):
     module = import_module_file(name)
     for suffix in ("", "Widget", "Logic", "Test"):
         assert hasattr(module, name + suffix)
+    monkeypatch.setattr(module, "run_self_test", _measuring(name, module.run_self_test, measured))
     result = getattr(module, name + "Test")().run()
     assert result.wasSuccessful(), result.failures + result.errors
     assert result.testsRun == 1
