@@ -73,7 +73,6 @@ def train_on_two_ranks(tmp_path, trainer: str, cli_args: list[str]) -> dict:
 
 
 def test_sam_lora_on_two_gloo_ranks_ends_identical_and_writes_the_adapter_once(tmp_path):
-    torch.manual_seed(0)
     manifest = {"name": "tiny", "version": "0", "description": "random", "licence": "Apache-2.0", "intended_use": "tests",
                 "preprocessing": {}, "labels": {}, "training": {}, "metrics": {}}
     save_samba_bundle(tmp_path / "bundle", SambaModels(build_sam(TINY), None, None), {"sam": TINY}, manifest)
@@ -88,7 +87,7 @@ def test_sam_lora_on_two_gloo_ranks_ends_identical_and_writes_the_adapter_once(t
 
 
 def test_unet_lora_on_two_gloo_ranks_ends_identical_and_writes_the_adapter_once(tmp_path):
-    make_bundle(tmp_path / "bundle", "tiny-unets", 0, components=("unet",))
+    make_bundle(tmp_path / "bundle", "tiny-unets", components=("unet",))
     write_tiny_cases(tmp_path / "train", range(2))
     write_tiny_cases(tmp_path / "val", range(2, 4))  # two validation cases: one per rank
 

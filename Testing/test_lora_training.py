@@ -22,19 +22,22 @@ from SAMBACore import bridge
 from SAMBACore.background import Cancelled
 from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, ModalityError, Segment, find_case_files, read_case
 from SAMBACore.inputs import InputError
-from SAMBACore.phantom import write_cases
+from SAMBACore.phantom import write_case
 from SAMBASegmentLib.sam_model import build_sam
 from SAMBASegmentLib.samba_bundle import SambaModels, load_samba_models, save_samba_bundle
 
 TINY = {"type": "small", "img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
         "prompt_embed_dim": 32, "mlp_dim": 64, "decoder_heads": 2}
-# Axial FLAIR slices only and a few steps: enough to see learning on a tiny model, quickly.
-SETTINGS = LoraSettings(epochs=2, steps_per_epoch=6, batch=4, lr=1e-2, views=("axial",), modalities=("flair",),
+# Axial FLAIR slices only and 60 steps: enough to see learning on a tiny model, quickly. lr 2e-3:
+# at 1e-2 the curve jumped between epochs and each CPU's rounding moved it (see LoRATrainerLib/selftest.py).
+SETTINGS = LoraSettings(epochs=2, steps_per_epoch=30, batch=4, lr=2e-3, views=("axial",), modalities=("flair",),
                         with_decoder=True, val_slices=24)
 
 
-def make_bundle(folder, name, seed):
-    torch.manual_seed(seed)
+def make_bundle(folder, name, seed=None):
+    """Random tiny SAM weights: from the test's seed (conftest.py), or from `seed` for other weights."""
+    if seed is not None:
+        torch.manual_seed(seed)
     manifest = {"name": name, "version": "0", "description": "random", "licence": "Apache-2.0", "intended_use": "tests",
                 "preprocessing": {}, "labels": {}, "training": {}, "metrics": {}}
     save_samba_bundle(folder, SambaModels(build_sam(TINY), None, None), {"sam": TINY}, manifest)
@@ -42,21 +45,25 @@ def make_bundle(folder, name, seed):
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_bundle(tmp_path_factory.mktemp("base") / "tiny", "tiny", 0)
+def bundle(tmp_path_factory, reseed):
+    reseed()  # conftest.py
+    return make_bundle(tmp_path_factory.mktemp("base") / "tiny", "tiny")
 
 
 @pytest.fixture(scope="module")
 def case_folder(tmp_path_factory):
-    """Two low-field-like phantom cases (a new 'site'), as BraTS files."""
+    """One phantom patient scanned at low field (a new 'site') and conventionally, as BraTS files:
+    the same tumour, so a tiny random SAM trained on one scan shows what it learned on the other
+    (trained on one patient and validated on another it only fits where the tumour is)."""
     folder = tmp_path_factory.mktemp("cases")
-    write_cases(folder, 2, seed=40300, lowres=True)
+    write_case(folder, "PHANTOM-40300-000", seed=40300, lowres=True)
+    write_case(folder, "PHANTOM-40300-001", seed=40300, lowres=False)
     return folder
 
 
 @pytest.fixture(scope="module")
 def cases(case_folder):
-    """One training and one validation case."""
+    """One training case (low field) and one validation case (the conventional scan)."""
     return cases_from_folder(case_folder, log=lambda m: None)
 
 
@@ -70,10 +77,17 @@ def files_of(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
-def test_training_raises_validation_dice_and_the_adapter_reproduces_it(bundle, cases, trained):
+def test_training_raises_validation_dice_and_the_adapter_reproduces_it(bundle, cases, trained, measured):
     out, info = trained
     base, final = info["validation"]["base"], info["validation"]["final"]
-    assert final > base + 0.05, info["validation"]  # measured here: 0.040 -> about 0.2
+    losses = info["training"]["loss_curve"]
+    measured("dice_gain", final - base)
+    measured("loss_drop", losses[0] - losses[-1])
+    # Measured (scripts/learning_spread.py): seed 0 gain 0.520, loss drop 0.239 with 1 or 2 threads and
+    # default or AVX2-only kernels (spread 0.001; lr 1e-2 moved the old curve by 0.2); seeds 0-2 gain
+    # 0.250-0.521, loss drop 0.239-0.466: the spread is the seeds', the thresholds sit below the worst.
+    assert final > base + 0.1, info["validation"]
+    assert losses[-1] < losses[0] - 0.1, losses
     assert len(info["validation"]["curve"]) == SETTINGS.epochs and info["data"]["train_cases"] == ["PHANTOM-40300-000"]
     saved = json.loads((out / adapters.INFO).read_text())
     assert saved["modules"]["mask_decoder"]["file"] == "mask_decoder.safetensors" and not (out / ".checkpoint").exists()

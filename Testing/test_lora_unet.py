@@ -27,21 +27,22 @@ from test_r2unet_training import write_tiny_cases
 
 TINY = {"in_channels": 4, "out_channels": 4, "widths": [4, 8]}
 STAGE2 = {"in_channels": 8, "out_channels": 4, "widths": [4, 8], "factor": 0.5}
-# Three epochs of a few 16^3 patches: enough for a random tiny U-Net to learn the tumour, in about a second.
-SETTINGS = UnetLoraSettings(epochs=3, steps_per_epoch=5, batch=2, patch=16, lr=1e-2)
+# Three epochs of ten 16^3 patch pairs: enough for LoRA on a random tiny U-Net to learn the tumour, in
+# about two seconds. lr 5e-3: at 1e-2 and 5 steps the curve jumped (one training seed fell to 0.28).
+SETTINGS = UnetLoraSettings(epochs=3, steps_per_epoch=10, batch=2, patch=16, lr=5e-3)
+# The base's weights are chosen, not the test seed's: LoRA (which keeps the base's biases) cannot move a
+# random tiny U-Net whose features are dead, and half of all seeds make one (seeds 1, 3, 5 of 0-5:
+# validation Dice stays at 0.323 whatever the lr or step count). Seed 0's base is alive.
+BASE_SEED = 0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_here():
-    """conftest's one_thread, for the module-scoped training fixtures too."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # conftest.py: for the module-scoped training too
 
 
-def make_bundle(folder, name, seed, components=("unet", "cascade_stage1", "cascade_stage2")):
-    torch.manual_seed(seed)
+def make_bundle(folder, name, seed=None, components=("unet", "cascade_stage1", "cascade_stage2")):
+    """Random tiny U-Nets: from the test's seed (conftest.py), or from `seed` for other weights."""
+    if seed is not None:
+        torch.manual_seed(seed)
     networks = {"unet": (UNet3D(4, 4, (4, 8)), TINY), "cascade_stage1": (UNet3D(4, 4, (4, 8)), TINY),
                 "cascade_stage2": (UNet3D(8, 4, (4, 8)), STAGE2)}
     save_r2unet_bundle(folder, {c: networks[c] for c in components}, manifest={**BASE_MANIFEST, "name": name})
@@ -50,7 +51,7 @@ def make_bundle(folder, name, seed, components=("unet", "cascade_stage1", "casca
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    return make_bundle(tmp_path_factory.mktemp("base") / "tiny", "tiny-unets", 0)
+    return make_bundle(tmp_path_factory.mktemp("base") / "tiny", "tiny-unets", BASE_SEED)
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +77,15 @@ def lora_parameter_count(model: nn.Module, rank: int) -> int:
                for m in model.modules() if type(m) in (nn.Conv2d, nn.Conv3d))
 
 
-def test_training_lowers_the_loss_raises_dice_and_stores_only_lora_weights(bundle, trained):
+def test_training_lowers_the_loss_raises_dice_and_stores_only_lora_weights(bundle, trained, measured):
     out, info = trained
     losses, validation = info["training"]["loss_curve"], info["validation"]
+    measured("dice_gain", validation["final"] - validation["base"])
+    measured("loss_drop", losses[0] - losses[-1])
     assert len(losses) == SETTINGS.epochs and losses[-1] < losses[0], losses
-    assert validation["final"] > validation["base"] + 0.3, validation  # measured: 0.000 -> about 0.85
+    # Measured (scripts/learning_spread.py and training seeds 0-2): 0.000 -> 0.763-0.805 (0.80-0.92 after
+    # epoch 2), loss drop 0.23-0.25; threads 1/2 and AVX2-only kernels changed nothing (spread 0.000).
+    assert validation["final"] > validation["base"] + 0.5, validation
     saved = json.loads((out / adapters.INFO).read_text())
     assert saved["base"]["bundle"] == "tiny-unets" and saved["base"]["component"] == "unet"
     assert saved["base"]["target"] == "" and not (out / ".checkpoint").exists()
@@ -128,7 +133,7 @@ def test_an_adapter_for_another_base_is_refused_naming_both(trained, tmp_path):
 
 
 def test_an_adapter_for_a_network_the_bundle_lacks_is_refused(trained, tmp_path):
-    cascade_only = make_bundle(tmp_path / "cascade", "tiny-unets", 0, components=("cascade_stage1", "cascade_stage2"))
+    cascade_only = make_bundle(tmp_path / "cascade", "tiny-unets", components=("cascade_stage1", "cascade_stage2"))
     with pytest.raises(adapters.AdapterError, match="it has no 'unet'"):
         load_r2unet_models(cascade_only, adapter=trained[0])
 
