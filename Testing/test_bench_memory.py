@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from R2UNetSegmentLib.bench_memory import format_report, run_bench
 from R2UNetSegmentLib.inference import Cascade
 from R2UNetSegmentLib.unet3d import UNet3D
@@ -13,7 +12,6 @@ from SAMBACore import cli
 
 def small_models():
     """Networks with a margin of 9 voxels, so 24-voxel patches grow to at most 43 voxels a side."""
-    torch.manual_seed(0)
     return UNet3D(4, 4, (8, 16)), Cascade(UNet3D(4, 4, (8, 16)), UNet3D(8, 4, (8, 16)))
 
 

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from SAMBACore import cli
 from SAMBASegmentLib import voting
@@ -22,9 +21,9 @@ SEED = 3
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
+def tiny_bundle(tmp_path_factory, reseed):
     """A random SAM and voting net without YOLO: the benchmark then boxes the true tumour."""
-    torch.manual_seed(0)
+    reseed()  # conftest.py
     folder = tmp_path_factory.mktemp("bench") / "bundle"
     save_samba_bundle(folder, SambaModels(build_sam(TINY_SAM), None, voting.build_voting_net()),
                       {"sam": TINY_SAM, "voting": voting.CONFIG},

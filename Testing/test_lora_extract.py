@@ -37,12 +37,12 @@ def low_rank_change(state, names, rank, scale, generator):
 
 
 @pytest.fixture(scope="module")
-def sam_pair(tmp_path_factory):
+def sam_pair(tmp_path_factory, reseed):
     """A tiny SAM base bundle and a 'full fine-tune' of it whose only change is rank 2 on each qkv."""
     from SAMBASegmentLib.sam_model import build_sam
 
     folder = tmp_path_factory.mktemp("sam")
-    torch.manual_seed(0)
+    reseed()  # conftest.py
     state = {k: v.detach().clone() for k, v in build_sam(TINY_SAM).state_dict().items()}
     qkv = [k for k in state if k.endswith("attn.qkv.weight")]
     tuned = low_rank_change(state, qkv, 2, 0.3, torch.Generator().manual_seed(1))
@@ -83,7 +83,6 @@ def test_lower_energy_gives_smaller_ranks_and_larger_error(tmp_path):
     at energy 1.0 (full rank) the adapter is exact to float precision."""
     from SAMBASegmentLib.sam_model import build_sam
 
-    torch.manual_seed(0)
     state = {k: v.detach().clone() for k, v in build_sam(TINY_SAM).state_dict().items()}
     qkv = [k for k in state if k.endswith("attn.qkv.weight")]
     tuned = low_rank_change(state, qkv, 32, 0.3, torch.Generator().manual_seed(2))
@@ -111,7 +110,6 @@ def test_conv3d_unet(tmp_path):
     from R2UNetSegmentLib.unet3d import UNet3D
 
     config = {"in_channels": 2, "out_channels": 2, "widths": [4, 8]}
-    torch.manual_seed(0)
     state = {k: v.detach().clone() for k, v in UNet3D(2, 2, (4, 8)).state_dict().items()}
     convs = [k for k in state if k.endswith(".weight") and state[k].dim() == 5 and "up." not in k]
     tuned = low_rank_change(state, convs, 2, 0.3, torch.Generator().manual_seed(3))

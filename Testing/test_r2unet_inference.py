@@ -28,7 +28,6 @@ def random_image(shape, seed=0):
 
 
 def test_patch_wise_equals_full_volume_unet3d():
-    torch.manual_seed(0)
     model = UNet3D(2, 3, (4, 8)).eval()
     # Neither a multiple of the patch (14) nor of size_multiple (2); the margin is 9, so a grown
     # window (at most 14 + 2 * 9 + 1 voxels) is smaller than the volume on every axis.
@@ -42,7 +41,6 @@ def test_patch_wise_equals_full_volume_unet3d():
 
 
 def test_patch_wise_equals_full_image_r2unet_with_attention_2d():
-    torch.manual_seed(1)
     model = R2UNet(2, 3, spatial_dims=2, base_width=4, depth=1, attention=True).eval()
     image = random_image((2, 120, 133), seed=1)  # the margin is 25: windows grow to at most 32 + 51
     full = predict_full(model, image)
@@ -101,7 +99,6 @@ def test_cascade_stages_must_fit_together():
 
 
 def test_estimate_agrees_with_measured_peak():
-    torch.manual_seed(0)
     model = UNet3D(1, 2, (16, 32)).eval()
     image = random_image((1, 80, 80, 80))  # 16 channels at full size: 33 MB a tensor, beyond malloc's heap
     estimate = estimate_peak_bytes(model, image.shape, "full")
@@ -141,7 +138,6 @@ def test_choose_mode_takes_the_fastest_that_fits():
 
 
 def test_segment_auto_labels_and_cancel():
-    torch.manual_seed(0)
     model = UNet3D(2, 3, (4, 8)).eval()
     image = random_image((2, 24, 24, 64))  # 20 windows of at most 24 x 24 x 35
     budget = estimate_peak_bytes(model, image.shape, "patch", 16)

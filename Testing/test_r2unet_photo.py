@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from R2UNetSegmentLib.inference import normalise, segment
 from R2UNetSegmentLib.logic import LESION, R2UNetSegmentCore, volumes_ml
@@ -15,8 +14,8 @@ CONFIG = {"in_channels": 3, "out_channels": 2, "spatial_dims": 2, "base_width": 
 
 
 @pytest.fixture(scope="module")
-def photo_bundle(tmp_path_factory):
-    torch.manual_seed(0)
+def photo_bundle(tmp_path_factory, reseed):
+    reseed()  # conftest.py
     model = R2UNet(**CONFIG).eval()
     folder = tmp_path_factory.mktemp("photo") / "bundle"
     save_r2unet_bundle(folder, {"r2unet": (model, CONFIG)})

@@ -19,8 +19,8 @@ TINY = {"type": "small", "img_size": 128, "embed_dim": 64, "depth": 2, "num_head
 
 
 @pytest.fixture(scope="module")
-def sam():
-    torch.manual_seed(0)
+def sam(reseed):
+    reseed()  # conftest.py
     return build_sam(TINY)
 
 

@@ -49,11 +49,10 @@ def test_samples_from_a_labelled_volume():
     assert multi[1].target.shape == (3, 8, 10) and multi[1].target[2].sum() == 1  # ET on slice k=3
 
 
-def test_small_sam_learns_box_prompted_segmentation():
+def test_small_sam_learns_box_prompted_segmentation(measured):
     rng = np.random.default_rng(0)
     train, held_out = _blob_slices(rng, 48), _blob_slices(rng, 12)
-    torch.manual_seed(0)
-    sam = build_sam(TINY)
+    sam = build_sam(TINY)  # random weights from the test's seed (conftest.py)
 
     def dice(model):
         stack = np.stack([s.image for s in held_out])
@@ -63,13 +62,17 @@ def test_small_sam_learns_box_prompted_segmentation():
     before = dice(sam)
     losses = sam_training.train_sam(sam, train, steps=120, batch=8, lr=3e-3, train_encoder=True, jitter=3)
     after = dice(sam)
+    measured("dice_before", before)
+    measured("dice_after", after)
+    measured("loss_drop", float(np.mean(losses[:10]) - np.mean(losses[-10:])))
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
+    # Measured (threads 1/2, seeds 0-2, default and AVX2-only kernels): before 0.001-0.143, after
+    # 0.969-0.981 (spread 0.012), loss drop 0.847-0.865.
     assert after > 0.8 and after > before + 0.2, (before, after)
 
 
 def test_decoder_only_training_leaves_the_encoders_untouched():
     rng = np.random.default_rng(1)
-    torch.manual_seed(1)
     sam = build_sam(TINY)
     encoder = {k: v.clone() for k, v in sam.image_encoder.state_dict().items()}
     decoder = {k: v.clone() for k, v in sam.mask_decoder.state_dict().items()}
@@ -93,10 +96,9 @@ def _nested_blob_slices(rng, n, size=(40, 56)):
     return samples
 
 
-def test_samba_mc_training_learns_three_regions_and_keeps_the_binary_token():
+def test_samba_mc_training_learns_three_regions_and_keeps_the_binary_token(measured):
     rng = np.random.default_rng(2)
     train, held_out = _nested_blob_slices(rng, 48), _nested_blob_slices(rng, 12)
-    torch.manual_seed(2)
     sam = build_sam(TINY)
     stack = np.stack([s.image for s in held_out])
     boxes = {i: s.box for i, s in enumerate(held_out)}
@@ -105,6 +107,9 @@ def test_samba_mc_training_learns_three_regions_and_keeps_the_binary_token():
     sam_training.train_sam(sam, train, steps=150, batch=8, lr=3e-3, train_encoder=True, multimask=True, jitter=3)
     regions = segment_stack(sam, stack, boxes, multimask=True)  # tokens 1-3: WT, TC, ET
     dice = [binary_metrics(regions[:, r], truth[:, r])["dice"] for r in range(3)]
+    # Measured (threads 1/2, seeds 0-2, default and AVX2-only kernels): min 0.909-0.940, binary 0.967-0.980.
+    measured("min_region_dice", min(dice))
     assert min(dice) > 0.6, dice
-    binary = segment_stack(sam, stack, boxes)  # token 0 learned the whole tumour too
-    assert binary_metrics(binary, truth[:, 0])["dice"] > 0.7
+    binary = binary_metrics(segment_stack(sam, stack, boxes), truth[:, 0])["dice"]  # token 0 learned the whole tumour too
+    measured("binary_dice", binary)
+    assert binary > 0.7

@@ -40,9 +40,9 @@ def _image(seed):
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
+def tiny_bundle(tmp_path_factory, reseed):
     """Random SAM, random YOLO (finds nothing) and voting net."""
-    torch.manual_seed(0)
+    reseed()  # conftest.py
     folder = tmp_path_factory.mktemp("bad-input") / "bundle"
     models = SambaModels(build_sam(TINY_SAM), localizer.build_detector(), voting.build_voting_net())
     save_samba_bundle(folder, models, {"sam": TINY_SAM, "yolo": localizer.CONFIG, "voting": voting.CONFIG},

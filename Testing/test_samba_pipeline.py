@@ -5,7 +5,6 @@ Quality is measured with the trained demo bundle, not here: these models are ran
 
 import numpy as np
 import pytest
-import torch
 
 from SAMBACore.bundles import BundleError
 from SAMBASegmentLib import localizer, voting
@@ -32,8 +31,8 @@ def case():
 
 
 @pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
+def models(reseed):
+    reseed()  # conftest.py
     return SambaModels(build_sam(TINY_SAM).eval(), None, voting.build_voting_net().eval())
 
 
@@ -71,7 +70,6 @@ def test_multiclass_mode_and_missing_prompts(case, models):
 
 
 def test_yolo_finding_nothing_is_an_empty_result_not_a_crash(case, models):
-    torch.manual_seed(0)
     with_yolo = SambaModels(models.sam, localizer.build_detector(), models.voting)
     result = run_samba(case, with_yolo, prompt="yolo")
     assert not result.tumour_found and not result.labels.any()

@@ -63,15 +63,19 @@ def test_wrong_number_of_votes_is_refused():
         raise AssertionError("4 votes accepted")
 
 
-def test_learns_to_fuse_noisy_votes_into_sub_regions():
+def test_learns_to_fuse_noisy_votes_into_sub_regions(measured):
     rng = np.random.default_rng(0)
     shape = (32, 32, 32)
     train = [_nested_case(rng, shape) for _ in range(3)]
     test_inputs, test_labels = _nested_case(rng, shape)
-    torch.manual_seed(0)
-    net = voting.build_voting_net()
+    net = voting.build_voting_net()  # random weights from the test's seed (conftest.py)
     losses = voting.train_voting(net, train, steps=60, patch=shape, batch=2, lr=1e-2, seed=0)
     assert np.mean(losses[-10:]) < np.mean(losses[:10])
     scores = region_metrics(voting.predict_labels(net, test_inputs, roi=shape), test_labels)
+    # Measured (threads 1/2, seeds 0-2, default and AVX2-only kernels): WT 0.967-0.980 (spread 0.013),
+    # TC 0.987-0.993, loss drop 0.573-0.698.
+    measured("loss_drop", float(np.mean(losses[:10]) - np.mean(losses[-10:])))
+    measured("wt_dice", scores["WT"]["dice"])
+    measured("tc_dice", scores["TC"]["dice"])
     assert scores["WT"]["dice"] > 0.9, scores
     assert scores["TC"]["dice"] > 0.8, scores
