@@ -251,8 +251,11 @@ class FullDeviceStandIn(torch.nn.Module):
 
 def test_out_of_memory_falls_back_then_says_what_to_do(scene, nodes, tiny_bundle, caplog):
     core = SAMBASegmentCore()
-    request = core.prepare(nodes, bundle=str(tiny_bundle), prompt="roi", device="cpu")
-    request.roi = ((3, 6, 4), (12, 20, 15))
+    request = core.prepare(nodes, bundle=str(tiny_bundle), prompt="mask", device="cpu")
+    # Boxes from a segmentation: every prompted slice of a view is encoded in batches (a drawn ROI
+    # propagates, a slice at a time, and would never batch).
+    request.mask = np.zeros(nodes["t1"].GetImageData().GetDimensions()[::-1], bool)
+    request.mask[3:13, 6:21, 4:16] = True
     request.volume_key = "unconstrained"
     reference = core.compute(request)
 
@@ -266,7 +269,7 @@ def test_out_of_memory_falls_back_then_says_what_to_do(scene, nodes, tiny_bundle
             constrained = core.compute(request)
         np.testing.assert_array_equal(constrained.labels, reference.labels)
         np.testing.assert_array_equal(constrained.agreement, reference.agreement)
-        # The small SAM is encoded 16 slices at a time on the CPU; the ROI crosses 10 axial slices.
+        # The small SAM is encoded 16 slices at a time on the CPU; the mask crosses 10 axial slices.
         assert "The SAM image encoder ran out of memory on cpu with 10 slices at once; retrying with 5." in caplog.text
 
         encoder.patch_embed = FullDeviceStandIn(original, fits=0)
