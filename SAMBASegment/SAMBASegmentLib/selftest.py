@@ -12,7 +12,7 @@ from SAMBACore.inputs import InputError
 from SAMBACore.phantom import write_case
 
 SELF_TEST_SEED = 20001  # a held-out phantom seed (training uses seeds below 20000)
-MIN_WT_DICE = 0.85  # SAMBA with the phantom-demo bundle and YOLO boxes measured 0.931 on this case
+MIN_WT_DICE = 0.85  # SAMBA with the phantom-demo bundle and YOLO boxes measured 0.924 on this case (any thread count or kernel)
 
 
 def run_self_test(scene, process, log=print) -> dict:
