@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import slicerio
+from tiny_bundles import write_tiny_samba_bundle
 
 from SAMBACore.brats import LABEL_SEGMENTS
 
@@ -89,21 +90,10 @@ def test_benchmarks_run_without_slicer_core(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_bundle_and_case(tmp_path_factory):
     """A tiny random SAMBA bundle (untrained YOLO) and one phantom case: for the plumbing, not the quality."""
-    import torch
-
     from SAMBACore.phantom import write_case
-    from SAMBASegmentLib import localizer, voting
-    from SAMBASegmentLib.sam_model import build_sam
-    from SAMBASegmentLib.samba_bundle import SambaModels, save_samba_bundle
 
     folder = tmp_path_factory.mktemp("tiny")
-    tiny = {"type": "small", "img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
-            "prompt_embed_dim": 32, "mlp_dim": 64, "decoder_heads": 2}
-    torch.manual_seed(0)
-    save_samba_bundle(folder / "bundle", SambaModels(build_sam(tiny), localizer.build_detector(), voting.build_voting_net()),
-                      {"sam": tiny, "yolo": localizer.CONFIG, "voting": voting.CONFIG},
-                      {"name": "tiny", "version": "0", "description": "random", "licence": "Apache-2.0",
-                       "intended_use": "tests", "preprocessing": {}, "labels": {}, "training": {}, "metrics": {}})
+    write_tiny_samba_bundle(folder / "bundle")
     return folder / "bundle", write_case(folder / "cases", "CASE", seed=3)
 
 

@@ -3,9 +3,9 @@
 
 import numpy as np
 import pytest
-import torch
 from matplotlib import image as mpimg
 from test_r2unet_training import write_tiny_cases
+from tiny_bundles import write_tiny_samba_bundle
 
 from SAMBACore.brats import REGION_SEGMENTS
 from SAMBACore.cli import main
@@ -38,18 +38,8 @@ def test_training_curve_is_written_atomically(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_samba(tmp_path_factory):
-    from SAMBASegmentLib import localizer, voting
-    from SAMBASegmentLib.sam_model import build_sam
-    from SAMBASegmentLib.samba_bundle import SambaModels, save_samba_bundle
-
     folder = tmp_path_factory.mktemp("samba")
-    tiny = {"type": "small", "img_size": 64, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
-            "prompt_embed_dim": 32, "mlp_dim": 64, "decoder_heads": 2}
-    torch.manual_seed(0)
-    save_samba_bundle(folder / "bundle", SambaModels(build_sam(tiny), localizer.build_detector(), voting.build_voting_net()),
-                      {"sam": tiny, "yolo": localizer.CONFIG, "voting": voting.CONFIG},
-                      {"name": "tiny", "version": "0", "description": "random", "licence": "Apache-2.0",
-                       "intended_use": "tests", "preprocessing": {}, "labels": {}, "training": {}, "metrics": {}})
+    write_tiny_samba_bundle(folder / "bundle")
     return folder / "bundle", write_tiny_cases(folder / "cases", [3, 4])
 
 
