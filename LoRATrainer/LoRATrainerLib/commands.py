@@ -162,7 +162,7 @@ def register(commands, train, bench) -> None:
 
     lora_bench = bench.add_parser("lora", help="LoRA vs full fine-tuning: trainable parameters, peak training "
                                   "memory, seconds per step, ratios")
-    lora_bench.add_argument("--model", choices=("sam-demo", "sam-vit-b", "unet"), default="sam-demo",
+    lora_bench.add_argument("--model", choices=("sam-demo", "sam-vit-b", "litemedsam", "unet"), default="sam-demo",
                             help="sam-demo (256 px), sam-vit-b (1024 px; a GPU), unet (3D U-Net, 64^3 patch)")
     lora_bench.add_argument("--rank", type=int, default=4, help="LoRA rank (default 4)")
     lora_bench.add_argument("--batch", type=int, default=2, help="images or patches per step (default 2)")
