@@ -90,7 +90,8 @@ def make_batch(model: nn.Module, batch: int, device: str, config: dict, generato
     random labels for a U-Net."""
     if hasattr(model, "image_encoder"):
         size = model.image_encoder.img_size
-        low = size // 4  # SAM's low-resolution mask logits
+        height, _ = model.prompt_encoder.image_embedding_size
+        low = 4 * height  # the mask logits: a quarter of the input for SAM's ViT, all of it for LiteMedSAM
         yy, xx = torch.meshgrid(torch.arange(low), torch.arange(low), indexing="ij")
         disc = ((yy - low / 2) ** 2 + (xx - low / 2) ** 2 <= (low / 5) ** 2).float()
         box = torch.tensor([0.3, 0.3, 0.7, 0.7]) * size
