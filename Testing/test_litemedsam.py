@@ -99,11 +99,12 @@ def test_assembled_model_equals_the_wheels_own_build(sam):
         torch.testing.assert_close(ours, theirs(image, box[0]), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("shape", [(240, 240), (155, 240)])
-def test_batched_runner_equals_litemedsams_own_per_slice_inference(sam, shape, monkeypatch):
-    """Axial (square) and coronal/sagittal (155 x 240) slices: the same masks as the reference."""
+def test_batched_runner_equals_litemedsams_own_per_slice_inference(sam, monkeypatch):
+    """Coronal/sagittal-shaped (155 x 240) slices, where resizing and box mapping are hardest (not
+    square; the 240 x 240 axial case passed alike and was left out to keep the suite short): the same
+    masks as the reference."""
     monkeypatch.setattr(sam_runner, "DECODE_CHUNK", 2)
-    height, width = shape
+    height, width = 155, 240
     slices = _brain_slices(3, height, width, seed=1)
     boxes = {0: (width * 0.4, height * 0.3, width * 0.75, height * 0.6), 2: (10, 12, width - 20, height - 15)}
     fast = segment_stack(sam, slices, boxes, EmbeddingCache(), key=("case", "flair", "axial"), batch_size=2)
