@@ -1,5 +1,7 @@
 """Scoring a segmenter on labelled BraTS cases: the loop SAMBASegment's and R2UNetSegment's
-evaluations share (read each case, segment it, time it, score each region, average)."""
+evaluations share (read each case, segment it, time it, score each region, average). Each region
+gets the voxel-wise metrics (metrics.region_metrics) and the BraTS 2023 lesion-wise ones
+(lesionwise.region_lesionwise: lesion_dice, lesion_hd95 and the lesion counts behind them)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from SAMBACore import metrics
+from SAMBACore import lesionwise, metrics
 from SAMBACore.brats import find_training_cases, read_case
 
 # segment(images by modality, truth labels, the case's files) -> (labels, notes for the report);
@@ -18,7 +20,7 @@ SegmentCase = Callable[[dict, np.ndarray, dict], tuple[np.ndarray, dict]]
 
 def score_cases(data_dir, segment: SegmentCase, log: Callable[[str], None] = print,
                 on_case: Callable[[dict, dict, np.ndarray, np.ndarray], None] | None = None) -> dict:
-    """Every case of data_dir with its seg file segmented and scored (metrics.region_metrics), with
+    """Every case of data_dir with its seg file segmented and scored (voxel- and lesion-wise), with
     the mean per region over cases and the mean seconds of `segment` per case. `on_case(files,
     images, labels, truth)` is called after each case (a preview picture of it, for example)."""
     cases, skipped = find_training_cases(data_dir)
@@ -29,10 +31,13 @@ def score_cases(data_dir, segment: SegmentCase, log: Callable[[str], None] = pri
         labels, notes = segment(images, truth, files)
         seconds = time.perf_counter() - started
         scores = metrics.region_metrics(labels, truth, spacing)
+        for region, values in lesionwise.region_lesionwise(labels, truth, spacing).items():
+            scores[region].update(values)
         per_case.append({"case": files["seg"].parent.name, **notes, "seconds": seconds, "metrics": scores})
         log(f"[{index + 1}/{len(cases)}] {per_case[-1]['case']}"
             + "".join(f" ({value})" for value in notes.values()) + ": "
-            + ", ".join(f"{r} {v['dice']:.3f}" for r, v in scores.items()) + f" ({seconds:.1f} s)")
+            + ", ".join(f"{r} {v['dice']:.3f}" for r, v in scores.items()) + "; lesion-wise "
+            + ", ".join(f"{r} {v['lesion_dice']:.3f}" for r, v in scores.items()) + f" ({seconds:.1f} s)")
         if on_case:
             on_case(files, images, labels, truth)
     return {

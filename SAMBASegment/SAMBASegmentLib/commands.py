@@ -140,7 +140,8 @@ def _evaluate(args) -> int:
                       preset=args.preset)
     report["adapter"] = str(args.adapter) if args.adapter else None
     print(f"Mean over {report['cases']} case(s), {args.prompt} prompts, {args.mode}, preset {report['preset']}: "
-          + ", ".join(f"{r} Dice {v['dice']:.3f} HD95 {v['hd95']:.1f} mm" for r, v in report["mean"].items())
+          + ", ".join(f"{r} Dice {v['dice']:.3f} HD95 {v['hd95']:.1f} mm (lesion-wise {v['lesion_dice']:.3f} / "
+                      f"{v['lesion_hd95']:.1f} mm)" for r, v in report["mean"].items())
           + f"; {report['mean_seconds']:.0f} s per case")
     if args.record:
         from SAMBACore.bundles import record_metrics
@@ -197,7 +198,8 @@ def register(commands, train, bench) -> None:
                          "outlines when the case has a seg file); for a batch, a folder for CASE.png files")
     segment.set_defaults(run=_segment)
 
-    evaluate = commands.add_parser("evaluate", help="score a bundle on labelled BraTS cases (Dice, HD95 per region)")
+    evaluate = commands.add_parser("evaluate", help="score a bundle on labelled BraTS cases (Dice, HD95 per "
+                                      "region, voxel-wise and BraTS 2023 lesion-wise)")
     evaluate.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file")
     evaluate.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)
     evaluate.add_argument("--adapter", type=Path, metavar="DIR", help=ADAPTER_HELP)
