@@ -82,7 +82,8 @@ def test_benchmarks_run_without_slicer_core(tmp_path):
          "--json"], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(report["modes"]) == {"full", "cascade"}
+    assert set(report["modes"]) == {"full", "cascade"} and report["measure"] == "both"
+    assert all(mode["peak_bytes"] >= 0 and mode["tensor_peak_bytes"] > 0 for mode in report["modes"].values())
     blocked = subprocess.run([sys.executable, "-c", "import slicer"], capture_output=True, text=True, env=env)
     assert "not installed on this machine" in blocked.stderr  # the block was in force
 

@@ -7,6 +7,13 @@ growing RSS; a large run first would leave such memory behind and make the small
 it look cheaper than they are. Freed memory is also handed back to the system before each mode
 (malloc_trim on glibc) and large blocks are made to come straight from the system (mmap), so
 RSS follows what is live.
+
+RSS also holds what the process did before (thread pools, allocator caches, other tests in one
+pytest process), so on the CPU each mode also runs under memory.AllocationTracker: the peak of
+live tensor bytes, exact and the same on every run (tensor_peak_bytes; what a kernel allocates
+privately is not in it). measure: "both" (default on the CPU: a second run per mode), "process"
+(RSS or the CUDA allocator's peak only) or "tensors" (only the tracked run: half the time, and what
+a comparison that must hold every time uses; its seconds include the tracker's overhead).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +32,12 @@ from SAMBACore.metrics import region_metrics
 from SAMBACore.phantom import make_case
 
 from .inference import Cascade, brain_box, normalise, segment
-from .memory import PeakMemory
+from .memory import AllocationTracker, PeakMemory
 from .memory_plan import estimate_peak_bytes
 from .model_facts import model_margin
 from .unet3d import UNet3D
 
+MEASURES = ("both", "process", "tensors")
 ORDER = ("cascade", "patch", "full")  # smallest peak first: see the module docstring
 TARGET_RATIO = 0.25  # cascade peak memory at most this fraction of full (the issue's target)
 TARGET_DICE = 0.02  # and its Dice within this of full
@@ -55,6 +64,34 @@ def prepare_rss_measurement() -> None:
         libc.malloc_trim(0)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _is_cuda(device) -> bool:
+    return str(device).startswith("cuda")
+
+
+def _run_mode(image, model, cascade, mode, patch_size, device, measure, progress):
+    """(labels, peak bytes, tensor peak bytes or None, seconds) of segment() in one mode, as users run it
+    (inside the brain's box). peak bytes: RSS or CUDA growth, or the tensor peak when measure is "tensors"."""
+    def run():
+        return segment(image, model=model, cascade=cascade, mode=mode, patch_size=patch_size, device=device,
+                       progress=progress)[0]
+
+    tensor_bytes = None
+    if measure in ("both", "tensors"):
+        weights = [*model.parameters(), *model.buffers(), *cascade.stage1.parameters(), *cascade.stage1.buffers(),
+                   *cascade.stage2.parameters(), *cascade.stage2.buffers()]
+        started = time.perf_counter()
+        with AllocationTracker(existing=weights) as tracker:
+            labels = run()
+        tensor_bytes, seconds = tracker.peak, time.perf_counter() - started
+        if measure == "tensors":
+            return labels, tensor_bytes, tensor_bytes, seconds
+        del labels
+    prepare_rss_measurement()
+    with PeakMemory(device) as peak:
+        labels = run()
+    return labels, peak.peak_bytes, tensor_bytes, peak.seconds
 
 
 def default_models(seed: int) -> tuple[torch.nn.Module, Cascade]:
@@ -92,7 +129,7 @@ def phantom_image(seed: int, shape=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_bench(bundle=None, device="cpu", patch_size=64, seed=0, shape=None, models=None, progress=None,
-              modes=("full", "patch", "cascade")) -> dict:
+              modes=("full", "patch", "cascade"), measure: str = "both") -> dict:
     """Run the modes (full among them, the reference of the ratios) and return the report.
 
     models: (model, Cascade) to use instead of the bundle's or the default random ones.
@@ -100,6 +137,10 @@ def run_bench(bundle=None, device="cpu", patch_size=64, seed=0, shape=None, mode
     Every mode's estimate is reported, also for modes not run (patch-wise inference of a deep
     network is the slowest by far on a CPU: each window is grown by the network's margin).
     """
+    if measure not in MEASURES:
+        raise ValueError(f"measure must be one of {', '.join(MEASURES)}, not {measure!r}")
+    if _is_cuda(device):
+        measure = "process"  # the CUDA allocator's peak is exact already
     if "full" not in modes or not set(modes) <= set(ORDER):
         raise ValueError(f"modes must include full and be among {', '.join(ORDER)}, not {', '.join(modes)}")
     if shape is not None and (len(shape) != 3 or min(shape) < 1 or any(s > f for s, f in zip(shape, (155, 240, 240)))):
@@ -141,18 +182,17 @@ def run_bench(bundle=None, device="cpu", patch_size=64, seed=0, shape=None, mode
     for mode in (m for m in ORDER if m in modes):
         say(f"{mode} inference")
         tenths[0] = -1
-        prepare_rss_measurement()
-        with PeakMemory(device) as peak:  # what users run: segment(), inside the brain's box
-            labels, _, _ = segment(image, model=model, cascade=cascade, mode=mode, patch_size=patch_size,
-                                   device=device, progress=every_tenth)
+        labels, peak_bytes, tensor_bytes, seconds = _run_mode(image, model, cascade, mode, patch_size, device,
+                                                              measure, every_tenth)
         scores = region_metrics(labels, truth)
+        del labels
         results[mode] = {
-            "peak_bytes": peak.peak_bytes,
+            "peak_bytes": peak_bytes,
+            "tensor_peak_bytes": tensor_bytes,
             "estimate_bytes": estimates[mode],
-            "seconds": peak.seconds,
+            "seconds": seconds,
             "dice": {region: scores[region]["dice"] for region in ("WT", "TC", "ET")},
         }
-        del labels
     full = results["full"]
     for result in results.values():
         result["peak_ratio_to_full"] = result["peak_bytes"] / max(full["peak_bytes"], 1)
@@ -167,6 +207,7 @@ def run_bench(bundle=None, device="cpu", patch_size=64, seed=0, shape=None, mode
         "dice_meaningful": source != "random",
         "margins": {"patch": list(model_margin(model, 3)), "cascade stage 2": list(model_margin(cascade.stage2, 3))},
         "order": list(ORDER),
+        "measure": measure,
         "modes": {mode: results[mode] for mode in ("full", "patch", "cascade") if mode in results},
         "estimates_bytes": estimates,
         "target": _target(results),
@@ -195,17 +236,21 @@ def format_report(report: dict) -> str:
     lines = [
         f"Memory benchmark on {report['device']}: image {'x'.join(map(str, report['image_shape']))}, "
         f"patch {report['patch_size']}, margins {report['margins']}, models: {report['models']}",
-        f"{'mode':8} {'peak':>10} {'estimate':>10} {'ratio':>6} {'seconds':>8} {'ratio':>6}  Dice WT / TC / ET",
+        f"{'mode':8} {'peak':>10} {'tensors':>10} {'estimate':>10} {'ratio':>6} {'seconds':>8} {'ratio':>6}  Dice WT / TC / ET",
     ]
     for mode, r in report["modes"].items():
         dice = " / ".join(f"{r['dice'][k]:.3f}" for k in ("WT", "TC", "ET"))
+        tensors = "-" if r["tensor_peak_bytes"] is None else _mb(r["tensor_peak_bytes"])
         lines.append(
-            f"{mode:8} {_mb(r['peak_bytes']):>10} {_mb(r['estimate_bytes']):>10} {r['peak_ratio_to_full']:6.2f} "
+            f"{mode:8} {_mb(r['peak_bytes']):>10} {tensors:>10} {_mb(r['estimate_bytes']):>10} {r['peak_ratio_to_full']:6.2f} "
             f"{r['seconds']:8.1f} {r['seconds_ratio_to_full']:6.2f}  {dice}"
         )
+    lines.append({"both": "peak: growth of the process' memory (RSS, or the CUDA allocator's); tensors: live tensor bytes",
+                  "process": "peak: growth of the process' memory (RSS, or the CUDA allocator's)",
+                  "tensors": "peak: live tensor bytes (exact; no kernel workspaces)"}[report["measure"]])
     for mode, estimate in report["estimates_bytes"].items():
         if mode not in report["modes"]:
-            lines.append(f"{mode:8} {'not run':>10} {_mb(estimate):>10}")
+            lines.append(f"{mode:8} {'not run':>10} {'':>10} {_mb(estimate):>10}")
     target = report["target"]
     verdict = {True: "met", False: "NOT met", None: "not run"}
     lines.append(
@@ -236,7 +281,7 @@ def run_command(args) -> int:
         except ValueError:
             raise ValueError(f"--shape wants three integers D,H,W, got {args.shape!r}") from None
     modes = tuple(m.strip() for m in args.modes.split(","))
-    report = run_bench(bundle, device, args.patch_size, args.seed, shape=shape, modes=modes,
+    report = run_bench(bundle, device, args.patch_size, args.seed, shape=shape, modes=modes, measure=args.measure,
                        progress=lambda message: print(f"bench memory: {message}", file=sys.stderr, flush=True))
     print(json.dumps(report) if args.json else format_report(report))
     return 0

@@ -161,6 +161,9 @@ def register(commands, train, bench) -> None:
     memory.add_argument("--modes", default="full,patch,cascade",
                         help="modes to run, full included (default all three; patch-wise is the slowest on a CPU)")
     memory.add_argument("--shape", help="D,H,W: a box of the phantom around the tumour instead of 155,240,240")
+    memory.add_argument("--measure", choices=("both", "process", "tensors"), default="both",
+                        help="on a CPU: the process' RSS growth (process), the exact peak of live tensor bytes "
+                        "(tensors: the same on every run, no kernel workspaces), or both (default; two runs per mode)")
     memory.set_defaults(run=bench_memory)
 
     for component, help_text in (("unet", "the 3D U-Net (full-volume and patch-wise inference)"),
