@@ -19,16 +19,22 @@ PRESET_HELP = ("which contrasts and views SAM votes on: all (4 contrasts x 3 vie
                "a GPU or with the small phantom SAM, fast otherwise)")
 
 
-def _roi_ijk(reference, values: str):
-    """--roi R,A,S,R,A,S (two opposite corners in mm) -> inclusive (k, j, i) voxel corners."""
-    from SAMBACore import bridge
-
+def _roi_numbers(values: str) -> list[float]:
+    """--roi R,A,S,R,A,S -> six floats, or a message saying what is wrong (before anything is loaded)."""
     try:
         numbers = [float(v) for v in values.split(",")]
     except ValueError:
         numbers = []
     if len(numbers) != 6:
         raise ValueError(f"--roi wants six numbers R,A,S,R,A,S (two corners in mm), got {values!r}.")
+    return numbers
+
+
+def _roi_ijk(reference, values: str):
+    """--roi R,A,S,R,A,S (two opposite corners in mm) -> inclusive (k, j, i) voxel corners."""
+    from SAMBACore import bridge
+
+    numbers = _roi_numbers(values)
     return bridge.ras_box_to_voxels(reference, numbers[:3], numbers[3:])
 
 
@@ -73,6 +79,8 @@ def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, 
 
 
 def _segment(args) -> int:
+    if args.roi:
+        _roi_numbers(args.roi)  # a typo is told at once, not after the models and the case are loaded
     from SAMBACore.batch import check_outputs, is_case_set, segment_cases
     from SAMBACore.device import choose_device
     from SAMBACore.preview import preview_path
