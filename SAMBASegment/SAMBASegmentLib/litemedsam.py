@@ -133,7 +133,9 @@ def pretrained_state_dict(cache=None) -> dict[str, torch.Tensor]:
         state = load_checkpoint(path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        partial = converted.with_name(converted.name + ".part")
+        # One temporary name per process: two processes converting at once (parallel tests, two
+        # Slicer sessions) each move a complete file into place instead of writing into one.
+        partial = converted.with_name(f"{converted.name}.{os.getpid()}.part")
         save_file({k: v.contiguous() for k, v in state.items()}, str(partial))
         os.replace(partial, converted)
     except OSError:  # a read-only or full cache costs a slower load next time, nothing else
