@@ -144,6 +144,24 @@ def sam_votes(images: dict[str, np.ndarray], sam, boxes: dict[str, Boxes], multi
     return fill_missing_votes(votes, tuple(pairs)) if set(pairs) != set(ALL_VOTES) else votes
 
 
+# How far past the votes' bounding box the voting net looks (voxels): context for its convolutions.
+# Beyond it no vote saw tumour, so the net is not asked; on a 240x240x155 case that is most of it.
+FUSION_MARGIN = 24
+
+
+def _labels_near_votes(net, inputs: np.ndarray, whole_votes: np.ndarray, device: str) -> np.ndarray:
+    """The voting net's labels inside the votes' bounding box grown by FUSION_MARGIN; background outside."""
+    labels = np.zeros(inputs.shape[1:], np.uint8)
+    voted = np.argwhere(whole_votes.any(axis=0))
+    if voted.size == 0:
+        return labels
+    low = np.maximum(voted.min(axis=0) - FUSION_MARGIN, 0)
+    high = np.minimum(voted.max(axis=0) + FUSION_MARGIN + 1, labels.shape)
+    box = tuple(slice(a, b) for a, b in zip(low, high))
+    labels[box] = voting.predict_labels(net, np.ascontiguousarray(inputs[(slice(None),) + box]), device=device)
+    return labels
+
+
 def fuse_votes(images: dict[str, np.ndarray], votes: np.ndarray, models: SambaModels, multimask: bool,
                device: str = "cpu", pairs: tuple[tuple[str, str], ...] = ALL_VOTES) -> tuple[np.ndarray, np.ndarray]:
     """(labels, agreement) from the votes of sam_votes: the voting net (binary), or the majority per
@@ -155,7 +173,7 @@ def fuse_votes(images: dict[str, np.ndarray], votes: np.ndarray, models: SambaMo
     elif models.voting is None:  # votes only wanted (training the voting net): whole tumour as a stand-in
         labels = np.where(agreement > 0.5, SNFH, 0).astype(np.uint8)
     else:
-        labels = voting.predict_labels(models.voting, voting.voting_inputs(images, whole_votes), device=device)
+        labels = _labels_near_votes(models.voting, voting.voting_inputs(images, whole_votes), whole_votes, device)
         if models.whole_tumour_from_votes:
             labels = voting.within_votes(labels, agreement > 0.5)
     return labels, agreement
