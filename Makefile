@@ -18,8 +18,11 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	YOLO_OFFLINE=true $(VENV)/bin/slicer-samba demo
 
+# Two workers (pytest-xdist), one per core of a small machine; a test file stays in one worker,
+# so its module fixtures are made once. TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	YOLO_OFFLINE=true $(VENV)/bin/python -m pytest
+	YOLO_OFFLINE=true $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
