@@ -11,7 +11,7 @@ more noise, lower contrast. The ground truth always stays on the 1 mm grid.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,10 @@ class PhantomCase:
     labels: np.ndarray  # uint8 SHAPE, internal labels 0-3
     spacing: tuple[float, float, float] = SPACING  # (x, y, z) mm, SimpleITK order
     origin: tuple[float, float, float] = ORIGIN
+    # Filled by phantom_v2: what was drawn (JSON-able), and the deformed anatomy's dominant
+    # healthy tissue per voxel (uint8: 0 background, 1 CSF, 2 GM, 3 WM) for measuring contrasts.
+    params: dict = field(default_factory=dict)
+    tissues: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -217,16 +221,28 @@ def case_id_for(number: int, naming: str = "2023") -> str:
     return f"PHANTOM-{number:05d}-000" if naming == "2023" else f"PHANTOM_{number:05d}"
 
 
-def write_case(out_dir, case_id: str, seed: int, lowres: bool = False, naming: str = "2023") -> Path:
-    """Write one case as BraTS NIfTI files into out_dir/case_id; returns that folder."""
+def write_case(out_dir, case_id: str, seed: int, lowres: bool = False, naming: str = "2023",
+               randomise: bool = False) -> Path:
+    """Write one case as BraTS NIfTI files into out_dir/case_id; returns that folder.
+
+    randomise: the domain-randomised generator (phantom_v2) instead of this one; `lowres` is
+    then ignored (v2 draws its own slice thickness). The default stays this generator so that
+    earlier results reproduce."""
     import SimpleITK as sitk
 
     if naming not in ("2021", "2023"):
         raise ValueError(f"naming must be '2021' or '2023', not {naming!r}")
-    case = make_case(seed, lowres)
+    if randomise:
+        from .phantom_v2 import make_case_v2
+
+        case = make_case_v2(seed)
+    else:
+        case = make_case(seed, lowres)
     folder = Path(out_dir) / case_id
     folder.mkdir(parents=True, exist_ok=True)
     arrays = {**case.images, "seg": from_internal_labels(case.labels, naming)}
+    if case.params.get("intensity", {}).get("dtype") == "int16":  # stored as a scanner would
+        arrays.update({key: case.images[key].astype(np.int16) for key in case.images})
     for key, array in arrays.items():
         image = sitk.GetImageFromArray(array)
         image.SetSpacing(case.spacing)
@@ -235,11 +251,13 @@ def write_case(out_dir, case_id: str, seed: int, lowres: bool = False, naming: s
     return folder
 
 
-def write_cases(out_dir, n: int, seed: int = 0, lowres: bool = False, naming: str = "2023", progress=None) -> list[Path]:
-    """Write `n` cases; case i uses seed + i and is named after it. progress(i, n, path) after each."""
+def write_cases(out_dir, n: int, seed: int = 0, lowres: bool = False, naming: str = "2023", progress=None,
+                randomise: bool = False) -> list[Path]:
+    """Write `n` cases; case i uses seed + i and is named after it. progress(i, n, path) after each.
+    randomise: use the domain-randomised generator (see write_case)."""
     folders = []
     for i in range(n):
-        folders.append(write_case(out_dir, case_id_for(seed + i, naming), seed + i, lowres, naming))
+        folders.append(write_case(out_dir, case_id_for(seed + i, naming), seed + i, lowres, naming, randomise))
         if progress is not None:
             progress(i, n, folders[-1])
     return folders
