@@ -25,7 +25,8 @@ def _phantom(args) -> int:
         print(f"[{index + 1}/{total}] {path}", flush=True)
 
     started = time.perf_counter()
-    write_cases(args.out_dir, args.n, seed=args.seed, lowres=args.lowres, naming=args.naming, progress=report)
+    write_cases(args.out_dir, args.n, seed=args.seed, lowres=args.lowres, naming=args.naming, progress=report,
+                randomise=args.randomise)
     print(f"Wrote {args.n} phantom case(s) to {args.out_dir} in {time.perf_counter() - started:.1f} s.")
     return 0
 
@@ -113,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i (default 0)")
     phantom.add_argument("--lowres", action="store_true", help="mimic low-field scans: thick slices, more noise")
     phantom.add_argument("--naming", choices=("2023", "2021"), default="2023", help="BraTS file naming and labels")
+    phantom.add_argument("--randomise", action="store_true",
+                         help="domain-randomised cases (SynthSeg-style): random anatomy deformation, ventricle size and "
+                              "mass effect; 1-3 irregular tumours, 1-150 mL, with or without necrosis, enhancement or "
+                              "edema; random tissue intensities in physiological order, gamma, bias, noise; 1-7 mm "
+                              "slices along any axis, blur, ghosting; int16, float or z-scored values (--lowres ignored)")
     phantom.set_defaults(run=_phantom)
 
     demo = commands.add_parser("demo", help="make a phantom case, segment it with SAMBA, write the .seg.nrrd and score it")
