@@ -8,6 +8,10 @@
 3. Fusion: the voting network on the 4 images + 12 votes; for SAMBA-mc, the majority of the
    votes per region.
 4. The agreement map: per voxel, the fraction of the 12 whole-tumour votes that say tumour.
+
+Any non-empty set of the four contrasts can be given (contrasts.py): SAM votes on those present,
+the votes of the others are filled in, and without T1CE only the whole tumour is produced
+(enhancing tumour is defined by T1CE; the core cannot be told from edema without it).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 
 from SAMBACore.brats import MODALITIES, SNFH
 from SAMBASegmentLib import localizer, voting
+from SAMBASegmentLib.contrasts import whole_tumour_only, contrasts_present, prompt_contrast, usable_pairs
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask, boxes_from_roi
 from SAMBASegmentLib.propagation import propagate_stack
 from SAMBASegmentLib.sam_runner import EmbeddingCache, segment_stack
@@ -50,6 +55,8 @@ class SambaResult:
     seconds: dict[str, float] = field(default_factory=dict)
     votes: np.ndarray | None = None  # (12, K, J, I) whole-tumour votes, when asked for (training)
     preset: str = "all"  # which votes SAM ran (PRESETS)
+    contrasts: tuple[str, ...] = MODALITIES  # the contrasts given, and used
+    regions: tuple[str, ...] = ("ET", "TC", "WT")  # what `labels` holds; ("WT",): labels 1 = whole tumour
 
     @property
     def tumour_found(self) -> bool:
@@ -59,16 +66,21 @@ class SambaResult:
 NO_LOCALIZER = "This bundle has no YOLO localizer: draw a box (ROI prompt) or use a segmentation."
 
 
+def _shape(images: dict[str, np.ndarray]) -> tuple[int, ...]:
+    return next(images[m] for m in MODALITIES if images.get(m) is not None).shape
+
+
 def prompt_boxes(models: SambaModels, images: dict[str, np.ndarray], view: str, prompt: str,
                  roi=None, mask: np.ndarray | None = None, device: str = "cpu") -> Boxes:
     if prompt == "yolo":
         if models.yolo is None:
             raise ValueError(NO_LOCALIZER)
-        return localizer.detect_boxes(models.yolo, normalise_slices(view_slices(images["flair"], view)), device=device)
+        reference = images[prompt_contrast(contrasts_present(images))]
+        return localizer.detect_boxes(models.yolo, normalise_slices(view_slices(reference, view)), device=device)
     if prompt == "roi":
         if roi is None:
             raise ValueError("The ROI prompt needs a box: place a markups ROI around the tumour (--roi on the command line).")
-        return boxes_from_roi(roi[0], roi[1], images["flair"].shape, view)
+        return boxes_from_roi(roi[0], roi[1], _shape(images), view)
     if prompt == "mask":
         if mask is None or not mask.any():
             raise ValueError("The segmentation prompt needs a non-empty segmentation.")
@@ -119,7 +131,7 @@ def sam_votes(images: dict[str, np.ndarray], sam, boxes: dict[str, Boxes], multi
     `pairs`: the (modality, view) pairs SAM runs on (a preset); the other votes are filled in.
     """
     report = progress or (lambda fraction, message: None)
-    shape = images["flair"].shape
+    shape = _shape(images)
     votes = np.zeros((len(MODALITIES) * len(VIEWS), 3 if multimask else 1) + shape, bool)
     for v, view in enumerate(VIEWS):
         view_boxes = boxes.get(view, {})
@@ -168,7 +180,9 @@ def fuse_votes(images: dict[str, np.ndarray], votes: np.ndarray, models: SambaMo
     region (SAMBA-mc). The agreement is over the votes SAM really ran (`pairs`), none filled in."""
     whole_votes = votes[:, 0]
     agreement = whole_votes[[ALL_VOTES.index(p) for p in pairs]].mean(axis=0, dtype=np.float32)
-    if multimask:
+    if whole_tumour_only(contrasts_present(images)):  # no T1CE: the votes' whole tumour, label 1
+        labels = (agreement > 0.5).astype(np.uint8)
+    elif multimask:
         labels = voting.regions_to_labels(votes.mean(axis=0) > 0.5)
     elif models.voting is None:  # votes only wanted (training the voting net): whole tumour as a stand-in
         labels = np.where(agreement > 0.5, SNFH, 0).astype(np.uint8)
@@ -205,7 +219,8 @@ def run_samba(
         raise ValueError("This bundle has no voting network to split the tumour into sub-regions: "
                          "use mode samba-mc, or a bundle with a voting network.")
     preset = choose_preset(preset, models.sam, device)
-    pairs = PRESETS[preset]
+    present = contrasts_present(images)  # raises when none is given
+    pairs = usable_pairs(PRESETS[preset], present)
     report = progress or (lambda fraction, message: None)
     multimask = mode == "samba-mc"
     seconds: dict[str, float] = {}
@@ -233,4 +248,6 @@ def run_samba(
         labels, agreement = np.zeros(votes.shape[2:], np.uint8), np.zeros(votes.shape[2:], np.float32)
     seconds["fusion"] = time.perf_counter() - started
     report(1.0, "Done" if labels.any() else "No tumour found")
-    return SambaResult(labels, agreement, counts, seconds, votes[:, 0] if keep_votes else None, preset)
+    regions = ("WT",) if whole_tumour_only(present) else ("ET", "TC", "WT")
+    return SambaResult(labels, agreement, counts, seconds, votes[:, 0] if keep_votes else None, preset,
+                       present, regions)

@@ -33,9 +33,13 @@ def build_voting_net(config: dict = CONFIG) -> UNet:
 
 
 def voting_inputs(images: dict[str, np.ndarray], votes: np.ndarray) -> np.ndarray:
-    """(16, K, J, I) float32: each image z-scored over its non-zero (brain) voxels, then the votes."""
+    """(16, K, J, I) float32: each image z-scored over its non-zero (brain) voxels, then the votes.
+    A contrast the case does not have (None or absent) is a channel of zeros."""
     channels = []
     for m in MODALITIES:
+        if images.get(m) is None:
+            channels.append(np.zeros(votes.shape[1:], np.float32))
+            continue
         image = images[m].astype(np.float32)
         brain = image != 0
         values = image[brain]

@@ -1,0 +1,56 @@
+"""Which contrasts a case has, and what SAMBA can tell from them.
+
+Real cases often lack one: low-field sites skip T1CE (the contrast agent costs money) or T2, and
+many public cases carry FLAIR and one T1 only. SAMBA runs on any non-empty subset of the four:
+SAM votes on the contrasts present (the votes of the others are filled in from those), the YOLO
+localizer and the ROI's propagation read the first present of FLAIR, T2, T1CE, T1 (the whole
+tumour is brightest on FLAIR and T2), and the voting network sees a missing contrast as zeros.
+
+Enhancing tumour is defined on T1CE (it is the tissue that takes up the agent), and without it the
+tumour core cannot be told from edema either: without T1CE only the whole tumour is produced, and
+the result says so. Nothing is guessed and shown as if it were measured.
+"""
+
+from __future__ import annotations
+
+from SAMBACore.brats import MODALITIES
+from SAMBACore.inputs import InputError
+
+NAMES = {"t1": "T1", "t1ce": "T1CE", "t2": "T2", "flair": "FLAIR"}
+PROMPT_ORDER = ("flair", "t2", "t1ce", "t1")  # the whole tumour stands out most on the first
+WITHOUT_T1CE = ("No T1CE: only the whole tumour is segmented. Enhancing tumour is defined on contrast-enhanced "
+                "T1, and without it the tumour core cannot be told from edema.")
+
+
+def contrasts_present(images: dict) -> tuple[str, ...]:
+    """The contrasts given (MODALITIES order); InputError when none is."""
+    present = tuple(m for m in MODALITIES if images.get(m) is not None)
+    if not present:
+        raise InputError("No image given: load at least one of T1, T1CE, T2 and FLAIR (all four give the best result).")
+    return present
+
+
+def whole_tumour_only(present) -> bool:
+    return "t1ce" not in present
+
+
+def prompt_contrast(present) -> str:
+    """The contrast the localizer and the ROI's propagation read."""
+    return next(m for m in PROMPT_ORDER if m in present)
+
+
+def usable_pairs(pairs, present) -> tuple[tuple[str, str], ...]:
+    """A preset's (contrast, view) pairs that the case has; when it has none of the preset's contrasts,
+    the preset's views on prompt_contrast (a FLAIR-only preset on a case without FLAIR runs on T2, say)."""
+    usable = tuple(p for p in pairs if p[0] in present)
+    if usable:
+        return usable
+    views = tuple(dict.fromkeys(view for _, view in pairs))
+    return tuple((prompt_contrast(present), view) for view in views)
+
+
+def describe(present) -> str:
+    """'T1CE, FLAIR (no T1, T2)': what a result was made from, for its message."""
+    used = ", ".join(NAMES[m] for m in present)
+    missing = [NAMES[m] for m in MODALITIES if m not in present]
+    return used + (f" (no {', '.join(missing)})" if missing else "")
