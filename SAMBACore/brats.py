@@ -210,16 +210,19 @@ def read_case(files: dict[str, Path]) -> tuple[dict[str, np.ndarray], np.ndarray
     """(images, labels or None, spacing in (k, j, i) order) of one case, for training and batch work.
 
     Read with SimpleITK, not MRML: training never touches a scene. Images are float32 (k, j, i);
-    labels are converted to the internal convention.
+    labels are converted to the internal convention. A truncated or corrupt file raises
+    image_files.ImageFileError (an InputError) naming it.
     """
     import SimpleITK as sitk
 
+    from SAMBACore.image_files import read_image
+
     images, spacing = {}, None
     for key in MODALITIES:
-        image = sitk.ReadImage(str(files[key]))
+        image = read_image(files[key])
         images[key] = sitk.GetArrayFromImage(image).astype(np.float32)
         spacing = spacing or tuple(reversed(image.GetSpacing()))
     labels = None
     if "seg" in files:
-        labels = to_internal_labels(sitk.GetArrayFromImage(sitk.ReadImage(str(files["seg"]))))
+        labels = to_internal_labels(sitk.GetArrayFromImage(read_image(files["seg"])))
     return images, labels, spacing

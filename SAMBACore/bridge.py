@@ -160,7 +160,13 @@ def _load(scene, path, node, storage):
 
 
 def load_volume(scene, path, name: str | None = None):
-    """Read a NIfTI/NRRD/MHA volume through Slicer's storage node into a new volume node."""
+    """Read a NIfTI/NRRD/MHA volume through Slicer's storage node into a new volume node.
+
+    The file is checked first (image_files.check_image_file): the storage node reads a truncated
+    .nii.gz without an error, the missing voxels as zeros."""
+    from SAMBACore.image_files import check_image_file
+
+    check_image_file(path)
     node = slicer.vtkMRMLScalarVolumeNode()
     node.SetName(name or Path(path).name.split(".")[0])
     return _load(scene, path, node, slicer.vtkMRMLVolumeArchetypeStorageNode())

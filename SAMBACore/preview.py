@@ -292,11 +292,9 @@ def _kji_of(sar_index, ijk_to_ras, shape) -> tuple[int, int, int]:
 
 def ijk_to_ras_of_file(path) -> np.ndarray:
     """The IJK-to-RAS matrix of an image file, from its header alone (SimpleITK; LPS -> RAS)."""
-    import SimpleITK as sitk
+    from SAMBACore.image_files import read_image_information
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
+    reader = read_image_information(path)
     lps_to_ras = np.diag([-1.0, -1.0, 1.0])
     direction = np.array(reader.GetDirection(), dtype=float).reshape(3, 3) @ np.diag(reader.GetSpacing())
     matrix = np.eye(4)
@@ -324,14 +322,19 @@ def case_images(images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def read_truth(path, shape) -> np.ndarray | None:
     """A ground-truth label file as internal labels (brats.to_internal_labels), or None when it is not
-    on the segmentation's grid (then the preview goes without it, saying so)."""
+    on the segmentation's grid or cannot be read (then the preview goes without it, saying so)."""
     import sys
 
     import SimpleITK as sitk
 
     from SAMBACore.brats import to_internal_labels
+    from SAMBACore.image_files import ImageFileError, read_image
 
-    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    try:
+        truth = sitk.GetArrayFromImage(read_image(path))
+    except ImageFileError as error:  # the segmentation is written by now: the picture goes without the truth
+        print(f"Preview: {error} Shown without the truth.", file=sys.stderr)
+        return None
     if truth.shape != tuple(shape):
         print(f"Preview: the truth {path} is {truth.shape} voxels, not {tuple(shape)}: shown without it.",
               file=sys.stderr)

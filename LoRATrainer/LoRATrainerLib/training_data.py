@@ -23,12 +23,11 @@ class Case:
 
 
 def _geometry(path) -> tuple[tuple, np.ndarray]:
-    """(shape in (k, j, i), voxel-to-physical 4x4) from the file header only."""
-    import SimpleITK as sitk
+    """(shape in (k, j, i), voxel-to-physical 4x4) from the file header only (a truncated or
+    corrupt file is refused here, before training reads anything)."""
+    from SAMBACore.image_files import read_image_information
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
+    reader = read_image_information(path)
     matrix = np.eye(4)
     direction = np.array(reader.GetDirection()).reshape(3, 3)
     matrix[:3, :3] = direction * np.array(reader.GetSpacing())
