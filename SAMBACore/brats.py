@@ -210,17 +210,20 @@ def read_case(files: dict[str, Path]) -> tuple[dict[str, np.ndarray], np.ndarray
     """(images, labels or None, spacing in (k, j, i) order) of one case, for training and batch work.
 
     Read with SimpleITK, not MRML: training never touches a scene. Images are float32 (k, j, i);
-    labels are converted to the internal convention. A truncated or corrupt file raises
-    image_files.ImageFileError (an InputError) naming it.
+    labels are converted to the internal convention. Each image's background is moved to 0
+    (inputs.zero_background: a volume stored shifted by a constant trains and segments like the
+    unshifted one). A truncated or corrupt file raises image_files.ImageFileError (an InputError)
+    naming it.
     """
     import SimpleITK as sitk
 
     from SAMBACore.image_files import read_image
+    from SAMBACore.inputs import zero_background
 
     images, spacing = {}, None
     for key in MODALITIES:
         image = read_image(files[key])
-        images[key] = sitk.GetArrayFromImage(image).astype(np.float32)
+        images[key] = zero_background(sitk.GetArrayFromImage(image).astype(np.float32))
         spacing = spacing or tuple(reversed(image.GetSpacing()))
     labels = None
     if "seg" in files:

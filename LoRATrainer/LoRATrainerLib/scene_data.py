@@ -12,7 +12,7 @@ from __future__ import annotations
 from LoRATrainerLib.training_data import Case
 from SAMBACore import bridge
 from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES
-from SAMBACore.inputs import InputError, check_image, check_same_geometry
+from SAMBACore.inputs import InputError, check_image, check_same_geometry, zero_background
 
 
 def _label_segments(segmentation_node) -> dict[str, int]:
@@ -43,6 +43,7 @@ def case_from_nodes(volume_nodes: dict, segmentation_node, name: str | None = No
     for key in MODALITIES:
         images[key] = bridge.array_from_volume(volume_nodes[key]).astype("float32")
         check_image(volume_nodes[key].GetName(), images[key])
+        images[key] = zero_background(images[key])  # as segment does: a shifted volume trains like the unshifted one
     values = _label_segments(segmentation_node)
     if not values:
         segmentation = segmentation_node.GetSegmentation()

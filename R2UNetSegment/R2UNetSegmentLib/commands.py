@@ -125,7 +125,8 @@ def register(commands, train, bench) -> None:
     r2unet = commands.add_parser("r2unet", help="segment a BraTS case folder or one image with the U-Net, R2U-Net "
                                  "or U-Net cascade, inside a memory budget")
     r2unet.add_argument("input", type=Path, help="BraTS case folder (four images), a single image file, or a folder "
-                        "of case folders (batch: every case, one after the other)")
+                        "of case folders (batch: every case, one after the other); MRI must be skull-stripped "
+                        "(the brain only, one value around it), as BraTS images are")
     r2unet.add_argument("-o", "--output", type=Path, required=True,
                         help="the .seg.nrrd to write; for a batch, the folder to write CASE.seg.nrrd files into")
     r2unet.add_argument("--bundle", default="phantom-r2unet", help="bundle folder or bundled name (default phantom-r2unet)")

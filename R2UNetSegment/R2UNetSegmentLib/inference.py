@@ -39,16 +39,20 @@ class Cascade:
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
-    """Z-score each channel over its non-zero voxels (the brain); zero voxels stay zero.
+    """Z-score each channel over its voxels that are not background (the brain); background becomes 0.
 
-    Training and inference both call this, so the networks see the same intensities.
+    The background is the value filling the channel's border (inputs.background_value), 0 for
+    BraTS: a channel stored scaled, or shifted by a constant (+1000, or below 0), gives the same
+    result. Training and inference both call this, so the networks see the same intensities.
     """
+    from SAMBACore.inputs import background_value
+
     image = np.asarray(image, dtype=np.float32)
     if not np.isfinite(image).all():
         raise ValueError("the image contains NaN or infinite values: check the input volumes.")
     out = np.zeros_like(image)
     for c, channel in enumerate(image):
-        inside = channel != 0
+        inside = channel != background_value(channel)
         if inside.any():
             values = channel[inside]
             out[c][inside] = (values - values.mean()) / max(float(values.std()), 1e-6)

@@ -187,7 +187,9 @@ def register(commands, train, bench) -> None:
 
     segment = commands.add_parser("segment", help="segment a BraTS case folder (or a folder of them) with SAMBA")
     segment.add_argument("case_dir", type=Path, help="folder with the four images (BraTS 2021 or 2023 naming), or a "
-                         "folder of such folders (batch: every case, one after the other)")
+                         "folder of such folders (batch: every case, one after the other); the images must be "
+                         "skull-stripped (the brain only, one value around it), as BraTS images are; a volume that "
+                         "looks not skull-stripped gets a warning")
     segment.add_argument("-o", "--output", type=Path, required=True,
                          help="the .seg.nrrd to write; for a batch, the folder to write CASE.seg.nrrd files into")
     segment.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)

@@ -18,7 +18,7 @@ import numpy as np
 
 from SAMBACore import bridge
 from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, REGION_SEGMENTS, region_masks
-from SAMBACore.inputs import InputError, check_image, geometry_differences
+from SAMBACore.inputs import InputError, check_image, geometry_differences, skull_strip_warning, zero_background
 from SAMBACore.metrics import volumes_ml
 from SAMBASegmentLib.pipeline import SambaResult, run_samba
 from SAMBASegmentLib.sam_runner import EmbeddingCache
@@ -52,11 +52,13 @@ def volume_columns(labels: np.ndarray, reference) -> dict[str, list]:
 
 
 def arrays_from_nodes(nodes: dict) -> tuple[dict[str, np.ndarray], list[str]]:
-    """float32 copies of the four inputs on T1's grid, checked for emptiness and NaNs; and warnings.
+    """float32 copies of the four inputs on T1's grid, checked for emptiness and NaNs, with their
+    background moved to 0 (inputs.zero_background); and warnings.
 
     A volume on another grid is resampled onto T1's (linear interpolation through both
     IJK-to-RAS matrices), with a warning naming it and what differed; one that does not overlap
-    T1 at all is refused. The nodes themselves are never changed.
+    T1 at all is refused. Volumes that look not skull-stripped get a warning too
+    (inputs.skull_strip_warning). The nodes themselves are never changed.
     """
     missing = [m for m in MODALITIES if nodes.get(m) is None]
     if missing:
@@ -73,6 +75,7 @@ def arrays_from_nodes(nodes: dict) -> tuple[dict[str, np.ndarray], list[str]]:
         node = nodes[m]
         array = bridge.array_from_volume(node).astype(np.float32)
         check_image(node.GetName(), array)  # before resampling, which would smear NaNs around
+        array = zero_background(array)
         grid = (array.shape, bridge.ijk_to_ras(node))
         reference_grid = grid if node is reference else reference_grid
         differences = geometry_differences(reference_grid, grid)
@@ -85,8 +88,11 @@ def arrays_from_nodes(nodes: dict) -> tuple[dict[str, np.ndarray], list[str]]:
                                  "and try again.")
             warnings.append(_resampling_warning(node.GetName(), reference.GetName(), what, covered))
             check_image(f"{node.GetName()} resampled onto {reference.GetName()}", array)
+            array = zero_background(array)
         images[m] = array
-    return images, warnings
+    voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
+    skull = skull_strip_warning({nodes[m].GetName(): images[m] for m in images}, voxel_ml)
+    return images, warnings + ([skull] if skull else [])
 
 
 def _resampling_warning(name: str, reference: str, what: str, covered: float) -> str:
