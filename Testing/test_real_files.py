@@ -227,17 +227,14 @@ CONTRAST = {  # phantom.py's means: CSF, GM, WM, edema, enhancing, necrosis
     "t1": (250, 500, 650, 430, 480, 280), "t1ce": (260, 490, 610, 420, 950, 270),
     "t2": (950, 560, 380, 760, 600, 860), "flair": (150, 500, 400, 860, 640, 480)}
 GRID, MM = (40, 60, 52), 3.0  # (k, j, i) voxels of 3 mm: 120 x 180 x 156 mm
+HEAD_GRID = (54, 76, 66)  # room for a head round the brain: 162 x 228 x 198 mm
 SEMI_AXES = (60.0, 85.0, 70.0)  # mm (k, j, i): 1496 mL, an adult brain
 
 
-def _distances():
-    return np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * MM for n in GRID], indexing="ij")
-
-
-def synthetic_case(seed: int = 0):
+def synthetic_case(seed: int = 0, grid=GRID):
     """(images by modality, float32 with integer values and 0 around the brain; labels)."""
     rng = np.random.default_rng(seed)
-    z, y, x = _distances()
+    z, y, x = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * MM for n in grid], indexing="ij")
     r = np.sqrt((z / SEMI_AXES[0]) ** 2 + (y / SEMI_AXES[1]) ** 2 + (x / SEMI_AXES[2]) ** 2)
     brain = r < 1
     ventricles = np.sqrt((z / 14) ** 2 + (y / 28) ** 2 + ((np.abs(x) - 11) / 7) ** 2) < 1
@@ -245,27 +242,27 @@ def synthetic_case(seed: int = 0):
     gm = brain & (r > 0.8) & ~csf
     wm = brain & ~csf & ~gm
     d = np.sqrt((z - 5) ** 2 + (y - 15) ** 2 + (x - 25) ** 2)
-    labels = np.zeros(GRID, np.uint8)
+    labels = np.zeros(grid, np.uint8)
     labels[(d < 24) & brain] = 2
     labels[d < 14] = 3
     labels[d < 8] = 1
     images = {}
     for m in MODALITIES:
-        image = np.zeros(GRID, np.float32)
+        image = np.zeros(grid, np.float32)
         for mask, value in zip((csf, gm, wm, labels == 2, labels == 3, labels == 1), CONTRAST[m]):
             image[mask] = value
-        image = ndimage.gaussian_filter(image, 0.7) + rng.normal(0, 12, GRID)
+        image = ndimage.gaussian_filter(image, 0.7) + rng.normal(0, 12, grid)
         images[m] = np.where(brain, np.rint(image), 0).astype(np.float32)
     return images, labels
 
 
 def with_scalp(images, air_noise: bool = False, seed: int = 1):
-    """The brain not skull-stripped: 6 mm of dark skull and 9 mm of bright scalp around it, and
-    noise in the air if asked."""
+    """The brain not skull-stripped: 7 mm of dark skull and 11 mm of bright scalp around it (a head
+    without its face and neck, so less than a real one), and noise in the air if asked."""
     rng = np.random.default_rng(seed)
     brain = images["t1"] != 0
     distance = ndimage.distance_transform_edt(~brain) * MM
-    skull, scalp = (distance > 0) & (distance <= 6), (distance > 6) & (distance <= 15)
+    skull, scalp = (distance > 0) & (distance <= 7), (distance > 7) & (distance <= 18)
     fat = {"t1": 900, "t1ce": 880, "t2": 700, "flair": 750}
     out = {}
     for m, image in images.items():
@@ -284,10 +281,15 @@ def synthetic():
     return synthetic_case()
 
 
+@pytest.fixture(scope="module")
+def synthetic_head_grid():
+    return synthetic_case(grid=HEAD_GRID)
+
+
 # --- 2. not skull-stripped: a warning -------------------------------------------------------
 
-def test_skull_strip_heuristic(synthetic):
-    images, _ = synthetic
+def test_skull_strip_heuristic(synthetic_head_grid):
+    images, _ = synthetic_head_grid
     voxel_ml = MM ** 3 / 1000
     stripped = foreground_ml(images["t1"], voxel_ml)
     assert stripped == pytest.approx(4 / 3 * np.pi * np.prod(SEMI_AXES) / 1000, rel=0.02)  # 1496 mL
@@ -295,13 +297,13 @@ def test_skull_strip_heuristic(synthetic):
     for shifted in (images["t1"] + 1000, images["t1"] - 500):  # the background is not 0, the brain the same
         assert foreground_ml(shifted, voxel_ml) == stripped
     head = with_scalp(images)
-    assert foreground_ml(head["t1"], voxel_ml) > STRIPPED_BRAIN_LIMIT_ML  # 2.9 L
+    assert foreground_ml(head["t1"], voxel_ml) > STRIPPED_BRAIN_LIMIT_ML  # 2924 mL; 7313 (the whole grid) with air noise
     warning = skull_strip_warning({f"CASE_{m}": head[m] for m in MODALITIES}, voxel_ml)
     assert warning.startswith("CASE_t1 (") and "CASE_flair (" in warning
     assert "do not look skull-stripped" in warning and "strip the skull first" in warning
     noisy = with_scalp(images, air_noise=True)
     assert background_value(noisy["t1"]) == 0 and foreground_ml(noisy["t1"], voxel_ml) == pytest.approx(
-        np.prod(GRID) * voxel_ml)  # no one value around the head: all of the grid counts
+        np.prod(HEAD_GRID) * voxel_ml)  # no one value around the head: all of the grid counts
     assert "CASE (" in skull_strip_warning({"CASE": noisy["t1"]}, voxel_ml)
 
 
@@ -312,10 +314,11 @@ def _ras_roi(node, labels) -> str:
     return ",".join(f"{v:.1f}" for corner in corners for v in corner[:3])
 
 
-def test_segment_warns_about_a_head_that_is_not_skull_stripped(synthetic, tmp_path, tiny_bundle, capsys, scene):
+def test_segment_warns_about_a_head_that_is_not_skull_stripped(synthetic_head_grid, tmp_path, tiny_bundle, capsys,
+                                                               scene):
     from SAMBASegmentLib.logic import arrays_from_nodes
 
-    images, labels = synthetic
+    images, labels = synthetic_head_grid
     spacing = (MM,) * 3
     stripped = _write_case(tmp_path / "STRIPPED-00001-000", images, spacing=spacing)
     head = _write_case(tmp_path / "HEAD-00002-000", with_scalp(images), spacing=spacing)
