@@ -70,8 +70,11 @@ def segment_cases(input_path: Path, output: Path, segment_case: SegmentCase, vol
             skipped.append(case.name)
             print(f"Skipped {case.name}: {error}", file=sys.stderr, flush=True)
     if volumes_path and volumes:
-        regions = next(iter(volumes.values()))
-        columns = {"Case": list(volumes), **{f"{r} (mL)": [round(v[r], 3) for v in volumes.values()] for r in regions}}
+        # Every region any case has, in the first case's order; a case made without T1CE has WT only,
+        # and its other cells stay empty (not 0: nothing was measured there).
+        regions = list(dict.fromkeys(r for v in volumes.values() for r in v))
+        columns = {"Case": list(volumes),
+                   **{f"{r} (mL)": [round(v[r], 3) if r in v else "" for v in volumes.values()] for r in regions}}
         table = bridge.table_node(bridge.get_scene(), "Tumour volumes", columns)
         print(f"Volume table: {bridge.save_table(table, volumes_path)}")
     if skipped:

@@ -107,11 +107,11 @@ def modality_of(name: str) -> str | None:
     return None
 
 
-def assign_modalities(names: list[str], need_seg: bool = False) -> dict[str, str]:
+def assign_modalities(names: list[str], need_seg: bool = False, allow_missing: bool = False) -> dict[str, str]:
     """Map each of the four modalities (and "seg" when present) to exactly one of `names`.
 
-    Raises ModalityError listing every name and what it was read as, when a modality is
-    missing or claimed by more than one name.
+    Raises ModalityError listing every name and what it was read as, when a modality is missing
+    (with allow_missing: when none of the four is) or claimed by more than one name.
     """
     found: dict[str, list[str]] = {}
     for name in names:
@@ -120,6 +120,8 @@ def assign_modalities(names: list[str], need_seg: bool = False) -> dict[str, str
             found.setdefault(key, []).append(name)
     wanted = MODALITIES + (("seg",) if need_seg else ())
     missing = [m for m in wanted if m not in found]
+    if allow_missing and any(m in found for m in MODALITIES):
+        missing = [m for m in missing if m == "seg"]
     duplicated = {m: v for m, v in found.items() if len(v) > 1}
     if missing or duplicated:
         read_as = ", ".join(f"{n} -> {modality_of(n) or '?'}" for n in names) or "nothing"
@@ -128,23 +130,43 @@ def assign_modalities(names: list[str], need_seg: bool = False) -> dict[str, str
             problems.append("missing " + ", ".join(missing))
         for m, v in duplicated.items():
             problems.append(f"{m} is ambiguous ({', '.join(v)})")
+        what = "any of the BraTS inputs" if allow_missing else "the four BraTS inputs"
         raise ModalityError(
-            f"Could not identify the four BraTS inputs: {'; '.join(problems)}. Found: {read_as}. "
+            f"Could not identify {what}: {'; '.join(problems)}. Found: {read_as}. "
             "Name them t1/t1n, t1ce/t1c, t2/t2w and flair/t2f, or choose them explicitly."
         )
     return {key: found[key][0] for key in wanted if key in found}
 
 
-def find_case_files(case_dir: str | Path, need_seg: bool = False) -> dict[str, Path]:
-    """The image files of a BraTS case folder, keyed by internal modality (and "seg")."""
+def find_case_files(case_dir: str | Path, need_seg: bool = False, allow_missing: bool = False) -> dict[str, Path]:
+    """The image files of a BraTS case folder, keyed by internal modality (and "seg"). allow_missing:
+    any non-empty set of the four contrasts (the models that can use fewer say what they used)."""
     case_dir = Path(case_dir)
     if not case_dir.is_dir():
         raise ModalityError(f"{case_dir} is not a folder: give a BraTS case folder with four NIfTI images.")
     files = sorted(
         p.name for p in case_dir.iterdir() if p.is_file() and re.search(r"\.(nii(\.gz)?|nrrd|nhdr|mha)$", p.name, re.I)
     )
-    assigned = assign_modalities(files, need_seg=need_seg)
+    assigned = assign_modalities(files, need_seg=need_seg, allow_missing=allow_missing)
     return {key: case_dir / name for key, name in assigned.items()}
+
+
+# A result made without T1CE holds the whole tumour only (label 1): shown as one "Whole tumour" segment.
+WHOLE_TUMOUR_SEGMENTS = {1: REGION_SEGMENTS["WT"]}
+ALL_REGIONS = ("ET", "TC", "WT")
+
+
+def segments_for(regions) -> dict[int, Segment]:
+    """The segments a result's labels stand for: NETC, SNFH, ET, or the whole tumour alone."""
+    return LABEL_SEGMENTS if tuple(regions) != ("WT",) else WHOLE_TUMOUR_SEGMENTS
+
+
+def internal_labels_of(labels: np.ndarray, regions) -> np.ndarray:
+    """A result's labels in the internal convention: a whole-tumour-only result (label 1) as SNFH, so
+    region_masks gives its WT right (and TC, ET empty: not produced, which callers say)."""
+    if tuple(regions) != ("WT",):
+        return labels
+    return np.where(labels > 0, SNFH, 0).astype(np.uint8)
 
 
 def case_file_name(case_id: str, key: str, naming: str = "2023") -> str:
@@ -185,11 +207,11 @@ def region_masks(labels: np.ndarray) -> dict[str, np.ndarray]:
     return {region: np.isin(labels, values) for region, values in REGION_LABELS.items()}
 
 
-def find_training_cases(data_dir: str | Path) -> tuple[list[dict[str, Path]], list[str]]:
+def find_training_cases(data_dir: str | Path, allow_missing: bool = False) -> tuple[list[dict[str, Path]], list[str]]:
     """(usable cases, reasons others were skipped) for a folder of BraTS case folders.
 
-    A usable case has the four modalities and a ground-truth segmentation. Raises
-    ModalityError when there is nothing to train on, saying what was found instead.
+    A usable case has the four modalities (allow_missing: any of them) and a ground-truth
+    segmentation. Raises ModalityError when there is nothing to use, saying what was found instead.
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -197,7 +219,7 @@ def find_training_cases(data_dir: str | Path) -> tuple[list[dict[str, Path]], li
     cases, skipped = [], []
     for case_dir in sorted(p for p in data_dir.iterdir() if p.is_dir()):
         try:
-            cases.append(find_case_files(case_dir, need_seg=True))
+            cases.append(find_case_files(case_dir, need_seg=True, allow_missing=allow_missing))
         except ModalityError as error:
             skipped.append(f"{case_dir.name}: {error}")
     if not cases:
@@ -221,7 +243,7 @@ def read_case(files: dict[str, Path]) -> tuple[dict[str, np.ndarray], np.ndarray
     from SAMBACore.inputs import zero_background
 
     images, spacing = {}, None
-    for key in MODALITIES:
+    for key in (m for m in MODALITIES if m in files):  # a case may lack some (find_case_files' allow_missing)
         image = read_image(files[key])
         images[key] = zero_background(sitk.GetArrayFromImage(image).astype(np.float32))
         spacing = spacing or tuple(reversed(image.GetSpacing()))

@@ -14,25 +14,37 @@ from SAMBACore import lesionwise, metrics
 from SAMBACore.brats import find_training_cases, read_case
 
 # segment(images by modality, truth labels, the case's files) -> (labels, notes for the report);
-# the truth is there for prompts drawn from it (an ROI standing in for a radiologist's box).
+# the truth is there for prompts drawn from it (an ROI standing in for a radiologist's box). A note
+# "regions" (a tuple) names the regions the labels hold, when not all three (no T1CE: WT only).
 SegmentCase = Callable[[dict, np.ndarray, dict], tuple[np.ndarray, dict]]
 
 
 def score_cases(data_dir, segment: SegmentCase, log: Callable[[str], None] = print,
-                on_case: Callable[[dict, dict, np.ndarray, np.ndarray], None] | None = None) -> dict:
+                on_case: Callable[[dict, dict, np.ndarray, np.ndarray], None] | None = None,
+                allow_missing: bool = False, contrasts=None) -> dict:
     """Every case of data_dir with its seg file segmented and scored (voxel- and lesion-wise), with
-    the mean per region over cases and the mean seconds of `segment` per case. `on_case(files,
-    images, labels, truth)` is called after each case (a preview picture of it, for example)."""
-    cases, skipped = find_training_cases(data_dir)
+    the mean per region over cases (over the cases that produced it) and the mean seconds of `segment`
+    per case. `on_case(files, images, labels, truth)` is called after each case (a preview picture of it,
+    for example). allow_missing: cases with any of the four contrasts; `contrasts`: use only these
+    (the others are left out, to measure what a case without them would get)."""
+    cases, skipped = find_training_cases(data_dir, allow_missing=allow_missing or contrasts is not None)
     per_case = []
     for index, files in enumerate(cases):
+        if contrasts is not None:
+            files = {k: v for k, v in files.items() if k in contrasts or k == "seg"}
+            if len(files) == 1:
+                skipped.append(f"{files['seg'].parent.name}: has none of {', '.join(contrasts)}")
+                continue
         images, truth, spacing = read_case(files)
         started = time.perf_counter()
         labels, notes = segment(images, truth, files)
         seconds = time.perf_counter() - started
+        regions = notes.pop("regions", None)
         scores = metrics.region_metrics(labels, truth, spacing)
         for region, values in lesionwise.region_lesionwise(labels, truth, spacing).items():
             scores[region].update(values)
+        if regions is not None:  # not produced (no T1CE): not scored, rather than scored as missed
+            scores = {r: v for r, v in scores.items() if r in regions}
         per_case.append({"case": files["seg"].parent.name, **notes, "seconds": seconds, "metrics": scores})
         log(f"[{index + 1}/{len(cases)}] {per_case[-1]['case']}"
             + "".join(f" ({value})" for value in notes.values()) + ": "

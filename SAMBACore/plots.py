@@ -73,7 +73,7 @@ def plot_dice(per_case: list[dict], path, title: str = "", regions=("ET", "TC", 
         raise ValueError("No case was scored, so there is nothing to plot.")
     plt = pyplot()
     figure, axes = plt.subplots(figsize=(7.5, 4.8))
-    values = [[float(c["metrics"][r]["dice"]) for c in per_case] for r in regions]
+    values = [[float(c["metrics"][r]["dice"]) if r in c["metrics"] else np.nan for c in per_case] for r in regions]
     shown = [[v for v in column if np.isfinite(v)] for column in values]
     axes.boxplot(shown, positions=range(len(regions)), widths=0.5, showfliers=False,
                  medianprops={"color": "black"}, boxprops={"color": "0.4"}, whiskerprops={"color": "0.4"},

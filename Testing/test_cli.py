@@ -136,7 +136,8 @@ def test_segment_a_folder_of_cases_goes_on_past_a_broken_one(tiny_bundle_and_cas
     for name in ("A", "B"):
         shutil.copytree(case, data / name)
     shutil.copytree(case, data / "C-broken")
-    next((data / "C-broken").glob("*t2w*")).unlink()
+    broken = next((data / "C-broken").glob("*t2w*"))  # cut short, as by an interrupted copy (a missing
+    broken.write_bytes(broken.read_bytes()[:1000])     # contrast is no longer an error: test_contrast_subsets)
     out = tmp_path / "out"
     result = run_cli("segment", str(data), "-o", str(out), "--bundle", str(bundle),
                      "--volumes", str(tmp_path / "volumes.csv"), "--agreement", str(tmp_path / "agreement"))

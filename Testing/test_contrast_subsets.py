@@ -68,3 +68,59 @@ def test_a_missing_contrast_is_a_channel_of_zeros(case):
     inputs = voting.voting_inputs({"t1ce": case["t1ce"], "flair": case["flair"]}, votes)
     assert inputs.shape == (16,) + case["flair"].shape
     assert not inputs[0].any() and not inputs[2].any() and inputs[1].any() and inputs[3].any()
+
+
+@pytest.fixture(scope="module")
+def flair_t1_case(tmp_path_factory):
+    """A phantom case folder with FLAIR and T1 only (T1CE and T2 removed), and its full twin."""
+    import shutil
+
+    from SAMBACore.phantom import write_case
+
+    folder = tmp_path_factory.mktemp("subset")
+    full = write_case(folder / "full", "CASE", seed=20003)
+    partial = folder / "partial" / "CASE"
+    shutil.copytree(full, partial)
+    for suffix in ("t1c", "t2w"):
+        next(partial.glob(f"*-{suffix}.nii.gz")).unlink()
+    return full, partial
+
+
+def test_the_command_line_segments_a_case_without_t1ce_as_whole_tumour(flair_t1_case, tmp_path, capsys):
+    import csv
+
+    import slicerio
+
+    from SAMBACore import cli
+    from SAMBACore.brats import find_case_files, read_case
+    from SAMBACore.metrics import region_metrics
+
+    _, partial = flair_t1_case
+    out, table = tmp_path / "case.seg.nrrd", tmp_path / "volumes.csv"
+    assert cli.main(["segment", str(partial), "-o", str(out), "--preset", "fast", "--volumes", str(table)]) == 0
+    captured = capsys.readouterr()
+    assert "Contrasts: T1, FLAIR (no T1CE, T2)" in captured.out and "No T1CE: only the whole tumour" in captured.err
+    seg = slicerio.read_segmentation(str(out))
+    assert [s["name"] for s in seg["segments"]] == ["Whole tumour"]
+    with open(table, newline="") as f:
+        [row] = list(csv.DictReader(f))
+    assert list(row) == ["Case", "WT (mL)"]
+    _, truth, _ = read_case(find_case_files(flair_t1_case[0], need_seg=True))
+    labels = np.transpose(seg["voxels"], (2, 1, 0))  # slicerio gives (i, j, k)
+    wt = region_metrics(np.where(labels > 0, 2, 0), truth)["WT"]["dice"]
+    # phantom-demo, YOLO boxes, the FLAIR axial votes alone (no T1CE: no voting net): measured 0.729.
+    assert wt > 0.6, wt
+
+
+def test_evaluate_scores_only_what_a_subset_produces(flair_t1_case):
+    from SAMBASegmentLib.evaluation import evaluate
+    from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
+
+    models = load_samba_models(resolve_bundle("phantom-demo"))
+    full, _ = flair_t1_case
+    without = evaluate(models, full.parent, prompt="roi", preset="fast", contrasts=("t1", "flair"), log=lambda s: None)
+    assert without["contrasts"] == "t1,flair" and set(without["mean"]) == {"WT"}
+    assert without["per_case"][0]["contrasts"] == "T1, FLAIR (no T1CE, T2)"
+    with_t1ce = evaluate(models, full.parent, prompt="roi", preset="fast", contrasts=("t1ce", "flair"),
+                         log=lambda s: None)
+    assert set(with_t1ce["mean"]) == {"ET", "TC", "WT"}

@@ -93,18 +93,22 @@ def _files(folder):
 
 # --- missing and duplicate modalities --------------------------------------------------------
 
-def test_missing_modality(scene, nodes, case_dir, tiny_bundle, tmp_path, capsys):
-    nodes["flair"] = None
+def test_no_modality_at_all(scene, nodes, case_dir, tiny_bundle, tmp_path, capsys):
+    # Any non-empty set of the four is used (test_contrast_subsets.py); none at all is refused.
+    for m in list(nodes):
+        nodes[m] = None
     before = _snapshot(scene, nodes)
-    with pytest.raises(InputError, match=r"No volume selected for flair: select the four BraTS volumes"):
+    with pytest.raises(InputError, match=r"No volume selected: select at least one of T1, T1CE, T2 and FLAIR"):
         arrays_from_nodes(nodes)
     _assert_unchanged(scene, nodes, before)
 
-    (case_dir / case_file_name(case_dir.name, "t2")).unlink()
+    for key in ("t1", "t1ce", "t2", "flair"):
+        (case_dir / case_file_name(case_dir.name, key)).unlink()
     files = _files(case_dir)
     code, _, err = _segment(case_dir, tmp_path / "out.seg.nrrd", tiny_bundle, capsys)
     assert code == 2 and err.count("\n") == 1
-    assert "missing t2" in err and "Name them t1/t1n, t1ce/t1c, t2/t2w and flair/t2f" in err
+    assert "Could not identify any of the BraTS inputs: missing t1, t1ce, t2, flair" in err
+    assert "Name them t1/t1n, t1ce/t1c, t2/t2w and flair/t2f" in err
     assert _files(case_dir) == files and not (tmp_path / "out.seg.nrrd").exists()
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 DEVICES = ("auto", "cpu", "cuda")
+CONTRASTS = ("t1", "t1ce", "t2", "flair")  # SAMBACore.brats.MODALITIES, here without importing numpy
 BUNDLE_HELP = "bundle folder or bundled name (default phantom-demo)"
 ADAPTER_HELP = "a LoRA adapter folder for the bundle's SAM (slicer-samba train lora), merged in before use"
 PRESET_CHOICES = ("auto", "all", "balanced", "fast")  # pipeline.PRESET_CHOICES, here without importing torch
@@ -41,39 +42,47 @@ def _roi_ijk(reference, values: str):
 def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, prompt: str, args, device,
                   preview: Path | None = None) -> dict[str, float]:
     """One case folder -> its .seg.nrrd (and agreement map); returns the sub-region volumes in mL."""
-    from SAMBACore import bridge, metrics
-    from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, find_case_files
-    from SAMBASegmentLib.logic import arrays_from_nodes
+    from SAMBACore import bridge
+    from SAMBACore.brats import MODALITIES, find_case_files, segments_for
+    from SAMBASegmentLib.contrasts import WITHOUT_T1CE, describe
+    from SAMBASegmentLib.logic import arrays_from_nodes, reference_node, volume_columns
     from SAMBASegmentLib.pipeline import run_samba
 
     scene = bridge.get_scene()  # headless: a new scene per case, so a batch does not accumulate volumes
-    files = find_case_files(case_dir)
-    nodes = {m: bridge.load_volume(scene, files[m]) for m in MODALITIES}
+    files = find_case_files(case_dir, allow_missing=True)
+    nodes = {m: bridge.load_volume(scene, files[m]) for m in MODALITIES if m in files}
     images, warnings = arrays_from_nodes(nodes)
     for warning in warnings:
         print(f"Warning: {warning}", file=sys.stderr, flush=True)
-    roi = _roi_ijk(nodes["t1"], args.roi) if args.roi else None
+    reference = reference_node(nodes)
+    roi = _roi_ijk(reference, args.roi) if args.roi else None
 
     def report(fraction, message):
         print(f"[{fraction:4.0%}] {message}", flush=True)
 
     result = run_samba(images, models, prompt=prompt, mode=args.mode, roi=roi, device=device, progress=report,
                        preset=args.preset)
-    segmentation = bridge.segmentation_from_labels(scene, result.labels, nodes["t1"], LABEL_SEGMENTS, "Tumour segmentation")
+    print(f"Contrasts: {describe(result.contrasts)}")
+    if "ET" not in result.regions:
+        print(f"Warning: {WITHOUT_T1CE}", file=sys.stderr, flush=True)
+    segmentation = bridge.segmentation_from_labels(scene, result.labels, reference, segments_for(result.regions),
+                                                   "Tumour segmentation")
     print(f"Segmentation: {bridge.save_segmentation(segmentation, output)}")
     if agreement:
-        node = bridge.volume_from_array(scene, result.agreement, bridge.ijk_to_ras(nodes["t1"]), "SAM agreement")
+        node = bridge.volume_from_array(scene, result.agreement, bridge.ijk_to_ras(reference), "SAM agreement")
         print(f"Agreement map: {bridge.save_volume(node, agreement)}")
     if not result.tumour_found:
         print("No tumour found: the segmentation is empty. Try an ROI prompt (--roi) around the lesion.")
-    volumes = metrics.volumes_ml(result.labels, tuple(reversed(nodes["t1"].GetSpacing())))
+    columns = volume_columns(result.labels, reference, result.regions)
+    volumes = dict(zip(columns["Region"], columns["Volume (mL)"]))
     print("Volumes (mL): " + ", ".join(f"{name} {ml:.1f}" for name, ml in volumes.items()))
     print("Time per stage: " + ", ".join(f"{name} {s:.1f} s" for name, s in result.seconds.items())
           + f" (preset {result.preset})")
     if preview:
         from SAMBACore.preview import preview_case
 
-        preview_case(preview, images, result.labels, bridge.ijk_to_ras(nodes["t1"]), case_dir=case_dir,
+        preview_case(preview, images, result.labels, bridge.ijk_to_ras(reference), segments_for(result.regions),
+                     case_dir=case_dir,
                      title=f"SAMBA ({args.bundle}, {prompt} boxes): {case_dir.name}")
     return volumes
 
@@ -127,7 +136,19 @@ def _train(args) -> int:
     return 0
 
 
+def _contrasts(value: str | None) -> tuple[str, ...] | None:
+    """--contrasts t1ce,flair -> ("t1ce", "flair"), checked before anything is loaded."""
+    if not value:
+        return None
+    chosen = tuple(v.strip().lower() for v in value.split(",") if v.strip())
+    unknown = [c for c in chosen if c not in CONTRASTS]
+    if unknown or not chosen:
+        raise ValueError(f"--contrasts takes some of {', '.join(CONTRASTS)}, comma-separated; got {value!r}.")
+    return chosen
+
+
 def _evaluate(args) -> int:
+    contrasts = _contrasts(args.contrasts)
     from SAMBACore.device import choose_device
     from SAMBASegmentLib.evaluation import evaluate
     from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
@@ -145,9 +166,10 @@ def _evaluate(args) -> int:
     models = load_samba_models(resolve_bundle(args.bundle), device, adapter=args.adapter)
     on_case = case_preview_writer(args.preview, f"SAMBA ({args.bundle}, {args.prompt} boxes, {args.mode})")
     report = evaluate(models, args.data_dir, prompt=args.prompt, mode=args.mode, device=device, on_case=on_case,
-                      preset=args.preset)
+                      preset=args.preset, contrasts=contrasts)
     report["adapter"] = str(args.adapter) if args.adapter else None
-    print(f"Mean over {report['cases']} case(s), {args.prompt} prompts, {args.mode}, preset {report['preset']}: "
+    print(f"Mean over {report['cases']} case(s), {args.prompt} prompts, {args.mode}, preset {report['preset']}, "
+          f"contrasts {report['contrasts']}: "
           + ", ".join(f"{r} Dice {v['dice']:.3f} HD95 {v['hd95']:.1f} mm (lesion-wise {v['lesion_dice']:.3f} / "
                       f"{v['lesion_hd95']:.1f} mm)" for r, v in report["mean"].items())
           + f"; {report['mean_seconds']:.0f} s per case")
@@ -218,6 +240,9 @@ def register(commands, train, bench) -> None:
     evaluate.add_argument("--mode", choices=("samba", "samba-mc"), default="samba")
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help=PRESET_HELP)
+    evaluate.add_argument("--contrasts", metavar="LIST", help="use only these contrasts of each case, e.g. "
+                          "t1ce,flair or flair (to measure a case without the others; without t1ce only the whole "
+                          "tumour is produced and scored). Default: every contrast a case has")
     evaluate.add_argument("--json", action="store_true", help="also print the full report as one JSON line")
     evaluate.add_argument("--record", metavar="NAME", help="store the means in the bundle's manifest under metrics.NAME")
     evaluate.add_argument("--plot", type=Path, metavar="OUT.png", help="also draw Dice per region per case (a box "

@@ -10,8 +10,9 @@ from typing import Callable
 
 import numpy as np
 
-from SAMBACore.brats import region_masks
+from SAMBACore.brats import internal_labels_of, region_masks
 from SAMBACore.evaluation import score_cases
+from SAMBASegmentLib.contrasts import describe
 from SAMBASegmentLib.pipeline import run_samba
 from SAMBASegmentLib.sam_runner import EmbeddingCache
 from SAMBASegmentLib.samba_bundle import SambaModels
@@ -24,7 +25,10 @@ def truth_roi(labels: np.ndarray, margin: int = 5):
 
 
 def evaluate(models: SambaModels, data_dir, prompt: str = "yolo", mode: str = "samba", roi_margin: int = 5,
-             device: str = "cpu", log: Callable[[str], None] = print, on_case=None, preset: str = "auto") -> dict:
+             device: str = "cpu", log: Callable[[str], None] = print, on_case=None, preset: str = "auto",
+             contrasts=None) -> dict:
+    """Scores per case and their means (SAMBACore.evaluation.score_cases). Cases may have any set of the
+    four contrasts; `contrasts` uses only those (the others left out), to measure a subset."""
     ran = set()
 
     def segment(images, truth, files):
@@ -32,7 +36,9 @@ def evaluate(models: SambaModels, data_dir, prompt: str = "yolo", mode: str = "s
         result = run_samba(images, models, prompt=prompt, mode=mode, roi=roi, cache=EmbeddingCache(), device=device,
                            preset=preset)
         ran.add(result.preset)
-        return result.labels, {}
+        return internal_labels_of(result.labels, result.regions), {"contrasts": describe(result.contrasts),
+                                                                   "regions": result.regions}
 
-    scores = score_cases(data_dir, segment, log, on_case)
-    return {"prompt": prompt, "mode": mode, "preset": ",".join(sorted(ran)), **scores}
+    scores = score_cases(data_dir, segment, log, on_case, allow_missing=True, contrasts=contrasts)
+    return {"prompt": prompt, "mode": mode, "preset": ",".join(sorted(ran)),
+            "contrasts": ",".join(contrasts) if contrasts else "as found", **scores}

@@ -17,9 +17,11 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from SAMBACore import bridge
-from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, REGION_SEGMENTS, region_masks
+from SAMBACore.brats import (ALL_REGIONS, LABEL_SEGMENTS, MODALITIES, REGION_SEGMENTS, internal_labels_of, region_masks,
+                             segments_for)
 from SAMBACore.inputs import InputError, check_image, geometry_differences, skull_strip_warning, zero_background
 from SAMBACore.metrics import volumes_ml
+from SAMBASegmentLib.contrasts import WITHOUT_T1CE
 from SAMBASegmentLib.pipeline import SambaResult, run_samba
 from SAMBASegmentLib.sam_runner import EmbeddingCache
 from SAMBASegmentLib.samba_bundle import SambaModels, load_samba_models, resolve_bundle
@@ -43,35 +45,45 @@ class Outputs(NamedTuple):
 AGREEMENT_REFERENCE, VOLUME_TABLE_REFERENCE = "SAMBAAgreementMap", "SAMBAVolumeTable"
 
 
-def volume_columns(labels: np.ndarray, reference) -> dict[str, list]:
-    """Sub-region volumes in mL (NETC, SNFH, ET, TC, WT) as table columns, on the reference's voxel size."""
-    volumes = volumes_ml(labels, tuple(reversed(reference.GetSpacing())))
+def volume_columns(labels: np.ndarray, reference, regions=ALL_REGIONS) -> dict[str, list]:
+    """Sub-region volumes in mL (NETC, SNFH, ET, TC, WT) as table columns, on the reference's voxel size;
+    WT alone for a whole-tumour-only result (no T1CE)."""
+    volumes = volumes_ml(internal_labels_of(labels, regions), tuple(reversed(reference.GetSpacing())))
+    if tuple(regions) == ("WT",):
+        volumes = {"WT": volumes["WT"]}
     names = {s.key: s.name for s in (*LABEL_SEGMENTS.values(), *REGION_SEGMENTS.values())}
     return {"Region": list(volumes), "Name": [names[key] for key in volumes],
             "Volume (mL)": [round(ml, 3) for ml in volumes.values()]}
 
 
+def reference_node(nodes: dict):
+    """The volume whose grid the inputs and the result are on: the first given of T1, T1CE, T2, FLAIR."""
+    present = [m for m in MODALITIES if nodes.get(m) is not None]
+    if not present:
+        raise InputError("No volume selected: select at least one of T1, T1CE, T2 and FLAIR (all four give the "
+                         "best result; without T1CE only the whole tumour is segmented).")
+    return nodes[present[0]]
+
+
 def arrays_from_nodes(nodes: dict) -> tuple[dict[str, np.ndarray], list[str]]:
-    """float32 copies of the four inputs on T1's grid, checked for emptiness and NaNs, with their
-    background moved to 0 (inputs.zero_background); and warnings.
+    """float32 copies of the inputs given (any of the four) on the reference's grid (reference_node),
+    checked for emptiness and NaNs, with their background moved to 0 (inputs.zero_background); and
+    warnings.
 
     A volume on another grid is resampled onto T1's (linear interpolation through both
     IJK-to-RAS matrices), with a warning naming it and what differed; one that does not overlap
     T1 at all is refused. Volumes that look not skull-stripped get a warning too
     (inputs.skull_strip_warning). The nodes themselves are never changed.
     """
-    missing = [m for m in MODALITIES if nodes.get(m) is None]
-    if missing:
-        raise InputError(f"No volume selected for {', '.join(missing)}: select the four BraTS volumes "
-                         "(T1, T1CE, T2, FLAIR) and try again.")
-    for a, b in combinations(MODALITIES, 2):
+    reference = reference_node(nodes)
+    present = [m for m in MODALITIES if nodes.get(m) is not None]
+    for a, b in combinations(present, 2):
         if nodes[a] is nodes[b]:
             raise InputError(f"{nodes[a].GetName()} is selected for both {a} and {b}: "
                              "select a different volume for each modality.")
-    reference = nodes[MODALITIES[0]]
-    reference_grid = None  # T1's, set on the first pass
+    reference_grid = None  # the reference's, set on the first pass
     images, warnings = {}, []
-    for m in MODALITIES:
+    for m in present:
         node = nodes[m]
         array = bridge.array_from_volume(node).astype(np.float32)
         check_image(node.GetName(), array)  # before resampling, which would smear NaNs around
@@ -138,17 +150,20 @@ class SAMBASegmentCore:
         if method not in METHODS:
             raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
         images, warnings = arrays_from_nodes(nodes)
-        reference = nodes[MODALITIES[0]]
+        reference = reference_node(nodes)
         roi = bridge.roi_node_to_voxels(roi_node, reference) if roi_node is not None else None
         mask = None
         if prompt_segmentation is not None:
             keys = {s.key: v for v, s in LABEL_SEGMENTS.items()}
             mask = region_masks(bridge.labels_from_segmentation(prompt_segmentation, reference, keys))["WT"]
-        key = "|".join(f"{nodes[m].GetID()}@{nodes[m].GetImageData().GetMTime()}" for m in MODALITIES)
+        key = "|".join(f"{m}:{nodes[m].GetID()}@{nodes[m].GetImageData().GetMTime()}" for m in images)
         return Request(images, method, bundle, prompt, mode, roi, mask, device, key, preset, warnings=warnings)
 
     def compute(self, request: Request, progress: Progress | None = None) -> SambaResult:
         if request.method == "threshold":
+            if len(request.images) < len(MODALITIES):
+                raise InputError("The threshold method needs all four volumes (T1, T1CE, T2, FLAIR): use SAMBA "
+                                 "for fewer.")
             labels = segment_threshold(request.images)
             return SambaResult(labels, (labels > 0).astype(np.float32), {})
         models = self.models(request.bundle, request.device)
@@ -158,10 +173,12 @@ class SAMBASegmentCore:
 
     def finish(self, scene, result: SambaResult, reference, output=None, name: str = "Tumour segmentation",
                agreement: bool = False, volume_table: bool = False) -> Outputs:
-        """Add (or fill `output`) the segmentation NETC, SNFH, ET on the reference grid; optionally the
+        """Add (or fill `output`) the segmentation NETC, SNFH, ET (the whole tumour alone when the result
+        was made without T1CE) on the reference grid; optionally the
         agreement map as a volume and the volumes in mL as a table; those an earlier
         run into the same segmentation made are refilled, not added again."""
-        segmentation = bridge.segmentation_from_labels(scene, result.labels, reference, LABEL_SEGMENTS, name, into=output)
+        segmentation = bridge.segmentation_from_labels(scene, result.labels, reference, segments_for(result.regions),
+                                                       name, into=output)
         agreement_node = table = None
         if agreement:
             agreement_node = bridge.volume_from_array(scene, result.agreement, bridge.ijk_to_ras(reference),
@@ -169,7 +186,7 @@ class SAMBASegmentCore:
                                                       into=segmentation.GetNodeReference(AGREEMENT_REFERENCE))
             segmentation.SetNodeReferenceID(AGREEMENT_REFERENCE, agreement_node.GetID())
         if volume_table:
-            table = bridge.table_node(scene, f"{segmentation.GetName()} volumes", volume_columns(result.labels, reference),
+            table = bridge.table_node(scene, f"{segmentation.GetName()} volumes", volume_columns(result.labels, reference, result.regions),
                                       segmentation.GetNodeReference(VOLUME_TABLE_REFERENCE))
             segmentation.SetNodeReferenceID(VOLUME_TABLE_REFERENCE, table.GetID())
         return Outputs(segmentation, agreement_node, table)
@@ -181,4 +198,6 @@ class SAMBASegmentCore:
         for warning in request.warnings:
             log.warning(warning)
         result = self.compute(request, progress)
-        return self.finish(scene, result, nodes[MODALITIES[0]], output, name).segmentation
+        if result.regions != ALL_REGIONS:
+            log.warning(WITHOUT_T1CE)
+        return self.finish(scene, result, reference_node(nodes), output, name).segmentation
