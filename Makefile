@@ -22,7 +22,7 @@ demo: $(STAMP)
 # so its module fixtures are made once. TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	YOLO_OFFLINE=true $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	YOLO_OFFLINE=true $(VENV)/bin/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -1,4 +1,5 @@
-"""`slicer-samba` end to end, as a user runs it: phantom, demo, and bad input."""
+"""`slicer-samba` end to end, as a user runs it: phantom, demo, and bad input (the demo, help and
+benchmark in a new interpreter; segment and evaluate through cli.main in this one)."""
 
 import csv
 import json
@@ -12,11 +13,24 @@ import pytest
 import slicerio
 from tiny_bundles import write_tiny_samba_bundle
 
+from SAMBACore import cli
 from SAMBACore.brats import LABEL_SEGMENTS
 
 
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "SAMBACore.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def run_main(capsys):
+    """The command in this process (cli.main, what the slicer-samba script calls): the same result as
+    run_cli without a new interpreter's imports (torch, MONAI: about 15 s each time on 2 cores)."""
+    def run(*args):
+        code = cli.main(list(args))
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return run
 
 
 def test_demo_writes_a_named_seg_nrrd_and_scores_it(tmp_path):
@@ -98,11 +112,11 @@ def tiny_bundle_and_case(tmp_path_factory):
     return folder / "bundle", write_case(folder / "cases", "CASE", seed=3)
 
 
-def test_segment_with_a_bundle_and_an_roi(tiny_bundle_and_case, tmp_path):
+def test_segment_with_a_bundle_and_an_roi(tiny_bundle_and_case, tmp_path, run_main):
     bundle, case = tiny_bundle_and_case
     out = tmp_path / "out.seg.nrrd"
     # BraTS voxel (i, j, k) sits at LPS (i, j - 239, k), i.e. RAS (-i, 239 - j, k).
-    result = run_cli("segment", str(case), "-o", str(out), "--bundle", str(bundle),
+    result = run_main("segment", str(case), "-o", str(out), "--bundle", str(bundle),
                      "--roi=-80,150,40,-120,100,80", "--agreement", str(tmp_path / "agree.nrrd"),
                      "--volumes", str(tmp_path / "volumes.csv"))
     assert result.returncode == 0, result.stderr
@@ -121,16 +135,16 @@ def test_segment_with_a_bundle_and_an_roi(tiny_bundle_and_case, tmp_path):
         assert float(row[f"{segment['id']} (mL)"]) == pytest.approx(count * voxel_ml, rel=1e-5, abs=1e-3)  # 6 digits
     wt = sum(float(row[f"{region} (mL)"]) for region in ("NETC", "SNFH", "ET"))
     assert float(row["WT (mL)"]) == pytest.approx(wt, rel=1e-5)
-    bad_table = run_cli("segment", str(case), "-o", str(out), "--bundle", str(bundle), "--volumes", "v.txt")
+    bad_table = run_main("segment", str(case), "-o", str(out), "--bundle", str(bundle), "--volumes", "v.txt")
     assert bad_table.returncode == 2 and ".csv or .tsv" in bad_table.stderr
 
-    bad = run_cli("segment", str(case), "-o", str(out), "--bundle", str(bundle), "--roi", "1,2,3")
+    bad = run_main("segment", str(case), "-o", str(out), "--bundle", str(bundle), "--roi", "1,2,3")
     assert bad.returncode == 2 and "six numbers" in bad.stderr
-    missing = run_cli("segment", str(case), "-o", str(out), "--bundle", str(tmp_path / "nowhere"))
+    missing = run_main("segment", str(case), "-o", str(out), "--bundle", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "No model bundle" in missing.stderr
 
 
-def test_segment_a_folder_of_cases_goes_on_past_a_broken_one(tiny_bundle_and_case, tmp_path):
+def test_segment_a_folder_of_cases_goes_on_past_a_broken_one(tiny_bundle_and_case, tmp_path, run_main):
     bundle, case = tiny_bundle_and_case
     data = tmp_path / "data"
     for name in ("A", "B"):
@@ -139,7 +153,8 @@ def test_segment_a_folder_of_cases_goes_on_past_a_broken_one(tiny_bundle_and_cas
     broken = next((data / "C-broken").glob("*t2w*"))  # cut short, as by an interrupted copy (a missing
     broken.write_bytes(broken.read_bytes()[:1000])     # contrast is no longer an error: test_contrast_subsets)
     out = tmp_path / "out"
-    result = run_cli("segment", str(data), "-o", str(out), "--bundle", str(bundle),
+    # --preset fast (FLAIR axial votes): this is about the batch, not about the votes.
+    result = run_main("segment", str(data), "-o", str(out), "--bundle", str(bundle), "--preset", "fast",
                      "--volumes", str(tmp_path / "volumes.csv"), "--agreement", str(tmp_path / "agreement"))
     assert result.returncode == 2  # not all done: said so, after doing the rest
     assert "Skipped C-broken" in result.stderr and "1 of 3 case(s) were skipped (C-broken)" in result.stderr
@@ -150,15 +165,16 @@ def test_segment_a_folder_of_cases_goes_on_past_a_broken_one(tiny_bundle_and_cas
     assert [row["Case"] for row in rows] == ["A", "B"]
     assert rows[0]["WT (mL)"] == rows[1]["WT (mL)"]  # the same images give the same volumes
 
-    single_output = run_cli("segment", str(data), "-o", str(tmp_path / "x.seg.nrrd"), "--bundle", str(bundle))
+    single_output = run_main("segment", str(data), "-o", str(tmp_path / "x.seg.nrrd"), "--bundle", str(bundle))
     assert single_output.returncode == 2 and "give a folder for -o" in single_output.stderr
-    roi = run_cli("segment", str(data), "-o", str(out), "--bundle", str(bundle), "--roi=1,2,3,4,5,6")
+    roi = run_main("segment", str(data), "-o", str(out), "--bundle", str(bundle), "--roi=1,2,3,4,5,6")
     assert roi.returncode == 2 and "one case's box" in roi.stderr
 
 
-def test_evaluate_scores_every_case(tiny_bundle_and_case):
+def test_evaluate_scores_every_case(tiny_bundle_and_case, run_main):
     bundle, case = tiny_bundle_and_case
-    result = run_cli("evaluate", str(case.parent), "--bundle", str(bundle), "--prompt", "roi", "--json")
+    result = run_main("evaluate", str(case.parent), "--bundle", str(bundle), "--prompt", "roi", "--preset", "fast",
+                     "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["cases"] == 1 and set(report["mean"]) == {"ET", "TC", "WT"}

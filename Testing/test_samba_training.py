@@ -32,7 +32,7 @@ def test_components_accumulate_in_one_bundle(data, tmp_path):
     training.train_sam(data, bundle_dir, steps=2, batch=2, sam_config=TINY_SAM, command="test sam", log=log.append)
     assert set(load_bundle(bundle_dir).components) == {"sam"}
     training.train_yolo(data, bundle_dir, epochs=1, batch=8, views=("axial",), command="test yolo", log=log.append)
-    training.train_voting(data, bundle_dir, steps=2, patch=32, command="test voting", log=log.append)
+    training.train_voting(data, bundle_dir, steps=2, patch=32, command="test voting", log=log.append, preset="fast")
 
     bundle = load_bundle(bundle_dir)
     assert set(bundle.components) == {"sam", "yolo", "voting"}
