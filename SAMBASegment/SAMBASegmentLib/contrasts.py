@@ -22,9 +22,14 @@ WITHOUT_T1CE = ("No T1CE: only the whole tumour is segmented. Enhancing tumour i
                 "T1, and without it the tumour core cannot be told from edema.")
 
 
+def given(inputs: dict) -> tuple[str, ...]:
+    """The contrasts of `inputs` (images or volume nodes, by modality) that are not None, MODALITIES order."""
+    return tuple(m for m in MODALITIES if inputs.get(m) is not None)
+
+
 def contrasts_present(images: dict) -> tuple[str, ...]:
     """The contrasts given (MODALITIES order); InputError when none is."""
-    present = tuple(m for m in MODALITIES if images.get(m) is not None)
+    present = given(images)
     if not present:
         raise InputError("No image given: load at least one of T1, T1CE, T2 and FLAIR (all four give the best result).")
     return present

@@ -21,7 +21,7 @@ from SAMBACore.brats import (ALL_REGIONS, LABEL_SEGMENTS, MODALITIES, REGION_SEG
                              segments_for)
 from SAMBACore.inputs import InputError, check_image, geometry_differences, skull_strip_warning, zero_background
 from SAMBACore.metrics import volumes_ml
-from SAMBASegmentLib.contrasts import WITHOUT_T1CE
+from SAMBASegmentLib.contrasts import WITHOUT_T1CE, given
 from SAMBASegmentLib.pipeline import SambaResult, run_samba
 from SAMBASegmentLib.sam_runner import EmbeddingCache
 from SAMBASegmentLib.samba_bundle import SambaModels, load_samba_models, resolve_bundle
@@ -58,7 +58,7 @@ def volume_columns(labels: np.ndarray, reference, regions=ALL_REGIONS) -> dict[s
 
 def reference_node(nodes: dict):
     """The volume whose grid the inputs and the result are on: the first given of T1, T1CE, T2, FLAIR."""
-    present = [m for m in MODALITIES if nodes.get(m) is not None]
+    present = given(nodes)
     if not present:
         raise InputError("No volume selected: select at least one of T1, T1CE, T2 and FLAIR (all four give the "
                          "best result; without T1CE only the whole tumour is segmented).")
@@ -70,13 +70,13 @@ def arrays_from_nodes(nodes: dict) -> tuple[dict[str, np.ndarray], list[str]]:
     checked for emptiness and NaNs, with their background moved to 0 (inputs.zero_background); and
     warnings.
 
-    A volume on another grid is resampled onto T1's (linear interpolation through both
+    A volume on another grid is resampled onto the reference's (linear interpolation through both
     IJK-to-RAS matrices), with a warning naming it and what differed; one that does not overlap
-    T1 at all is refused. Volumes that look not skull-stripped get a warning too
+    the reference at all is refused. Volumes that look not skull-stripped get a warning too
     (inputs.skull_strip_warning). The nodes themselves are never changed.
     """
     reference = reference_node(nodes)
-    present = [m for m in MODALITIES if nodes.get(m) is not None]
+    present = given(nodes)
     for a, b in combinations(present, 2):
         if nodes[a] is nodes[b]:
             raise InputError(f"{nodes[a].GetName()} is selected for both {a} and {b}: "
@@ -186,7 +186,8 @@ class SAMBASegmentCore:
                                                       into=segmentation.GetNodeReference(AGREEMENT_REFERENCE))
             segmentation.SetNodeReferenceID(AGREEMENT_REFERENCE, agreement_node.GetID())
         if volume_table:
-            table = bridge.table_node(scene, f"{segmentation.GetName()} volumes", volume_columns(result.labels, reference, result.regions),
+            table = bridge.table_node(scene, f"{segmentation.GetName()} volumes",
+                                      volume_columns(result.labels, reference, result.regions),
                                       segmentation.GetNodeReference(VOLUME_TABLE_REFERENCE))
             segmentation.SetNodeReferenceID(VOLUME_TABLE_REFERENCE, table.GetID())
         return Outputs(segmentation, agreement_node, table)
