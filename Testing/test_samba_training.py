@@ -57,3 +57,17 @@ def test_decoder_only_training_keeps_the_encoder(data, tmp_path):
     record = json.loads((bundle_dir / "manifest.json").read_text())["training"]["sam"]
     assert record["trained"] == "decoder" and record["mode"] == "samba-mc"
     assert record["starting_from"]["trained"] == "encoder+decoder"  # how the starting weights were made
+
+
+def test_voting_net_on_simulated_votes_with_contrast_dropout(data, tmp_path):
+    """No SAM needed: the votes come from the truth; the record and config say how it was trained."""
+    bundle_dir = tmp_path / "simulated"
+    training.train_voting(data, bundle_dir, steps=2, patch=32, votes="simulated", drop_contrasts=0.5,
+                          config={"whole_tumour": "votes"}, command="test simulated", log=lambda s: None)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    record = manifest["training"]["voting"]
+    assert record["votes_from"].startswith("simulated from the true whole tumour")
+    assert record["contrast_dropout"].startswith("p 0.5") and "preset" not in record
+    assert manifest["components"]["voting"]["config"]["whole_tumour"] == "votes"
+    with pytest.raises(ValueError, match="Unknown vote source"):
+        training.train_voting(data, bundle_dir, steps=1, votes="yolo", log=lambda s: None)

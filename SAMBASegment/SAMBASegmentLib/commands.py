@@ -131,7 +131,9 @@ def _train(args) -> int:
         training.train_sam(args.data_dir, args.output, steps=args.steps, train_encoder=not args.decoder_only,
                            multimask=args.mode == "samba-mc", backbone=args.backbone, **common)
     else:
-        training.train_voting(args.data_dir, args.output, steps=args.steps, preset=args.preset, **common)
+        config = {"whole_tumour": "votes"} if args.whole_tumour == "votes" else None
+        training.train_voting(args.data_dir, args.output, steps=args.steps, preset=args.preset, votes=args.votes,
+                              drop_contrasts=args.drop_contrasts, config=config, **common)
     print(f"Bundle updated: {args.output} ({args.component})")
     return 0
 
@@ -273,6 +275,16 @@ def register(commands, train, bench) -> None:
     voting_parser.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
     voting_parser.add_argument("--preset", choices=PRESET_CHOICES, default="auto",
                                help="the votes to train on, as segment will run them: " + PRESET_HELP)
+    voting_parser.add_argument("--votes", choices=("sam", "simulated"), default="sam",
+                               help="sam (default): the bundle's SAM votes on each case; simulated: votes made from "
+                                    "the true whole tumour, perturbed as a box-prompted SAM errs (no SAM run: for "
+                                    "LiteMedSAM, whose votes cost minutes a case on a CPU)")
+    voting_parser.add_argument("--drop-contrasts", type=float, default=0.0, metavar="P",
+                               help="contrast dropout: with probability P a sample's T1, T2 or FLAIR are zeroed at "
+                                    "random, so the net also serves cases without them (default 0)")
+    voting_parser.add_argument("--whole-tumour", choices=("net", "votes"), default="net",
+                               help="net (default): the net's whole tumour; votes: the votes' majority, the net "
+                                    "only splitting it (for a SAM that knows real tumours better than the net)")
 
     samba = bench.add_parser("samba", help="SAM per slice with SamPredictor (naive) vs the batched, cached pipeline")
     samba.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)

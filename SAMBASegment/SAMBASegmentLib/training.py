@@ -16,7 +16,7 @@ import torch
 
 from SAMBACore.brats import MODALITIES, find_training_cases, read_case, region_masks
 from SAMBACore.bundles import load_bundle, load_state_dict, save_bundle
-from SAMBASegmentLib import localizer, sam_training, voting
+from SAMBASegmentLib import localizer, sam_training, simulated_votes, voting
 from SAMBASegmentLib.pipeline import run_samba
 from SAMBASegmentLib.sam_model import SMALL_DEFAULT, build_sam
 from SAMBASegmentLib.samba_bundle import backbone_state_dict, load_samba_models, trained_on_backbone
@@ -161,16 +161,43 @@ def sam_votes_for_training(models, images, labels, device: str = "cpu", preset: 
     return result.votes, result.preset
 
 
+VOTE_SOURCES = ("sam", "simulated")
+
+
+def _simulated_sample(images, labels, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Voting inputs (float16, cut to the tumour and its surroundings) with votes simulated from the truth."""
+    whole = region_masks(labels)["WT"]
+    votes = simulated_votes.simulated_votes(whole, rng)
+    inputs, labels = simulated_votes.crop_to_tumour([voting.voting_inputs(images, votes), labels], whole)
+    return inputs.astype(np.float16), labels
+
+
 def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: int = 64, batch: int = 2,
-                 lr: float = 3e-3, device: str = "cpu", command: str = "", log: Progress = print, preset: str = "auto"):
+                 lr: float = 3e-3, device: str = "cpu", command: str = "", log: Progress = print, preset: str = "auto",
+                 votes: str = "sam", drop_contrasts: float = 0.0, config: dict | None = None):
+    """The voting net on the votes of the bundle's SAM (`votes` sam), or on votes simulated from the
+    true whole tumour (simulated: no SAM run, see simulated_votes.py), with contrast dropout `drop_contrasts`.
+    `config` adds entries to the component's config (e.g. {"whole_tumour": "votes"})."""
+    if votes not in VOTE_SOURCES:
+        raise ValueError(f"Unknown vote source {votes!r}: choose one of {', '.join(VOTE_SOURCES)}.")
     cases = _load_cases(data_dir, log)
-    models = load_samba_models(bundle_dir, device)
     samples, presets = [], set()
-    for index, (images, labels) in enumerate(cases):
-        log(f"SAM votes for case {index + 1}/{len(cases)}")
-        votes, ran = sam_votes_for_training(models, images, labels, device, preset)
-        samples.append((voting.voting_inputs(images, votes), labels))
-        presets.add(ran)
+    if votes == "simulated":
+        rng = np.random.default_rng(seed)
+        for index, (images, labels) in enumerate(cases):
+            log(f"simulated votes for case {index + 1}/{len(cases)}")
+            samples.append(_simulated_sample(images, labels, rng))
+        votes_from = (f"simulated from the true whole tumour: grown or shrunk by up to {simulated_votes.MAX_GROW} "
+                      f"voxels, up to {simulated_votes.MAX_MISSED_ENDS} end slices missed, "
+                      f"{simulated_votes.SINGLE_VOTE_FRACTION:.0%} of cases one vote copied 12 times")
+    else:
+        models = load_samba_models(bundle_dir, device)
+        for index, (images, labels) in enumerate(cases):
+            log(f"SAM votes for case {index + 1}/{len(cases)}")
+            case_votes, ran = sam_votes_for_training(models, images, labels, device, preset)
+            samples.append((voting.voting_inputs(images, case_votes), labels))
+            presets.add(ran)
+        votes_from = "yolo boxes" if models.yolo is not None else "true whole-tumour boxes"
     torch.manual_seed(seed)
     net = voting.build_voting_net()
 
@@ -178,9 +205,14 @@ def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: i
         if step % 50 == 0 or step == steps - 1:
             log(f"step {step + 1}/{steps} loss {loss:.3f}")
 
-    voting.train_voting(net, samples, steps, patch=(patch,) * 3, batch=batch, lr=lr, seed=seed, device=device, progress=report)
+    voting.train_voting(net, samples, steps, patch=(patch,) * 3, batch=batch, lr=lr, seed=seed, device=device,
+                        progress=report, drop=drop_contrasts)
     record = {"command": command, "cases": len(cases), "steps": steps, "seed": seed, "patch": patch, "batch": batch,
-              "lr": lr, "votes_from": "yolo boxes" if models.yolo is not None else "true whole-tumour boxes",
-              "modalities": list(MODALITIES), "preset": ",".join(sorted(presets))}
+              "lr": lr, "votes_from": votes_from, "modalities": list(MODALITIES)}
+    if presets:
+        record["preset"] = ",".join(sorted(presets))
+    if drop_contrasts:
+        record["contrast_dropout"] = (f"p {drop_contrasts}: a random non-empty set of t1, t2, flair zeroed "
+                                      "(t1ce kept: without it the net is not used)")
     state = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
-    return _update_bundle(bundle_dir, "voting", "voting", voting.CONFIG, state, record)
+    return _update_bundle(bundle_dir, "voting", "voting", {**voting.CONFIG, **(config or {})}, state, record)

@@ -19,6 +19,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from SAMBACore.brats import ET, MODALITIES, NETC, SNFH, region_masks
+from SAMBASegmentLib.simulated_votes import drop_contrasts
 
 CONFIG = {"channels": [20, 40, 64], "strides": [2, 2], "num_res_units": 1, "roi": [96, 96, 96]}
 IN_CHANNELS = len(MODALITIES) * 4  # 4 images + 4 modalities x 3 views of SAM votes
@@ -110,8 +111,10 @@ def train_voting(
     seed: int = 0,
     device: str = "cpu",
     progress: Callable[[int, float], None] | None = None,
+    drop: float = 0.0,
 ) -> list[float]:
-    """Adam on random patches of (inputs, labels) pairs, two thirds centred on tumour.
+    """Adam on random patches of (inputs, labels) pairs, two thirds centred on tumour; `drop`: the
+    probability of zeroing some contrasts of a sample (simulated_votes.drop_contrasts).
 
     The loss is Dice over the whole batch plus binary cross-entropy. Dice alone (the paper's loss)
     gives almost no gradient on a tumour-free patch, so a first demo network learned the
@@ -130,7 +133,7 @@ def train_voting(
         for _ in range(batch):
             inputs, labels = samples[rng.integers(len(samples))]
             where = _random_patch(rng, labels.shape, np.array(patch), labels, tumour_fraction=2 / 3)
-            xs.append(inputs[(slice(None),) + where])
+            xs.append(drop_contrasts(inputs[(slice(None),) + where], rng, drop).astype(np.float32))
             ys.append(labels_to_regions(labels[where]))
         x = torch.from_numpy(np.stack(xs)).to(device)
         y = torch.from_numpy(np.stack(ys)).to(device)
