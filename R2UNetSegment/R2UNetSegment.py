@@ -32,8 +32,10 @@ class R2UNetSegment(ScriptedLoadableModule):
         self.parent.contributors = ["SlicerSAMBA team (SlicerSAMBA)"]
         self.parent.helpText = (
             "Segments a loaded volume with a U-Net, an R2U-Net (recurrent residual U-Net with attention gates) "
-            "or a two-stage U-Net cascade, within a memory budget you set. Select one of the four BraTS volumes "
-            "to use all four as channels, any single volume for a single-channel model, or a colour photo (for "
+            "or a two-stage U-Net cascade, within a memory budget you set. Select one of the BraTS volumes "
+            "to use those loaded (T1, T1CE, T2, FLAIR) as channels: the bundled cascade and R2U-Net take any set "
+            "of them (trained with contrast dropout); without T1CE only the whole tumour is produced, since "
+            "enhancing tumour is defined on it. Or select any single volume for a single-channel model, or a colour photo (for "
             "example a dermoscopy image) for a 2D model. Mode 'auto' picks "
             "the fastest of full volume, patches and cascade that fits the budget. An optional LoRA adapter (made "
             "with LoRA Trainer) adapts one of the bundle's networks to a new site, merged into its weights. The "

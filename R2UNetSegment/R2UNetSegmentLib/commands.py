@@ -15,16 +15,36 @@ def _format_bytes(n: float) -> str:
     return f"{n / 1024**3:.2f} GB" if n >= 1024**3 else f"{n / 1024**2:.0f} MB"
 
 
-def _load_input(scene, path: Path):
-    """The node to segment: for a BraTS case folder its four images are loaded (the logic gathers
-    them as channels) and T1 is returned; otherwise the one image file."""
+def _load_input(scene, path: Path, contrasts=None):
+    """The node to segment: for a BraTS case folder its images (any of the four; with `contrasts`
+    only those) are loaded (the logic gathers them as channels) and the first is returned; otherwise
+    the one image file."""
     from SAMBACore import bridge
-    from SAMBACore.brats import MODALITIES, find_case_files
+    from SAMBACore.brats import MODALITIES, ModalityError, find_case_files
 
     if Path(path).is_dir():
-        files = find_case_files(path)
-        return [bridge.load_volume(scene, files[m]) for m in MODALITIES][0]
+        files = find_case_files(path, allow_missing=True)
+        keys = [m for m in MODALITIES if m in files and (contrasts is None or m in contrasts)]
+        if not keys:
+            raise ModalityError(f"{path} has none of the contrasts asked for ({', '.join(contrasts)}); it has "
+                                f"{', '.join(m for m in MODALITIES if m in files)}.")
+        return [bridge.load_volume(scene, files[m]) for m in keys][0]
+    if contrasts is not None:
+        raise ValueError("--contrasts chooses among the images of a BraTS case folder: give a case folder.")
     return bridge.load_volume(scene, path)
+
+
+CONTRASTS = ("t1", "t1ce", "t2", "flair")  # SAMBACore.brats.MODALITIES, here without importing numpy
+
+
+def _contrasts(value: str | None) -> tuple[str, ...] | None:
+    """--contrasts t1ce,flair -> ("t1ce", "flair"), checked before anything is loaded."""
+    if not value:
+        return None
+    chosen = tuple(v.strip().lower() for v in value.split(",") if v.strip())
+    if not chosen or any(c not in CONTRASTS for c in chosen):
+        raise ValueError(f"--contrasts takes some of {', '.join(CONTRASTS)}, comma-separated; got {value!r}.")
+    return chosen
 
 
 def _preview(path: Path, source: Path, request, result, node) -> None:
@@ -42,7 +62,7 @@ def _preview(path: Path, source: Path, request, result, node) -> None:
         images = {node.GetName(): np.moveaxis(request.image, 0, -1)}
     else:
         images = {modality_of(n) or n: channel for n, channel in zip(request.names, request.image)}
-    preview_case(path, images, result.labels, bridge.ijk_to_ras(node), segments_for(result.classes),
+    preview_case(path, images, result.labels, bridge.ijk_to_ras(node), segments_for(result.classes, result.regions),
                  case_dir=source if Path(source).is_dir() else None,
                  title=f"R2U-Net Segment ({request.bundle}, {result.describe()}): {Path(source).name}")
 
@@ -54,6 +74,7 @@ def _r2unet(args) -> int:
     from SAMBACore.device import choose_device
     from SAMBACore.preview import preview_path
 
+    contrasts = _contrasts(args.contrasts)
     batch = is_case_set(args.input)
     check_outputs(args.input, args.output, args.volumes, batch, preview=args.preview)
     device = choose_device(args.device)
@@ -65,19 +86,25 @@ def _r2unet(args) -> int:
     def segment_case(path, output):
         started = time.perf_counter()
         scene = bridge.get_scene()  # headless: a new scene per case, so a batch does not accumulate volumes
-        node = _load_input(scene, path)
+        node = _load_input(scene, path, contrasts)
         request = core.prepare(scene, node, bundle=args.bundle, model=args.model, mode=args.mode,
                                budget=args.memory_budget, patch_size=args.patch_size, device=device,
                                adapter=args.adapter)
         loaded = time.perf_counter()
         result = core.compute(request, report)
+        if result.present is not None:
+            from R2UNetSegmentLib.presence import WHOLE_TUMOUR_ONLY, describe
+
+            print(f"Contrasts: {describe(result.present)}")
+            if result.regions == ("WT",):
+                print(f"Warning: {WHOLE_TUMOUR_ONLY}", file=sys.stderr, flush=True)
         segmentation = core.finish(scene, result, node, name="Tumour segmentation")
         print(f"Segmentation: {bridge.save_segmentation(segmentation, output)}")
         if args.adapter:
             print(f"Adapter: {args.adapter} (merged into the bundle's {core.models(args.bundle, device, args.adapter).adapted})")
         print(f"Mode: {result.describe()}, estimated peak memory {_format_bytes(result.estimate_bytes)}"
               + (f" (budget {_format_bytes(request.budget_bytes)})" if request.budget_bytes else ""))
-        volumes = volumes_ml(result.labels, result.classes, node)
+        volumes = volumes_ml(result.labels, result.classes, node, result.regions)
         print("Volumes (mL): " + ", ".join(f"{name} {ml:.1f}" for name, ml in volumes.items()))
         print(f"Time: load {loaded - started:.1f} s, segment {result.seconds:.1f} s")
         if args.preview:
@@ -103,7 +130,8 @@ def _train(args) -> int:
 
     command = "slicer-samba " + " ".join(sys.argv[1:])
     common = {"steps": args.steps, "patch": args.patch, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-                  "device": choose_device(args.device), "command": command, "schedule": args.lr_schedule}
+                  "device": choose_device(args.device), "command": command, "schedule": args.lr_schedule,
+              "contrast_dropout": args.contrast_dropout}
     if args.component == "cascade":
         training.train_cascade(args.data_dir, args.output, stage1_steps=args.stage1_steps,
                                stage1_config=args.widths and {**training.STAGE1_CONFIG, "widths": args.widths},
@@ -124,7 +152,9 @@ def register(commands, train, bench) -> None:
 
     r2unet = commands.add_parser("r2unet", help="segment a BraTS case folder or one image with the U-Net, R2U-Net "
                                  "or U-Net cascade, inside a memory budget")
-    r2unet.add_argument("input", type=Path, help="BraTS case folder (four images), a single image file, or a folder "
+    r2unet.add_argument("input", type=Path, help="BraTS case folder (any of the four images: a bundle trained with "
+                        "presence flags, as phantom-r2unet's cascade and R2U-Net are, takes any set; without T1CE only "
+                        "the whole tumour is produced), a single image file, or a folder "
                         "of case folders (batch: every case, one after the other); MRI must be skull-stripped "
                         "(the brain only, one value around it), as BraTS images are")
     r2unet.add_argument("-o", "--output", type=Path, required=True,
@@ -139,6 +169,9 @@ def register(commands, train, bench) -> None:
     r2unet.add_argument("--adapter", type=Path, metavar="DIR", help="a LoRA adapter folder for one of the bundle's "
                         "networks (slicer-samba train lora --component ...), merged in before use; the mode and "
                         "network are then the adapted one's")
+    r2unet.add_argument("--contrasts", metavar="LIST", help="use only these contrasts of each case folder, e.g. "
+                        "t1ce,flair or flair (to see what a case without the others gets; mode auto then runs a "
+                        "network that takes any set). Default: every contrast the folder has")
     r2unet.add_argument("--volumes", type=Path, help="also write the volumes in mL per label or region, a row per "
                         "case, as a table (.csv or .tsv)")
     r2unet.add_argument("--preview", type=Path, metavar="OUT.png", help="also write a picture: axial, coronal and "
@@ -182,6 +215,10 @@ def register(commands, train, bench) -> None:
                             help="constant, or poly: decayed to 0 over the steps as nnU-Net does (default constant)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--device", choices=DEVICES, default="auto")
+        parser.add_argument("--contrast-dropout", type=float, default=0.5, metavar="P",
+                            help="share of samples that lose a random subset of their contrasts (missing ones zero, "
+                            "plus four presence-flag channels), so that the model serves any set of contrasts; cases "
+                            "may lack contrasts (default 0.5)")
         parser.add_argument("--widths", type=_widths, help="stage widths, e.g. 16,32,64,128 (the cascade's stage 1; "
                             "for r2unet the first is the base width and the count sets the depth)")
         if component == "cascade":

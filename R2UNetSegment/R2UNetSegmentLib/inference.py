@@ -24,9 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from SAMBACore.brats import MODALITIES
+
 from .cascade_inputs import downsample, stage2_inputs, upsample_labels
 from .memory_plan import Plan, plan_for
 from .model_facts import in_channels, model_margin, probabilities, size_multiple, spatial_dims
+from .presence import check_contrasts, has_flags, with_flags
 
 
 @dataclass
@@ -221,16 +224,42 @@ def predict_cascade(cascade: Cascade, image, patch_size=64, device="cpu", progre
     )
 
 
+def usable_networks(model, cascade, present):
+    """(model, cascade) left usable for a case with contrasts `present` (None: all four): a network
+    without presence flags is dropped for a subset, so mode auto picks one that can run it."""
+    if present is None or len(present) == len(MODALITIES):
+        return model, cascade
+    model = model if model is not None and has_flags(model) else None
+    cascade = cascade if cascade is not None and has_flags(cascade.stage1) else None
+    return model, cascade
+
+
+def _input_shape(image, model, cascade) -> tuple[int, ...]:
+    """The networks' input shape on the brain's box (presence flags add four channels)."""
+    flags = any(n is not None and has_flags(n) for n in (model, cascade and cascade.stage1))
+    return (image.shape[0] + (len(MODALITIES) if flags else 0),) + tuple(s.stop - s.start for s in brain_box(image))
+
+
 def plan_run(image, model=None, cascade=None, mode: str = "auto", budget_bytes=None, patch_size: int = 64,
-             device="cpu") -> Plan:
+             device="cpu", present=None) -> Plan:
     """The plan segment() follows: `mode` and `patch_size` as given, or for "auto" the fastest
-    plan whose estimated peak on the brain's box fits `budget_bytes` (default: memory available now)."""
-    shape = (image.shape[0],) + tuple(s.stop - s.start for s in brain_box(image))
-    return plan_for(shape, model, cascade, mode, budget_bytes, patch_size, device)
+    plan whose estimated peak on the brain's box fits `budget_bytes` (default: memory available now).
+    `present`: as for segment (a subset leaves out the networks without presence flags)."""
+    if mode == "auto":
+        model, cascade = usable_networks(model, cascade, present)
+    return plan_for(_input_shape(image, model, cascade), model, cascade, mode, budget_bytes, patch_size, device)
+
+
+def network_input(network, image: np.ndarray, present=None) -> np.ndarray:
+    """What `network` takes for the (C, *S) image: with presence flags, the four contrasts (those not in
+    `present` zeroed; None: all four) and their flags; without, the image as it is (InputError for a subset)."""
+    present = MODALITIES if present is None else tuple(present)
+    check_contrasts(network, present)
+    return with_flags(image, present) if has_flags(network) else image
 
 
 def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, patch_size=64, device="cpu",
-            progress=None, probabilities=False):
+            progress=None, probabilities=False, present=None):
     """(labels uint8 (*S), probabilities (K, *S) or None, mode used) for a normalised (C, *S) image.
 
     The networks run on the brain's bounding box (brain_box) only; outside it is background.
@@ -239,11 +268,18 @@ def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, pat
 
     mode "auto" follows plan_run: the fastest mode (and patch size) whose estimated peak fits
     `budget_bytes` (default: the memory available now). progress(fraction, message) may raise to cancel.
+
+    `present`: the contrasts of a four-channel BraTS image that are there (None: all four; the others
+    are zeros). A network trained with presence flags gets them appended (presence.with_flags) after
+    the crop; one without refuses a subset (InputError), and mode auto leaves it out.
     """
     image = np.asarray(image)
+    if mode == "auto":
+        model, cascade = usable_networks(model, cascade, present)
     box = (slice(None),) + brain_box(image)
     inside = image[box]
-    plan = plan_for(inside.shape, model, cascade, mode, budget_bytes, patch_size, device)
+    plan = plan_for(_input_shape(image, model, cascade), model, cascade, mode, budget_bytes, patch_size, device)
+    inside = network_input(cascade.stage1 if plan.mode == "cascade" else model, inside, present)
     if progress:
         progress(0.0, f"{plan.describe()} inference")
     if plan.mode == "full":

@@ -17,9 +17,11 @@ from typing import Callable
 import numpy as np
 
 from SAMBACore import bridge
-from SAMBACore.brats import LABEL_SEGMENTS, Segment
+from SAMBACore.brats import ALL_REGIONS, MODALITIES, Segment
+from SAMBACore.brats import segments_for as brats_segments
 from SAMBACore.inputs import InputError
-from R2UNetSegmentLib.channels import gather_channels
+from R2UNetSegmentLib.channels import brats_present, gather_channels
+from R2UNetSegmentLib.presence import NAMES, check_contrasts, has_flags, regions_of, stack
 from R2UNetSegmentLib.r2unet_bundle import R2UNetModels, load_r2unet_models, resolve_bundle
 
 Progress = Callable[[float, str], None]
@@ -41,20 +43,25 @@ def parse_budget(text) -> int | None:
     return int(float(match.group(1)) * UNITS[match.group(2).upper()])
 
 
-def segments_for(classes: int) -> dict[int, Segment]:
+def segments_for(classes: int, regions=ALL_REGIONS) -> dict[int, Segment]:
+    """The segments a result's labels stand for: the BraTS labels (or the whole tumour alone, made
+    without T1CE) for a four-class model, the lesion for a binary one."""
     if classes == 4:
-        return LABEL_SEGMENTS
+        return brats_segments(regions)
     if classes == 2:
         return LESION
     raise InputError(f"The model predicts {classes} classes; R2UNetSegment shows 2 (lesion) or 4 (BraTS) classes.")
 
 
-def volumes_ml(labels: np.ndarray, classes: int, reference) -> dict[str, float]:
+def volumes_ml(labels: np.ndarray, classes: int, reference, regions=ALL_REGIONS) -> dict[str, float]:
     """Volumes in mL on the reference's voxel size: the BraTS regions (NETC, SNFH, ET, TC, WT) for a
-    four-class model, the lesion for a binary one (for a photo, its area in mm^2 / 1000)."""
+    four-class model (WT alone for a whole-tumour-only result), the lesion for a binary one (for a
+    photo, its area in mm^2 / 1000)."""
     from SAMBACore import metrics
 
     spacing = tuple(reversed(reference.GetSpacing()))
+    if classes == 4 and tuple(regions) == ("WT",):
+        return {"WT": float(np.count_nonzero(labels)) * float(np.prod(spacing)) / 1000.0}
     if classes == 4:
         return metrics.volumes_ml(labels, spacing)
     return {LESION[1].key: float(np.count_nonzero(labels == 1)) * float(np.prod(spacing)) / 1000.0}
@@ -87,6 +94,7 @@ class Request:
     device: str = "cpu"
     flat: bool = False  # a 2D model on a single-slice image: the slice axis is dropped for the model
     adapter: str | None = None  # a LoRA adapter folder merged into one of the bundle's networks
+    present: tuple[str, ...] | None = None  # the BraTS contrasts `image` holds (None: not a BraTS input)
 
 
 @dataclass
@@ -97,6 +105,12 @@ class Result:
     seconds: float
     estimate_bytes: int  # the estimated peak memory of that mode
     patch_size: int  # the patch edge it used (auto may halve the one asked for to fit the budget)
+    regions: tuple[str, ...] = ALL_REGIONS  # ("WT",): made without T1CE, label 1 is the whole tumour
+    present: tuple[str, ...] | None = None  # the BraTS contrasts it was made from
+
+    @property
+    def segments(self) -> dict[int, Segment]:
+        return segments_for(self.classes, self.regions)
 
     def describe(self) -> str:
         from R2UNetSegmentLib.memory_plan import Plan
@@ -129,11 +143,16 @@ class R2UNetSegmentCore:
             raise ValueError("Select an input volume.")
         models = self.models(bundle, device, adapter or None)
         image, names = gather_channels(scene, volume)
-        if image.shape[0] != models.in_channels:
-            need = "the four BraTS volumes (T1, T1CE, T2, FLAIR) on one grid" if models.in_channels == 4 else \
-                f"{models.in_channels} channel(s)"
+        expected = models.contrast_channels
+        present = brats_present(names) if expected == len(MODALITIES) else None
+        if present is not None and len(present) < expected:  # a BraTS case lacking some contrasts
+            return self._prepare_subset(image, names, present, models, bundle, model, mode, budget, patch_size,
+                                        device, adapter)
+        if image.shape[0] != expected:
+            need = "the four BraTS volumes (T1, T1CE, T2, FLAIR) on one grid" if expected == 4 else \
+                f"{expected} channel(s)"
             raise InputError(f"Wrong channel count: the input gives {image.shape[0]} channel(s) ({', '.join(names)}) "
-                             f"but the bundle's models take {models.in_channels}: load {need}, or choose a bundle "
+                             f"but the bundle's models take {expected}: load {need}, or choose a bundle "
                              "trained for this input.")
         if models.adapted:
             mode = _mode_using(models.adapted, model, mode, adapter)
@@ -150,7 +169,32 @@ class R2UNetSegmentCore:
             raise InputError(f"The bundle's model is 2D (for photos and single slices), but {volume.GetName()} has "
                              f"{image.shape[1]} slices: select a single-slice image, or choose a 3D bundle.")
         return Request(image, names, models.classes, bundle, model, mode, parse_budget(budget), patch_size, device, flat,
-                       str(adapter) if adapter else None)
+                       str(adapter) if adapter else None, present)
+
+    def _prepare_subset(self, image, names, present, models, bundle, model, mode, budget, patch_size, device,
+                        adapter) -> Request:
+        """A BraTS input with some of the four contrasts: the network asked for (mode auto: one that takes
+        any set) must have presence flags; an InputError naming what is missing otherwise."""
+        missing = ", ".join(NAMES[m] for m in MODALITIES if m not in present)
+        if adapter:
+            raise InputError(f"Missing {missing}: segmenting with an adapter needs the four contrasts; load them, or "
+                             "leave the adapter out.")
+        networks = {"cascade": models.cascade and models.cascade.stage1, "unet": models.unet, "r2unet": models.r2unet}
+        flagged = [name for name, network in networks.items() if network is not None and has_flags(network)]
+        if mode == "auto":
+            mode = "cascade" if "cascade" in flagged and model not in flagged else mode
+        chosen = "cascade" if mode == "cascade" else model
+        if networks.get(chosen) is None:
+            raise InputError(f"The bundle {bundle} has no {chosen}; choose another model or mode.")
+        if chosen not in flagged:
+            if flagged:
+                raise InputError(f"Missing {missing}: the bundle's {chosen} was trained on the four contrasts only; "
+                                 f"its {' and '.join(flagged)} take any set: choose "
+                                 + ("mode cascade" if "cascade" in flagged else f"model {flagged[0]}")
+                                 + ", or load the missing contrast(s).")
+            check_contrasts(networks[chosen], present, f"bundle {bundle}")
+        return Request(image, names, models.classes, bundle, model, mode, parse_budget(budget), patch_size, device,
+                       False, None, present)
 
     def compute(self, request: Request, progress: Progress | None = None) -> Result:
         from R2UNetSegmentLib.inference import normalise, plan_run, segment
@@ -160,19 +204,25 @@ class R2UNetSegmentCore:
         # With an adapter on a single network, mode auto must not fall back to the unadapted cascade.
         cascade = None if models.adapted in MODELS else models.cascade
         image = request.image[:, 0] if request.flat else request.image
+        present = request.present
+        if present is not None:  # the four BraTS channels, a missing one zeros (presence.stack)
+            image, _ = stack(dict(zip(present, image)))
         started = time.perf_counter()
         image = normalise(image)
-        plan = plan_run(image, model, cascade, request.mode, request.budget_bytes, request.patch_size, request.device)
+        plan = plan_run(image, model, cascade, request.mode, request.budget_bytes, request.patch_size, request.device,
+                        present=present)
         labels, _, _ = segment(image, model=model, cascade=cascade, mode=plan.mode, patch_size=plan.patch_size,
-                               device=request.device, progress=progress)
+                               device=request.device, progress=progress, present=present)
         labels = labels[None] if request.flat else labels  # back to the volume's (k, j, i)
+        regions = regions_of(present) if present is not None else ALL_REGIONS
+        if regions == ("WT",):  # without T1CE the sub-regions are not known: the whole tumour, label 1
+            labels = labels > 0
         return Result(labels.astype(np.uint8), request.classes, plan.mode, time.perf_counter() - started,
-                      plan.estimate_bytes, plan.patch_size)
+                      plan.estimate_bytes, plan.patch_size, regions, present)
 
     def finish(self, scene, result: Result, reference, output=None, name: str = "R2U-Net segmentation"):
         """Add (or fill `output`) the segmentation on the reference volume's grid."""
-        return bridge.segmentation_from_labels(scene, result.labels, reference, segments_for(result.classes), name,
-                                               into=output)
+        return bridge.segmentation_from_labels(scene, result.labels, reference, result.segments, name, into=output)
 
     def process(self, scene, volume, output=None, name: str = "R2U-Net segmentation",
                 progress: Progress | None = None, **options):

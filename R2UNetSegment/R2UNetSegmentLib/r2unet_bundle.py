@@ -6,6 +6,8 @@ at least one model:
   r2unet          kind "r2unet"  config: R2UNet kwargs
   cascade_stage1  kind "unet3d"  config: UNet3D kwargs                    (on the down-sampled image)
   cascade_stage2  kind "unet3d"  config: UNet3D kwargs + "factor"         (image + one-hot stage-1 labels)
+A config may also say "presence_flags": true: the network takes the four contrasts (missing ones
+zero) plus four presence-flag channels, and serves any subset of contrasts (presence.py).
 The cascade's down-sampling factor lives in stage 2's config ("factor"), next to the weights
 that were trained with it; it is not a UNet3D argument and is taken out before building.
 
@@ -59,19 +61,29 @@ class R2UNetModels:
     in_channels: int
     classes: int
     adapted: str | None = None  # the component a LoRA adapter was merged into, if any
+    presence_flags: bool = False  # its first network takes 4 contrasts + 4 presence flags (any subset; presence.py)
+
+    @property
+    def contrast_channels(self) -> int:
+        """The image channels the first network takes (without the presence flags)."""
+        return self.in_channels - 4 if self.presence_flags else self.in_channels
 
 
 def build_model(kind: str, config: dict) -> nn.Module:
-    """A network from its component kind and config (extra keys such as "factor" are ignored)."""
+    """A network from its component kind and config. "factor" is not a network argument and is ignored;
+    "presence_flags" (trained with contrast dropout, presence.py) is kept as the attribute `presence_flags`."""
     if kind not in BUILDERS:
         raise BundleError(f"unknown model kind '{kind}' (known: {', '.join(BUILDERS)}); use a bundle made for R2UNetSegment")
-    config = {k: v for k, v in config.items() if k != "factor"}
+    flags = bool(config.get("presence_flags", False))
+    config = {k: v for k, v in config.items() if k not in ("factor", "presence_flags")}
     if "widths" in config:
         config["widths"] = tuple(config["widths"])
     try:
-        return BUILDERS[kind](**config)
+        model = BUILDERS[kind](**config)
     except TypeError as e:
         raise BundleError(f"component config {config} does not fit a {kind} ({e}); the bundle is damaged or for another version") from None
+    model.presence_flags = flags
+    return model
 
 
 def _load_component(bundle: Bundle, name: str, device: str, adapter=None) -> nn.Module:
@@ -134,7 +146,7 @@ def load_r2unet_models(path, device: str = "cpu", adapter=None) -> R2UNetModels:
     first = next(n for n in ("unet", "r2unet", "cascade_stage1") if n in names)
     config = names[first].config
     return R2UNetModels(unet, r2unet, cascade, bundle, int(config["in_channels"]), int(config["out_channels"]),
-                        adapted)
+                        adapted, bool(config.get("presence_flags", False)))
 
 
 def state_of(model: nn.Module) -> dict:

@@ -4,7 +4,9 @@
 replaces its component(s) in the bundle and records in the manifest how they were trained.
 
 What every run does: images z-scored per channel with inference.normalise (as at inference),
-random patches of which two thirds are centred on a tumour voxel, the hybrid loss (Dice + weighted
+for a config with "presence_flags" (the defaults) contrast dropout: cases may lack contrasts, a
+missing or dropped channel is zero and four presence-flag channels say which are there
+(presence.py; each sample drops a random subset with probability `contrast_dropout`), random patches of which two thirds are centred on a tumour voxel, the hybrid loss (Dice + weighted
 BCE on one-hot targets; the Dice includes the background because a patch can be tumour-free),
 Adam. The batch of step s is drawn from a generator seeded with (seed, s), so a run depends on
 nothing but the seed and the step: that is what makes resuming exact.
@@ -35,19 +37,21 @@ from SAMBACore.brats import MODALITIES, find_training_cases, read_case
 
 from .cascade_inputs import downsample, stage2_inputs, upsample_labels
 from .losses import HybridLoss
+from .presence import CONTRAST_DROPOUT, drop_contrasts, stack, with_flags
 from .r2unet_bundle import DEFAULT_FACTOR, build_model, save_r2unet_bundle
 
 Log = Callable[[str], None]
 Progress = Callable[[float, str], None]  # (fraction done, message); raising cancels (a checkpoint is kept)
 
 CLASSES = 4  # background, NETC, SNFH, ET
-CHANNELS = len(MODALITIES)
-UNET_CONFIG = {"in_channels": CHANNELS, "out_channels": CLASSES, "widths": [16, 32, 64, 128]}
+CHANNELS = 2 * len(MODALITIES)  # the four contrasts (missing ones zero) and their presence flags
+FLAGS = {"presence_flags": True}
+UNET_CONFIG = {"in_channels": CHANNELS, "out_channels": CLASSES, "widths": [16, 32, 64, 128], **FLAGS}
 R2UNET_CONFIG = {"in_channels": CHANNELS, "out_channels": CLASSES, "spatial_dims": 3, "base_width": 8,
-                 "depth": 3, "attention": True}
-STAGE1_CONFIG = {"in_channels": CHANNELS, "out_channels": CLASSES, "widths": [16, 32, 64, 128]}
+                 "depth": 3, "attention": True, **FLAGS}
+STAGE1_CONFIG = {"in_channels": CHANNELS, "out_channels": CLASSES, "widths": [16, 32, 64, 128], **FLAGS}
 STAGE2_CONFIG = {"in_channels": CHANNELS + CLASSES, "out_channels": CLASSES, "widths": [16, 32, 64],
-                 "factor": DEFAULT_FACTOR}
+                 "factor": DEFAULT_FACTOR, **FLAGS}
 CHECKPOINTS = ".checkpoints"
 TUMOUR_FRACTION = 2 / 3
 # The BCE's positive weight (negatives / positives) is clipped lower than the loss's default 100:
@@ -58,8 +62,11 @@ MAX_POS_WEIGHT = 10.0
 
 # ---------------------------------------------------------------- data
 
-def load_cases(data_dir, log: Log = print, factor: float | None = None) -> list[dict]:
-    """Each case normalised, as {"name", "image" (C, *S), "labels" (*S), "box"}.
+def load_cases(data_dir, log: Log = print, factor: float | None = None, allow_missing: bool = False) -> list[dict]:
+    """Each case normalised, as {"name", "image" (4, *S), "labels" (*S), "box", "present"}.
+
+    allow_missing: cases with any of the four contrasts (a missing one is zeros; "present" names
+    those there), for models with presence flags; otherwise each case needs all four.
 
     "box" is the brain's bounding box: patches are drawn inside it (outside is all zeros) and
     only that part is kept in memory. With `factor`, also the whole case down-sampled for the
@@ -69,15 +76,16 @@ def load_cases(data_dir, log: Log = print, factor: float | None = None) -> list[
     """
     from .inference import brain_box, normalise
 
-    found, skipped = find_training_cases(data_dir)
+    found, skipped = find_training_cases(data_dir, allow_missing=allow_missing)
     for reason in skipped:
         log(f"skipped {reason}")
     log(f"reading {len(found)} case(s) from {data_dir}")
     cases = []
     for files in found:
         images, labels, _ = read_case(files)
-        image = normalise(np.stack([images[m] for m in MODALITIES]))
-        case = {"name": files["seg"].parent.name, "shape": labels.shape}
+        image, present = stack(images)
+        image = normalise(image)
+        case = {"name": files["seg"].parent.name, "shape": labels.shape, "present": present}
         if factor is not None:
             one_hot = np.eye(CLASSES, dtype=np.float32)[labels].transpose(3, 0, 1, 2)
             case["low_full"] = downsample(image, factor)
@@ -106,9 +114,11 @@ def random_patch(rng: np.random.Generator, shape, patch, labels: np.ndarray, tum
 
 
 def patch_batch(cases: list[dict], image_key: str, label_key: str, patch, batch: int, extra: Callable | None = None,
-                tumour_fraction: float = TUMOUR_FRACTION):
+                tumour_fraction: float = TUMOUR_FRACTION, contrast_dropout: float | None = None):
     """A sampler rng -> (x, y) of `batch` random patches (random_patch); `extra(case, where, image_patch)`
-    may add channels."""
+    may add channels. contrast_dropout (a probability; None: no presence flags, the four channels as
+    they are): each patch keeps presence.drop_contrasts of its case's contrasts, the others zeroed,
+    and gets the four presence flags (presence.with_flags); `extra` then sees the kept ones as case["kept"]."""
 
     def sample(rng):
         xs, ys = [], []
@@ -117,6 +127,9 @@ def patch_batch(cases: list[dict], image_key: str, label_key: str, patch, batch:
             labels = case[label_key]
             where = random_patch(rng, labels.shape, patch, labels, tumour_fraction)
             image = case[image_key][(slice(None),) + where]
+            if contrast_dropout is not None:
+                kept = drop_contrasts(rng, case["present"], contrast_dropout)
+                image, case = with_flags(image, kept), {**case, "kept": kept}
             xs.append(extra(case, where, image) if extra else image)
             ys.append(labels[where][None])
         # Patches of one batch share a size only when every case is at least `patch` large.
@@ -284,8 +297,12 @@ def _signature(config: dict, cases: list[dict], **settings) -> dict:
     return {"config": config, "cases": [c["name"] for c in cases], "max_pos_weight": MAX_POS_WEIGHT, **settings}
 
 
-def _record(command: str, cases, background: bool = True, schedule: str = "constant", **settings) -> dict:
+def _record(command: str, cases, background: bool = True, schedule: str = "constant", dropout: float | None = None,
+            **settings) -> dict:
     optimiser = "Adam" if schedule == "constant" else f"Adam, learning rate {schedule}-decayed to 0"
+    if dropout is not None:
+        settings["contrast_dropout"] = (f"with probability {dropout:g} a sample keeps a random non-empty proper subset "
+                                        "of its contrasts (the others zero); 4 presence-flag channels")
     return {"command": command, "cases": len(cases), "case_names": [c["name"] for c in cases], "optimiser": optimiser,
             "loss": f"Dice ({'with' if background else 'without'} background) + weighted BCE, one-hot, "
                     f"pos_weight negatives/positives clipped to [1, {MAX_POS_WEIGHT:g}]", **settings}
@@ -294,19 +311,34 @@ def _record(command: str, cases, background: bool = True, schedule: str = "const
 PATCHES = f"random inside the brain's bounding box, {TUMOUR_FRACTION:.2f} of them centred on a tumour voxel"
 
 
+def _dropout(config: dict, contrast_dropout: float, extra_channels: int = 0) -> float | None:
+    """The patch sampler's contrast_dropout for a config: None without presence flags; the config's
+    in_channels checked against what the sampler will give."""
+    flags = bool(config.get("presence_flags"))
+    expected = (CHANNELS if flags else len(MODALITIES)) + extra_channels
+    if config["in_channels"] != expected:
+        raise ValueError(f"in_channels {config['in_channels']} does not fit BraTS cases: {expected} "
+                         + ("(4 contrasts + 4 presence flags)" if flags else "(4 contrasts)")
+                         + (f" + {extra_channels} stage-1 classes" if extra_channels else ""))
+    if not 0 <= contrast_dropout <= 1:
+        raise ValueError(f"the contrast dropout is a probability, between 0 and 1, not {contrast_dropout}")
+    return contrast_dropout if flags else None
+
+
 def _train_patchwise(component, config, data_dir, bundle_dir, steps, patch, batch, lr, seed, device, command,
-                     log, resume, progress, checkpoint_every, schedule):
-    cases = load_cases(data_dir, log)
+                     log, resume, progress, checkpoint_every, schedule, contrast_dropout):
+    dropout = _dropout(config, contrast_dropout)
+    cases = load_cases(data_dir, log, allow_missing=dropout is not None)
     torch.manual_seed(seed)
     model = build_model("r2unet" if component == "r2unet" else "unet3d", config)
-    signature = _signature(config, cases, patch=patch, batch=batch)
-    sample = patch_batch(cases, "image", "labels", (patch,) * 3, batch)
+    signature = _signature(config, cases, patch=patch, batch=batch, **({"dropout": dropout} if dropout is not None else {}))
+    sample = patch_batch(cases, "image", "labels", (patch,) * 3, batch, contrast_dropout=dropout)
     log(f"{component}: {sum(p.numel() for p in model.parameters()):,} parameters, {steps} steps of "
         f"{batch} x {patch}^3 patches")
     losses = fit(model, sample, steps, lr, seed, device, HybridLoss(True, max_pos_weight=MAX_POS_WEIGHT), component,
                  bundle_dir, signature, resume, checkpoint_every, log, progress, schedule)
-    record = _record(command, cases, schedule=schedule, steps=steps, patch=patch, patches=PATCHES, batch=batch, lr=lr,
-                     seed=seed, final_loss=float(np.mean(losses[-20:])))
+    record = _record(command, cases, schedule=schedule, dropout=dropout, steps=steps, patch=patch, patches=PATCHES,
+                     batch=batch, lr=lr, seed=seed, final_loss=float(np.mean(losses[-20:])))
     _save_keeping_checkpoints(bundle_dir, [component], components={component: (model, config)},
                               training={component: record})
     return model
@@ -315,19 +347,19 @@ def _train_patchwise(component, config, data_dir, bundle_dir, steps, patch, batc
 def train_unet(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch: int = 2, lr: float = 3e-4,
                seed: int = 0, device: str = "cpu", command: str = "", log: Log = print, resume: bool = True,
                progress: Progress | None = None, config: dict | None = None, checkpoint_every: int = 25,
-               schedule: str = "constant"):
+               schedule: str = "constant", contrast_dropout: float = CONTRAST_DROPOUT):
     """The plain 3D U-Net (for full-volume and patch-wise inference) into component "unet"."""
     return _train_patchwise("unet", dict(config or UNET_CONFIG), data_dir, bundle_dir, steps, patch, batch, lr, seed,
-                            device, command, log, resume, progress, checkpoint_every, schedule)
+                            device, command, log, resume, progress, checkpoint_every, schedule, contrast_dropout)
 
 
 def train_r2unet(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch: int = 2, lr: float = 3e-4,
                  seed: int = 0, device: str = "cpu", command: str = "", log: Log = print, resume: bool = True,
                  progress: Progress | None = None, config: dict | None = None, checkpoint_every: int = 25,
-                 schedule: str = "constant"):
+                 schedule: str = "constant", contrast_dropout: float = CONTRAST_DROPOUT):
     """The (attention) R2U-Net into component "r2unet"."""
     return _train_patchwise("r2unet", dict(config or R2UNET_CONFIG), data_dir, bundle_dir, steps, patch, batch, lr,
-                            seed, device, command, log, resume, progress, checkpoint_every, schedule)
+                            seed, device, command, log, resume, progress, checkpoint_every, schedule, contrast_dropout)
 
 
 def stage1_labels(stage1, low_image: np.ndarray, device: str = "cpu") -> np.ndarray:
@@ -337,22 +369,41 @@ def stage1_labels(stage1, low_image: np.ndarray, device: str = "cpu") -> np.ndar
     return labels_from(predict_full(stage1, low_image, device=device))
 
 
+def _subsets(present) -> list[tuple[str, ...]]:
+    """Every non-empty subset of `present`, each in MODALITIES order (what drop_contrasts can keep)."""
+    present = tuple(present)
+    return [tuple(m for i, m in enumerate(present) if bits >> i & 1) for bits in range(1, 2 ** len(present))]
+
+
+def upsampled_window(low: np.ndarray, shape, window) -> np.ndarray:
+    """upsample_labels(low, shape)[window] without the full grid: nearest neighbour, source index
+    floor(i * low / full) on each axis (what torch's "nearest" computes)."""
+    index = [np.minimum(np.arange(w.start, w.stop) * n // s, n - 1) for w, n, s in zip(window, low.shape, shape)]
+    return low[np.ix_(*index)]
+
+
 def train_cascade(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch: int = 2, lr: float = 3e-4,
                   seed: int = 0, device: str = "cpu", command: str = "", log: Log = print, resume: bool = True,
                   progress: Progress | None = None, stage1_steps: int | None = None, factor: float = DEFAULT_FACTOR,
                   stage1_config: dict | None = None, stage2_config: dict | None = None, checkpoint_every: int = 25,
-                  schedule: str = "constant"):
+                  schedule: str = "constant", contrast_dropout: float = CONTRAST_DROPOUT):
     """The two-stage cascade into components "cascade_stage1" and "cascade_stage2".
 
     Stage 1 learns on whole down-sampled volumes (Dice without background: each holds tumour).
     Stage 2 learns on full-resolution patches of the image plus the one-hot labels of the
     *trained* stage 1, upsampled, exactly what it gets at inference: so it learns to correct
-    stage 1's real mistakes, not to copy a perfect low-resolution truth.
+    stage 1's real mistakes, not to copy a perfect low-resolution truth. With presence flags, stage 1's
+    labels are computed for every subset of each case's contrasts, and a stage-2 patch gets those of
+    the contrasts it kept.
     """
     stage1_steps = steps if stage1_steps is None else stage1_steps
     config1 = dict(stage1_config or STAGE1_CONFIG)
     config2 = {**(stage2_config or STAGE2_CONFIG), "factor": factor}
-    cases = load_cases(data_dir, log, factor=factor)
+    dropout = _dropout(config1, contrast_dropout)
+    if _dropout(config2, contrast_dropout, CLASSES) != dropout:
+        raise ValueError("the cascade's two stages must both have presence flags, or neither")
+    cases = load_cases(data_dir, log, factor=factor, allow_missing=dropout is not None)
+    flagged = {"dropout": dropout} if dropout is not None else {}
 
     def stage_progress(offset):
         if progress is None:
@@ -364,31 +415,42 @@ def train_cascade(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch
     low_shape = np.max([c["low_labels"].shape for c in cases], axis=0)
     log(f"cascade_stage1: {sum(p.numel() for p in stage1.parameters()):,} parameters, {stage1_steps} steps of "
         f"{batch} whole volumes down-sampled by {factor} ({' x '.join(map(str, low_shape))})")
-    sample1 = patch_batch(cases, "low_image", "low_labels", tuple(low_shape), batch)
-    signature1 = _signature(config1, cases, batch=batch, factor=factor)
+    sample1 = patch_batch(cases, "low_image", "low_labels", tuple(low_shape), batch, contrast_dropout=dropout)
+    signature1 = _signature(config1, cases, batch=batch, factor=factor, **flagged)
     losses1 = fit(stage1, sample1, stage1_steps, lr, seed, device, HybridLoss(False, max_pos_weight=MAX_POS_WEIGHT),
                   "cascade_stage1", bundle_dir, signature1, resume, checkpoint_every, log, stage_progress(0), schedule)
 
-    log("cascade_stage2: stage-1 labels of every training case")
-    for case in cases:
-        full = upsample_labels(stage1_labels(stage1, case.pop("low_full"), device), case["shape"])
-        case["stage1"] = np.ascontiguousarray(full[case["box"]])
+    if dropout is None:
+        log("cascade_stage2: stage-1 labels of every training case")
+        for case in cases:
+            full = upsample_labels(stage1_labels(stage1, case.pop("low_full"), device), case["shape"])
+            case["stage1"] = np.ascontiguousarray(full[case["box"]])
+    else:
+        log("cascade_stage2: stage-1 labels of every training case, for every subset of its contrasts")
+        for case in cases:
+            low = case.pop("low_full")
+            case["stage1_low"] = {kept: stage1_labels(stage1, with_flags(low, kept), device)
+                                  for kept in _subsets(case["present"])}
 
     def with_stage1(case, where, image):
-        return stage2_inputs(image, case["stage1"][where], CLASSES)
+        if "stage1" in case:
+            return stage2_inputs(image, case["stage1"][where], CLASSES)
+        low = case["stage1_low"][case["kept"]]
+        window = tuple(slice(b.start + w.start, b.start + w.stop) for b, w in zip(case["box"], where))
+        return stage2_inputs(image, upsampled_window(low, case["shape"], window), CLASSES)
 
     torch.manual_seed(seed)
     stage2 = build_model("unet3d", config2)
     log(f"cascade_stage2: {sum(p.numel() for p in stage2.parameters()):,} parameters, {steps} steps of "
         f"{batch} x {patch}^3 patches")
-    sample2 = patch_batch(cases, "image", "labels", (patch,) * 3, batch, extra=with_stage1)
+    sample2 = patch_batch(cases, "image", "labels", (patch,) * 3, batch, extra=with_stage1, contrast_dropout=dropout)
     # Stage 2 depends on stage 1's weights: a retrained stage 1 invalidates its checkpoint.
     stage1_digest = hashlib.sha256(b"".join(v.cpu().numpy().tobytes() for v in stage1.state_dict().values())).hexdigest()
-    signature2 = _signature(config2, cases, patch=patch, batch=batch, stage1=stage1_digest)
+    signature2 = _signature(config2, cases, patch=patch, batch=batch, stage1=stage1_digest, **flagged)
     losses2 = fit(stage2, sample2, steps, lr, seed, device, HybridLoss(True, max_pos_weight=MAX_POS_WEIGHT),
                   "cascade_stage2", bundle_dir, signature2, resume, checkpoint_every, log, stage_progress(1), schedule)
 
-    common = {"batch": batch, "lr": lr, "seed": seed, "factor": factor, "schedule": schedule}
+    common = {"batch": batch, "lr": lr, "seed": seed, "factor": factor, "schedule": schedule, "dropout": dropout}
     training = {
         "cascade_stage1": _record(command, cases, steps=stage1_steps, input="whole volume down-sampled by factor "
                                   "(trilinear), cropped to the brain; labels by averaging one-hot maps", background=False,

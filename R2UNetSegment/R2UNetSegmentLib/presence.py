@@ -1,0 +1,82 @@
+"""Any set of contrasts for the U-Nets: missing channels zero, plus one presence flag per contrast.
+
+A network trained with presence flags ("presence_flags": true in its component config) takes the
+four BraTS channels (t1, t1ce, t2, flair; a missing one all zeros after normalisation) followed by
+four flag channels, constant 1 where that contrast is present and 0 where it is missing: 8
+channels (the cascade's stage 2 then adds its one-hot stage-1 labels). Training drops a random
+subset of the contrasts of a sample with probability CONTRAST_DROPOUT (always keeping one), so one
+model serves every subset. A network without flags (the bundles made before) takes exactly the
+four contrasts and refuses fewer, saying what is missing.
+
+Enhancing tumour is defined on T1CE, and without it the core cannot be told from edema: without
+T1CE only the whole tumour is produced (brats.WHOLE_TUMOUR_SEGMENTS), as SAMBA does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from SAMBACore.brats import MODALITIES
+from SAMBACore.inputs import InputError
+
+NAMES = {"t1": "T1", "t1ce": "T1CE", "t2": "T2", "flair": "FLAIR"}
+CONTRAST_DROPOUT = 0.5  # share of training samples that lose some of their contrasts
+WHOLE_TUMOUR_ONLY = ("No T1CE: only the whole tumour is segmented. Enhancing tumour is defined on contrast-enhanced "
+                     "T1, and without it the tumour core cannot be told from edema.")
+
+
+def has_flags(network) -> bool:
+    """Whether the network was trained with presence flags (build_model sets the attribute from its config)."""
+    return bool(getattr(network, "presence_flags", False))
+
+
+def regions_of(present) -> tuple[str, ...]:
+    """The BraTS regions a result made from `present` holds: all three, or the whole tumour alone without T1CE."""
+    return ("ET", "TC", "WT") if "t1ce" in present else ("WT",)
+
+
+def describe(present) -> str:
+    """'T1CE, FLAIR (no T1, T2)': what a result was made from."""
+    missing = [NAMES[m] for m in MODALITIES if m not in present]
+    return ", ".join(NAMES[m] for m in present) + (f" (no {', '.join(missing)})" if missing else "")
+
+
+def stack(images: dict) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(4, *S) float32 in MODALITIES order, zeros where a contrast is missing, and the contrasts present."""
+    present = tuple(m for m in MODALITIES if images.get(m) is not None)
+    if not present:
+        raise InputError("No image given: load at least one of T1, T1CE, T2 and FLAIR (all four give the best result).")
+    shape = np.shape(images[present[0]])
+    return np.stack([np.asarray(images[m], np.float32) if m in present else np.zeros(shape, np.float32)
+                     for m in MODALITIES]), present
+
+
+def with_flags(image: np.ndarray, present) -> np.ndarray:
+    """(4, *S) image -> (8, *S): the missing channels zeroed, then one constant flag channel per contrast."""
+    flags = np.array([m in present for m in MODALITIES], np.float32)
+    out = np.empty((image.shape[0] + len(MODALITIES),) + image.shape[1:], np.float32)
+    out[:len(MODALITIES)] = image * flags.reshape((-1,) + (1,) * (image.ndim - 1))
+    out[len(MODALITIES):] = flags.reshape((-1,) + (1,) * (image.ndim - 1))
+    return out
+
+
+def drop_contrasts(rng: np.random.Generator, present, probability: float = CONTRAST_DROPOUT) -> tuple[str, ...]:
+    """The contrasts a training sample keeps: all of `present`, or with `probability` a random
+    non-empty proper subset of them (each equally likely)."""
+    present = tuple(present)
+    if len(present) < 2 or rng.random() >= probability:
+        return present
+    while True:
+        keep = rng.random(len(present)) < 0.5
+        if 0 < keep.sum() < len(present):
+            return tuple(m for m, k in zip(present, keep) if k)
+
+
+def check_contrasts(network, present, bundle: str = "the bundle") -> None:
+    """InputError, before any work, when a network without presence flags is given fewer than four contrasts."""
+    missing = [m for m in MODALITIES if m not in present]
+    if missing and not has_flags(network):
+        raise InputError(
+            f"Missing {', '.join(NAMES[m] for m in missing)}: this network of {bundle} was trained on the four "
+            "contrasts (T1, T1CE, T2, FLAIR) and takes only all four channels. Load the missing contrast(s), or choose a "
+            "bundle trained with contrast dropout (presence flags), such as the current phantom-r2unet.")
