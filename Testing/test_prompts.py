@@ -53,3 +53,28 @@ def test_detector_weights_round_trip_through_safetensors(tmp_path):
         x0, y0, x1, y1 = a[n]
         assert 0 <= x0 <= x1 <= 240 and 0 <= y0 <= y1 <= 155, "boxes come back in the slice's own frame"
     assert localizer.detect_boxes(yolo, np.zeros((3, 20, 30, 3), np.uint8)) == {}, "empty slices are skipped"
+
+
+def test_consistent_boxes_drop_lone_detections_but_not_a_tumour_run():
+    from SAMBASegmentLib.localizer import consistent_boxes
+
+    def box(x):
+        return np.array([x, x, x + 10, x + 10], np.float32)
+
+    boxes = {n: box(50) for n in range(10, 20)}
+    boxes[15] = box(150)  # a false box inside the tumour's run: it must not cut the run
+    boxes[40] = box(50)  # alone, far from the others
+    boxes.update({60: box(0), 62: box(2), 65: box(4)})  # gaps of 1 and 2 slices: one run
+    boxes.update({80: box(0), 84: box(0), 88: box(0)})  # gaps of 3: three lone boxes
+    assert sorted(consistent_boxes(boxes)) == [10, 11, 12, 13, 14, 16, 17, 18, 19, 60, 62, 65]
+
+
+def test_box_scores_count_missed_and_false_slices():
+    from SAMBASegmentLib.box_quality import box_iou, score_boxes
+
+    a = np.array([0, 0, 10, 10], np.float32)
+    assert box_iou(a, a) == 1.0 and box_iou(a, a + np.float32(20)) == 0.0
+    assert abs(box_iou(a, np.array([5, 0, 15, 10], np.float32)) - 50 / 150) < 1e-6
+    truth = {n: a for n in range(4)}
+    found = {0: a, 1: a, 7: a}  # half the tumour slices, one false box
+    assert score_boxes(found, truth) == {"tumour_slices": 4, "recall": 0.5, "false_slices": 0.25, "iou": 1.0}

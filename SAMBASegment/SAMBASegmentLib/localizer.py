@@ -107,3 +107,27 @@ def detect_boxes(yolo, slices_uint8: np.ndarray, conf: float = CONFIG["conf"], b
                 best = int(result.boxes.conf.argmax())
                 boxes[n] = result.boxes.xyxy[best].cpu().numpy().astype(np.float32)
     return boxes
+
+
+# A tumour spans several slices, each box overlapping the next; a box alone (a bright vessel or
+# a remnant of skull on one slice) only gives SAM a false lesion to segment.
+MAX_GAP = 2  # slices a run of boxes may skip (a slice YOLO missed inside the tumour)
+MIN_RUN = 3  # boxes a run needs to be kept
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
+def consistent_boxes(boxes: Boxes, max_gap: int = MAX_GAP, min_run: int = MIN_RUN) -> Boxes:
+    """Only the boxes in runs of at least `min_run` slices, each box at most `max_gap` slices past
+    the run's last and overlapping it; the rest are taken as false detections. A false box between
+    two tumour slices starts a run of its own, so it does not cut the tumour's."""
+    runs: list[list[int]] = []
+    for n in sorted(boxes):
+        open_runs = [r for r in runs if n - r[-1] <= max_gap + 1 and _overlap(boxes[r[-1]], boxes[n])]
+        if open_runs:
+            max(open_runs, key=len).append(n)
+        else:
+            runs.append([n])
+    return {n: boxes[n] for r in runs if len(r) >= min_run for n in r}

@@ -61,6 +61,14 @@ def load_samba_models(path, device: str = "cpu", adapter=None) -> SambaModels:
                        from_votes)
 
 
+def load_localizer(path):
+    """The bundle's YOLO alone (no SAM loaded): for scoring boxes (bench yolo)."""
+    bundle = load_bundle(path)
+    if "yolo" not in bundle.components:
+        raise BundleError(f"{Path(path)}: this bundle has no YOLO localizer (it has {', '.join(bundle.components)}).")
+    return localizer.build_detector(bundle.components["yolo"].config, load_state_dict(bundle, "yolo"))
+
+
 def backbone_state_dict(backbone: dict, bundle: Bundle | None = None) -> dict[str, torch.Tensor]:
     """The pretrained weights a bundle's heads were trained on, checked to be the ones it names."""
     from SAMBASegmentLib import litemedsam
