@@ -156,15 +156,20 @@ WHOLE_TUMOUR_SEGMENTS = {1: REGION_SEGMENTS["WT"]}
 ALL_REGIONS = ("ET", "TC", "WT")
 
 
+def only_whole_tumour(regions) -> bool:
+    """Whether a result with these regions holds the whole tumour alone (made without T1CE)."""
+    return tuple(regions) == ("WT",)
+
+
 def segments_for(regions) -> dict[int, Segment]:
     """The segments a result's labels stand for: NETC, SNFH, ET, or the whole tumour alone."""
-    return LABEL_SEGMENTS if tuple(regions) != ("WT",) else WHOLE_TUMOUR_SEGMENTS
+    return WHOLE_TUMOUR_SEGMENTS if only_whole_tumour(regions) else LABEL_SEGMENTS
 
 
 def internal_labels_of(labels: np.ndarray, regions) -> np.ndarray:
     """A result's labels in the internal convention: a whole-tumour-only result (label 1) as SNFH, so
     region_masks gives its WT right (and TC, ET empty: not produced, which callers say)."""
-    if tuple(regions) != ("WT",):
+    if not only_whole_tumour(regions):
         return labels
     return np.where(labels > 0, SNFH, 0).astype(np.uint8)
 

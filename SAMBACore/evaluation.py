@@ -12,6 +12,7 @@ import numpy as np
 
 from SAMBACore import lesionwise, metrics
 from SAMBACore.brats import find_training_cases, read_case
+from SAMBACore.inputs import InputError
 
 # segment(images by modality, truth labels, the case's files) -> (labels, notes for the report);
 # the truth is there for prompts drawn from it (an ROI standing in for a radiologist's box). A note
@@ -26,16 +27,23 @@ def score_cases(data_dir, segment: SegmentCase, log: Callable[[str], None] = pri
     the mean per region over cases (over the cases that produced it) and the mean seconds of `segment`
     per case. `on_case(files, images, labels, truth)` is called after each case (a preview picture of it,
     for example). allow_missing: cases with any of the four contrasts; `contrasts`: use only these
-    (the others are left out, to measure what a case without them would get)."""
+    (the others are left out, to measure what a case without them would get). A case whose files cannot
+    be read (truncated, corrupt) is skipped with the reason, and named in "unreadable"."""
     cases, skipped = find_training_cases(data_dir, allow_missing=allow_missing or contrasts is not None)
-    per_case = []
+    per_case, unreadable = [], []
     for index, files in enumerate(cases):
         if contrasts is not None:
             files = {k: v for k, v in files.items() if k in contrasts or k == "seg"}
             if len(files) == 1:
                 skipped.append(f"{files['seg'].parent.name}: has none of {', '.join(contrasts)}")
                 continue
-        images, truth, spacing = read_case(files)
+        try:
+            images, truth, spacing = read_case(files)
+        except InputError as error:  # a truncated or corrupt file: score the others, say which was left out
+            unreadable.append(files["seg"].parent.name)
+            skipped.append(f"{unreadable[-1]}: {error}")
+            log(f"[{index + 1}/{len(cases)}] Skipped {skipped[-1]}")
+            continue
         started = time.perf_counter()
         labels, notes = segment(images, truth, files)
         seconds = time.perf_counter() - started
@@ -55,6 +63,7 @@ def score_cases(data_dir, segment: SegmentCase, log: Callable[[str], None] = pri
     return {
         "cases": len(per_case),
         "skipped": skipped,
+        "unreadable": unreadable,
         "mean": metrics.mean_over_cases([c["metrics"] for c in per_case]),
         "mean_seconds": float(np.mean([c["seconds"] for c in per_case])) if per_case else float("nan"),
         "per_case": per_case,

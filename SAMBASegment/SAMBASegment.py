@@ -194,7 +194,7 @@ class SAMBASegmentWidget(BackgroundJobWidget):
         p.outputSegmentation = outputs.segmentation
         columns = volume_columns(result.labels, self._reference, result.regions)
         found = ", ".join(f"{name} {ml:.1f} mL" for name, ml in zip(columns["Region"], columns["Volume (mL)"]))
-        if "ET" not in result.regions:
+        if result.whole_tumour_only:
             found += " (no T1CE: the whole tumour only)"
         self.ui.statusLabel.text = found if result.tumour_found else (
             "No tumour found: the segmentation is empty. Draw an ROI around the lesion and use 'Drawn ROI'.")

@@ -12,6 +12,7 @@ file stays fast; the phantoms and real-dev numbers the heuristic rests on are in
 """
 
 import gzip
+import json
 import re
 import zlib
 
@@ -197,8 +198,9 @@ def test_segment_batch_and_evaluate_name_the_truncated_file_and_write_nothing(tm
     assert sorted(p.name for p in (tmp_path / "batch").iterdir()) == [f"{good.name}.seg.nrrd"]
 
     code = cli.main(["evaluate", str(cases), "--bundle", str(tiny_bundle), "--device", "cpu", "--prompt", "roi"])
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith(f"slicer-samba evaluate: {line}")
+    captured = capsys.readouterr()
+    assert code == 2 and f"Skipped {bad.name}: {line}" in captured.out  # the others are still scored
+    assert "Mean over 1 case(s)" in captured.out and f"not scored ({bad.name})" in captured.err
     assert _files(cases) == inputs  # the inputs are never touched
 
 
@@ -455,3 +457,14 @@ def test_unet_segments_scaled_shifted_and_int16_alike(unet_results, synthetic):
     for name in VARIANTS:
         agreement = _agreement(unet_results[name], reference)
         assert min(agreement.values()) > 0.99, (name, agreement)
+
+
+def test_bench_yolo_scores_raw_and_consistent_boxes_per_case(tmp_path, tiny_bundle, capsys):
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[6:10, 10:15, 8:12] = 2
+    _write_case(tmp_path / "cases" / "GOOD-00001-000", {m: _image(i) for i, m in enumerate(MODALITIES)}, labels)
+    code = cli.main(["bench", "yolo", str(tmp_path / "cases"), "--bundle", str(tiny_bundle), "--json"])
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and [r["boxes"] for r in rows] == ["raw", "consistent"]
+    assert all(r["tumour_slices"] == 4 and 0 <= r["recall"] <= 1 for r in rows)
+    assert rows[1]["false_slices"] <= rows[0]["false_slices"]  # the filter only ever removes boxes

@@ -63,7 +63,7 @@ def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, 
     result = run_samba(images, models, prompt=prompt, mode=args.mode, roi=roi, device=device, progress=report,
                        preset=args.preset)
     print(f"Contrasts: {describe(result.contrasts)}")
-    if "ET" not in result.regions:
+    if result.whole_tumour_only:
         print(f"Warning: {WITHOUT_T1CE}", file=sys.stderr, flush=True)
     segmentation = bridge.segmentation_from_labels(scene, result.labels, reference, segments_for(result.regions),
                                                    "Tumour segmentation")
@@ -126,7 +126,8 @@ def _train(args) -> int:
     command = "slicer-samba " + " ".join(sys.argv[1:])
     common = dict(seed=args.seed, device=device, command=command)
     if args.component == "yolo":
-        training.train_yolo(args.data_dir, args.output, epochs=args.epochs, **common)
+        views = tuple(v.strip() for v in args.views.split(",") if v.strip())
+        training.train_yolo(args.data_dir, args.output, epochs=args.epochs, views=views, **common)
     elif args.component == "sam":
         training.train_sam(args.data_dir, args.output, steps=args.steps, train_encoder=not args.decoder_only,
                            multimask=args.mode == "samba-mc", backbone=args.backbone, **common)
@@ -189,6 +190,10 @@ def _evaluate(args) -> int:
         print(f"Dice plot: {plot_dice(report['per_case'], args.plot, title)}")
     if args.json:
         print(json.dumps(report))
+    if report["unreadable"]:
+        print(f"{len(report['unreadable'])} case(s) could not be read and were not scored "
+              f"({', '.join(report['unreadable'])}): see the messages above.", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -202,6 +207,44 @@ def _bench(args) -> int:
     print(format_report(report))
     if args.json:
         print(json.dumps(report))
+    return 0
+
+
+def _bench_yolo(args) -> int:
+    """Box quality per case and view (box_quality.py), YOLO's raw boxes and those kept by
+    localizer.consistent_boxes: seconds a case, no SAM run."""
+    from SAMBACore.brats import find_training_cases, read_case, region_masks
+    from SAMBASegmentLib.box_quality import score_boxes
+    from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast
+    from SAMBASegmentLib.localizer import consistent_boxes, detect_boxes
+    from SAMBASegmentLib.prompts import boxes_from_mask
+    from SAMBASegmentLib.samba_bundle import load_localizer, resolve_bundle
+    from SAMBASegmentLib.slices import normalise_slices, view_slices
+
+    yolo = load_localizer(resolve_bundle(args.bundle))
+    views = tuple(v.strip() for v in args.views.split(",") if v.strip())
+    cases, skipped = find_training_cases(args.data_dir, allow_missing=True)
+    for reason in skipped:
+        print(f"skipped {reason}")
+    rows = []
+    for files in cases:
+        images, labels, _ = read_case(files)
+        reference = images[prompt_contrast(contrasts_present(images))]
+        for view in views:
+            raw = detect_boxes(yolo, normalise_slices(view_slices(reference, view)))
+            truth = boxes_from_mask(region_masks(labels)["WT"], view)
+            for kind, boxes in (("raw", raw), ("consistent", consistent_boxes(raw))):
+                rows.append({"case": files["seg"].parent.name, "view": view, "boxes": kind, **score_boxes(boxes, truth)})
+                r = rows[-1]
+                print(f"{r['case']} {view} {kind}: {r['tumour_slices']} tumour slices, recall {r['recall']:.3f}, "
+                      f"false boxes {r['false_slices']:.3f} per tumour slice, IoU {r['iou']:.3f}", flush=True)
+    for kind in ("raw", "consistent"):
+        chosen = [r for r in rows if r["boxes"] == kind]
+        if chosen:
+            means = {k: sum(r[k] for r in chosen) / len(chosen) for k in ("recall", "false_slices", "iou")}
+            print(f"mean, {kind} boxes: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
+    if args.json:
+        print(json.dumps(rows))
     return 0
 
 
@@ -264,6 +307,9 @@ def register(commands, train, bench) -> None:
 
     yolo = training_parser("yolo", "the YOLOv8 tumour localizer (boxes on FLAIR slices, all three views)")
     yolo.add_argument("--epochs", type=int, default=30, help="YOLO epochs (default 30)")
+    yolo.add_argument("--views", default="axial,coronal,sagittal",
+                      help="the views whose slices it learns from (default all three; axial alone is what preset "
+                           "fast prompts, at a third of the training time)")
     sam = training_parser("sam", "box-prompted SAM (the whole small model, or the mask decoder only)")
     sam.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
     sam.add_argument("--decoder-only", action="store_true", help="train only the mask decoder (as the paper)")
@@ -297,3 +343,11 @@ def register(commands, train, bench) -> None:
     samba.add_argument("--max-slices", type=int, help="at most N prompted slices per view (for big models on CPU)")
     samba.add_argument("--json", action="store_true", help="also print the report as one JSON line")
     samba.set_defaults(run=_bench)
+
+    yolo_bench = bench.add_parser("yolo", help="the bundle's YOLO boxes against the true tumour's, per case and view "
+                                  "(recall, false boxes, IoU): no SAM run")
+    yolo_bench.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file")
+    yolo_bench.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)
+    yolo_bench.add_argument("--views", default="axial", help="comma-separated views (default axial, as preset fast)")
+    yolo_bench.add_argument("--json", action="store_true", help="also print the rows as one JSON line")
+    yolo_bench.set_defaults(run=_bench_yolo)

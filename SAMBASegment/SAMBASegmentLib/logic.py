@@ -17,8 +17,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from SAMBACore import bridge
-from SAMBACore.brats import (ALL_REGIONS, LABEL_SEGMENTS, MODALITIES, REGION_SEGMENTS, internal_labels_of, region_masks,
-                             segments_for)
+from SAMBACore.brats import (ALL_REGIONS, LABEL_SEGMENTS, MODALITIES, REGION_SEGMENTS, internal_labels_of,
+                             only_whole_tumour, region_masks, segments_for)
 from SAMBACore.inputs import InputError, check_image, geometry_differences, skull_strip_warning, zero_background
 from SAMBACore.metrics import volumes_ml
 from SAMBASegmentLib.contrasts import WITHOUT_T1CE, given
@@ -49,7 +49,7 @@ def volume_columns(labels: np.ndarray, reference, regions=ALL_REGIONS) -> dict[s
     """Sub-region volumes in mL (NETC, SNFH, ET, TC, WT) as table columns, on the reference's voxel size;
     WT alone for a whole-tumour-only result (no T1CE)."""
     volumes = volumes_ml(internal_labels_of(labels, regions), tuple(reversed(reference.GetSpacing())))
-    if tuple(regions) == ("WT",):
+    if only_whole_tumour(regions):
         volumes = {"WT": volumes["WT"]}
     names = {s.key: s.name for s in (*LABEL_SEGMENTS.values(), *REGION_SEGMENTS.values())}
     return {"Region": list(volumes), "Name": [names[key] for key in volumes],
@@ -199,6 +199,6 @@ class SAMBASegmentCore:
         for warning in request.warnings:
             log.warning(warning)
         result = self.compute(request, progress)
-        if result.regions != ALL_REGIONS:
+        if result.whole_tumour_only:
             log.warning(WITHOUT_T1CE)
         return self.finish(scene, result, reference_node(nodes), output, name).segmentation

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from SAMBACore.brats import MODALITIES, SNFH
+from SAMBACore.brats import MODALITIES, SNFH, only_whole_tumour
 from SAMBASegmentLib import localizer, voting
 from SAMBASegmentLib.contrasts import whole_tumour_only, contrasts_present, prompt_contrast, usable_pairs
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask, boxes_from_roi
@@ -61,6 +61,11 @@ class SambaResult:
     @property
     def tumour_found(self) -> bool:
         return bool(self.labels.any())
+
+    @property
+    def whole_tumour_only(self) -> bool:
+        """Made without T1CE: `labels` 1 is the whole tumour, no sub-regions (brats.only_whole_tumour)."""
+        return only_whole_tumour(self.regions)
 
 
 NO_LOCALIZER = "This bundle has no YOLO localizer: draw a box (ROI prompt) or use a segmentation."
