@@ -165,11 +165,13 @@ VOTE_SOURCES = ("sam", "simulated")
 
 
 def _simulated_sample(images, labels, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Voting inputs (float16, cut to the tumour and its surroundings) with votes simulated from the truth."""
+    """Voting inputs with votes simulated from the truth, cut to the tumour and its surroundings
+    (images z-scored over the whole brain first, as at inference), stored as float16."""
     whole = region_masks(labels)["WT"]
+    channels, labels, whole = simulated_votes.crop_to_tumour([voting.image_channels(images, labels.shape), labels, whole],
+                                                             whole)
     votes = simulated_votes.simulated_votes(whole, rng)
-    inputs, labels = simulated_votes.crop_to_tumour([voting.voting_inputs(images, votes), labels], whole)
-    return inputs.astype(np.float16), labels
+    return np.concatenate([channels, votes]).astype(np.float16), labels
 
 
 def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: int = 64, batch: int = 2,

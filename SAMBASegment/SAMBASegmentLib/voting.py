@@ -33,22 +33,27 @@ def build_voting_net(config: dict = CONFIG) -> UNet:
     )
 
 
-def voting_inputs(images: dict[str, np.ndarray], votes: np.ndarray) -> np.ndarray:
-    """(16, K, J, I) float32: each image z-scored over its non-zero (brain) voxels, then the votes.
-    A contrast the case does not have (None or absent) is a channel of zeros."""
+def image_channels(images: dict[str, np.ndarray], shape) -> np.ndarray:
+    """(4, K, J, I) float32: each image z-scored over its non-zero (brain) voxels; a contrast the
+    case does not have (None or absent) is a channel of zeros."""
     channels = []
     for m in MODALITIES:
         if images.get(m) is None:
-            channels.append(np.zeros(votes.shape[1:], np.float32))
+            channels.append(np.zeros(shape, np.float32))
             continue
         image = images[m].astype(np.float32)
         brain = image != 0
         values = image[brain]
         mean, std = (values.mean(), values.std() or 1.0) if values.size else (0.0, 1.0)
         channels.append(np.where(brain, (image - mean) / std, 0.0).astype(np.float32))
+    return np.stack(channels)
+
+
+def voting_inputs(images: dict[str, np.ndarray], votes: np.ndarray) -> np.ndarray:
+    """(16, K, J, I) float32: the four image_channels, then the 12 votes."""
     if votes.shape[0] != IN_CHANNELS - len(MODALITIES):
         raise ValueError(f"Expected {IN_CHANNELS - len(MODALITIES)} SAM vote volumes, got {votes.shape[0]}.")
-    return np.concatenate([np.stack(channels), votes.astype(np.float32)])
+    return np.concatenate([image_channels(images, votes.shape[1:]), votes.astype(np.float32)])
 
 
 def within_votes(labels: np.ndarray, whole: np.ndarray) -> np.ndarray:
