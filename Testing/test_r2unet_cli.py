@@ -176,6 +176,15 @@ def test_train_unet_command_writes_a_bundle(tmp_path, capsys):
     manifest = load_bundle(out).manifest
     assert manifest["components"]["unet"]["config"]["widths"] == [4, 8]
     assert manifest["training"]["unet"]["steps"] == 3 and manifest["training"]["unet"]["patch"] == 16
+    # By default with presence flags (any set of contrasts); --no-presence-flags: four contrasts, as bundles before.
+    assert manifest["components"]["unet"]["config"]["in_channels"] == 8
+    assert manifest["components"]["unet"]["config"]["presence_flags"] is True
+    assert "contrast_dropout" in manifest["training"]["unet"]
+    assert main(["train", "unet", str(data), "-o", str(tmp_path / "four"), "--steps", "2", "--patch", "16", "--batch",
+                 "1", "--widths", "4,8", "--device", "cpu", "--no-presence-flags"]) == 0
+    four = load_bundle(tmp_path / "four").manifest
+    assert four["components"]["unet"]["config"] == {"in_channels": 4, "out_channels": 4, "widths": [4, 8]}
+    assert "contrast_dropout" not in four["training"]["unet"]
 
 
 def test_train_with_bad_widths_is_refused(tmp_path, capsys):

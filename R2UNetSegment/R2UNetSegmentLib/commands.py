@@ -128,21 +128,29 @@ def _train(args) -> int:
     from R2UNetSegmentLib import training
     from SAMBACore.device import choose_device
 
+    def config(base: dict, **changes) -> dict:
+        """The default config with `changes`; --no-presence-flags: the four contrasts only, as bundles before them."""
+        config = {**base, **changes}
+        if not args.presence_flags:
+            config.pop("presence_flags", None)
+            config["in_channels"] -= 4
+        return config
+
     command = "slicer-samba " + " ".join(sys.argv[1:])
     common = {"steps": args.steps, "patch": args.patch, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-                  "device": choose_device(args.device), "command": command, "schedule": args.lr_schedule,
+              "device": choose_device(args.device), "command": command, "schedule": args.lr_schedule,
               "contrast_dropout": args.contrast_dropout}
+    widths = {"widths": args.widths} if args.widths else {}
     if args.component == "cascade":
+        stage2 = {"widths": args.stage2_widths} if args.stage2_widths else {}
         training.train_cascade(args.data_dir, args.output, stage1_steps=args.stage1_steps,
-                               stage1_config=args.widths and {**training.STAGE1_CONFIG, "widths": args.widths},
-                               stage2_config=args.stage2_widths and {**training.STAGE2_CONFIG, "widths": args.stage2_widths},
-                               **common)
+                               stage1_config=config(training.STAGE1_CONFIG, **widths),
+                               stage2_config=config(training.STAGE2_CONFIG, **stage2), **common)
     elif args.component == "r2unet":
-        config = args.widths and {**training.R2UNET_CONFIG, "base_width": args.widths[0], "depth": len(args.widths) - 1}
-        training.train_r2unet(args.data_dir, args.output, config=config, **common)
+        depth = {"base_width": args.widths[0], "depth": len(args.widths) - 1} if args.widths else {}
+        training.train_r2unet(args.data_dir, args.output, config=config(training.R2UNET_CONFIG, **depth), **common)
     else:
-        config = args.widths and {**training.UNET_CONFIG, "widths": args.widths}
-        training.train_unet(args.data_dir, args.output, config=config, **common)
+        training.train_unet(args.data_dir, args.output, config=config(training.UNET_CONFIG, **widths), **common)
     print(f"Bundle updated: {args.output} ({args.component})")
     return 0
 
@@ -219,6 +227,9 @@ def register(commands, train, bench) -> None:
                             help="share of samples that lose a random subset of their contrasts (missing ones zero, "
                             "plus four presence-flag channels), so that the model serves any set of contrasts; cases "
                             "may lack contrasts (default 0.5)")
+        parser.add_argument("--presence-flags", action=argparse.BooleanOptionalAction, default=True,
+                            help="train with presence flags and contrast dropout, for any set of contrasts (default); "
+                            "--no-presence-flags: the four contrasts only, every case needs all four (bundles before)")
         parser.add_argument("--widths", type=_widths, help="stage widths, e.g. 16,32,64,128 (the cascade's stage 1; "
                             "for r2unet the first is the base width and the count sets the depth)")
         if component == "cascade":
