@@ -79,4 +79,5 @@ def check_contrasts(network, present, bundle: str = "the bundle") -> None:
         raise InputError(
             f"Missing {', '.join(NAMES[m] for m in missing)}: this network of {bundle} was trained on the four "
             "contrasts (T1, T1CE, T2, FLAIR) and takes only all four channels. Load the missing contrast(s), or choose a "
-            "bundle trained with contrast dropout (presence flags), such as the current phantom-r2unet.")
+            "bundle trained with contrast dropout (presence flags: slicer-samba train unet|r2unet|cascade does so by "
+            "default).")
