@@ -33,8 +33,8 @@ class R2UNetSegment(ScriptedLoadableModule):
         self.parent.helpText = (
             "Segments a loaded volume with a U-Net, an R2U-Net (recurrent residual U-Net with attention gates) "
             "or a two-stage U-Net cascade, within a memory budget you set. Select one of the BraTS volumes "
-            "to use those loaded (T1, T1CE, T2, FLAIR) as channels: the bundled cascade and R2U-Net take any set "
-            "of them (trained with contrast dropout); without T1CE only the whole tumour is produced, since "
+            "to use those loaded (T1, T1CE, T2, FLAIR) as channels: a bundle trained with contrast dropout "
+            "(presence flags) takes any set of them, the bundled phantom-r2unet all four only; without T1CE only the whole tumour is produced, since "
             "enhancing tumour is defined on it. Or select any single volume for a single-channel model, or a colour photo (for "
             "example a dermoscopy image) for a 2D model. Mode 'auto' picks "
             "the fastest of full volume, patches and cascade that fits the budget. An optional LoRA adapter (made "

@@ -161,8 +161,8 @@ def register(commands, train, bench) -> None:
     r2unet = commands.add_parser("r2unet", help="segment a BraTS case folder or one image with the U-Net, R2U-Net "
                                  "or U-Net cascade, inside a memory budget")
     r2unet.add_argument("input", type=Path, help="BraTS case folder (any of the four images: a bundle trained with "
-                        "presence flags, as phantom-r2unet's cascade and R2U-Net are, takes any set; without T1CE only "
-                        "the whole tumour is produced), a single image file, or a folder "
+                        "presence flags (train ... does so by default) takes any set, the bundled phantom-r2unet all "
+                        "four only; without T1CE only the whole tumour is produced), a single image file, or a folder "
                         "of case folders (batch: every case, one after the other); MRI must be skull-stripped "
                         "(the brain only, one value around it), as BraTS images are")
     r2unet.add_argument("-o", "--output", type=Path, required=True,
