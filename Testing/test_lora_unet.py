@@ -218,3 +218,13 @@ def test_a_copied_adapter_with_a_corrupt_weight_file_is_refused(bundle, trained,
     (broken / adapters.WEIGHTS).write_bytes(bytes(data))
     with pytest.raises(adapters.AdapterError, match="checksum mismatch"):
         load_r2unet_models(bundle, adapter=broken)
+
+
+def test_a_bundle_with_presence_flags_is_refused_saying_why(cases, tmp_path):
+    """Its networks take 4 contrasts + 4 flag channels, which U-Net LoRA training does not make."""
+    flagged = tmp_path / "flagged"
+    save_r2unet_bundle(flagged, {"unet": (UNet3D(8, 4, (4, 8)), {**TINY, "in_channels": 8, "presence_flags": True})},
+                       manifest={**BASE_MANIFEST, "name": "flagged"})
+    with pytest.raises(InputError, match="trained with presence flags"):
+        train_unet_lora(flagged, tmp_path / "adapter", cases[:2], cases[2:], SETTINGS, log=lambda m: None)
+    assert not (tmp_path / "adapter").exists()

@@ -129,6 +129,9 @@ def _train_mode(model: nn.Module) -> None:
 
 
 def _check_data(models, train_cases: list[Case], val_cases: list[Case], base) -> None:
+    if getattr(models, "presence_flags", False):  # its inputs carry 4 flag channels this trainer does not make
+        raise InputError(f"The bundle {base} was trained with presence flags (any set of contrasts), which U-Net "
+                         "adapters do not support yet: adapt a four-contrast bundle (such as phantom-r2unet).")
     if models.in_channels != len(MODALITIES) or models.classes != CLASSES:
         raise InputError(f"The bundle {base} takes {models.in_channels} channel(s) and predicts {models.classes} "
                          f"classes, but BraTS cases give {len(MODALITIES)} channels and {CLASSES} classes: choose a "
