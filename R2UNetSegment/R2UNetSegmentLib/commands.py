@@ -93,11 +93,11 @@ def _r2unet(args) -> int:
         loaded = time.perf_counter()
         result = core.compute(request, report)
         if result.present is not None:
-            from R2UNetSegmentLib.presence import WHOLE_TUMOUR_ONLY, describe
+            from SAMBACore.contrasts import WITHOUT_T1CE, describe
 
             print(f"Contrasts: {describe(result.present)}")
             if result.regions == ("WT",):
-                print(f"Warning: {WHOLE_TUMOUR_ONLY}", file=sys.stderr, flush=True)
+                print(f"Warning: {WITHOUT_T1CE}", file=sys.stderr, flush=True)
         segmentation = core.finish(scene, result, node, name="Tumour segmentation")
         print(f"Segmentation: {bridge.save_segmentation(segmentation, output)}")
         if args.adapter:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from SAMBACore.brats import internal_labels_of
+from SAMBACore.contrasts import describe, regions_of
 from SAMBACore.evaluation import score_cases
 
-from .presence import describe, regions_of, stack
+from .presence import stack
 from .r2unet_bundle import R2UNetModels
 
 

@@ -19,9 +19,10 @@ import numpy as np
 from SAMBACore import bridge
 from SAMBACore.brats import ALL_REGIONS, MODALITIES, Segment
 from SAMBACore.brats import segments_for as brats_segments
+from SAMBACore.contrasts import NAMES, regions_of
 from SAMBACore.inputs import InputError
 from R2UNetSegmentLib.channels import brats_present, gather_channels
-from R2UNetSegmentLib.presence import NAMES, check_contrasts, has_flags, regions_of, stack
+from R2UNetSegmentLib.presence import check_contrasts, has_flags, stack
 from R2UNetSegmentLib.r2unet_bundle import R2UNetModels, load_r2unet_models, resolve_bundle
 
 Progress = Callable[[float, str], None]

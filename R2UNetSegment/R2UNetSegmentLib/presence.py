@@ -17,12 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from SAMBACore.brats import MODALITIES
+from SAMBACore.contrasts import NAMES, contrasts_present
 from SAMBACore.inputs import InputError
 
-NAMES = {"t1": "T1", "t1ce": "T1CE", "t2": "T2", "flair": "FLAIR"}
 CONTRAST_DROPOUT = 0.5  # share of training samples that lose some of their contrasts
-WHOLE_TUMOUR_ONLY = ("No T1CE: only the whole tumour is segmented. Enhancing tumour is defined on contrast-enhanced "
-                     "T1, and without it the tumour core cannot be told from edema.")
 
 
 def has_flags(network) -> bool:
@@ -30,22 +28,9 @@ def has_flags(network) -> bool:
     return bool(getattr(network, "presence_flags", False))
 
 
-def regions_of(present) -> tuple[str, ...]:
-    """The BraTS regions a result made from `present` holds: all three, or the whole tumour alone without T1CE."""
-    return ("ET", "TC", "WT") if "t1ce" in present else ("WT",)
-
-
-def describe(present) -> str:
-    """'T1CE, FLAIR (no T1, T2)': what a result was made from."""
-    missing = [NAMES[m] for m in MODALITIES if m not in present]
-    return ", ".join(NAMES[m] for m in present) + (f" (no {', '.join(missing)})" if missing else "")
-
-
 def stack(images: dict) -> tuple[np.ndarray, tuple[str, ...]]:
     """(4, *S) float32 in MODALITIES order, zeros where a contrast is missing, and the contrasts present."""
-    present = tuple(m for m in MODALITIES if images.get(m) is not None)
-    if not present:
-        raise InputError("No image given: load at least one of T1, T1CE, T2 and FLAIR (all four give the best result).")
+    present = contrasts_present(images)
     shape = np.shape(images[present[0]])
     return np.stack([np.asarray(images[m], np.float32) if m in present else np.zeros(shape, np.float32)
                      for m in MODALITIES]), present

@@ -13,30 +13,14 @@ the result says so. Nothing is guessed and shown as if it were measured.
 
 from __future__ import annotations
 
-from SAMBACore.brats import MODALITIES
-from SAMBACore.inputs import InputError
+# What every module shares (names, messages, which regions a set of contrasts gives) is in SAMBACore.
+from SAMBACore.contrasts import (NAMES, WITHOUT_T1CE, contrasts_present, describe, given,
+                                 regions_of, whole_tumour_only)
 
-NAMES = {"t1": "T1", "t1ce": "T1CE", "t2": "T2", "flair": "FLAIR"}
+__all__ = ["NAMES", "PROMPT_ORDER", "WITHOUT_T1CE", "contrasts_present", "describe", "given", "prompt_contrast",
+           "regions_of", "usable_pairs", "whole_tumour_only"]
+
 PROMPT_ORDER = ("flair", "t2", "t1ce", "t1")  # the whole tumour stands out most on the first
-WITHOUT_T1CE = ("No T1CE: only the whole tumour is segmented. Enhancing tumour is defined on contrast-enhanced "
-                "T1, and without it the tumour core cannot be told from edema.")
-
-
-def given(inputs: dict) -> tuple[str, ...]:
-    """The contrasts of `inputs` (images or volume nodes, by modality) that are not None, MODALITIES order."""
-    return tuple(m for m in MODALITIES if inputs.get(m) is not None)
-
-
-def contrasts_present(images: dict) -> tuple[str, ...]:
-    """The contrasts given (MODALITIES order); InputError when none is."""
-    present = given(images)
-    if not present:
-        raise InputError("No image given: load at least one of T1, T1CE, T2 and FLAIR (all four give the best result).")
-    return present
-
-
-def whole_tumour_only(present) -> bool:
-    return "t1ce" not in present
 
 
 def prompt_contrast(present) -> str:
@@ -52,10 +36,3 @@ def usable_pairs(pairs, present) -> tuple[tuple[str, str], ...]:
         return usable
     views = tuple(dict.fromkeys(view for _, view in pairs))
     return tuple((prompt_contrast(present), view) for view in views)
-
-
-def describe(present) -> str:
-    """'T1CE, FLAIR (no T1, T2)': what a result was made from, for its message."""
-    used = ", ".join(NAMES[m] for m in present)
-    missing = [NAMES[m] for m in MODALITIES if m not in present]
-    return used + (f" (no {', '.join(missing)})" if missing else "")

@@ -24,7 +24,7 @@ import numpy as np
 
 from SAMBACore.brats import MODALITIES, SNFH, only_whole_tumour
 from SAMBASegmentLib import localizer, voting
-from SAMBASegmentLib.contrasts import whole_tumour_only, contrasts_present, prompt_contrast, usable_pairs
+from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast, regions_of, usable_pairs, whole_tumour_only
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask, boxes_from_roi
 from SAMBASegmentLib.propagation import propagate_stack
 from SAMBASegmentLib.sam_runner import EmbeddingCache, segment_stack
@@ -253,6 +253,6 @@ def run_samba(
         labels, agreement = np.zeros(votes.shape[2:], np.uint8), np.zeros(votes.shape[2:], np.float32)
     seconds["fusion"] = time.perf_counter() - started
     report(1.0, "Done" if labels.any() else "No tumour found")
-    regions = ("WT",) if whole_tumour_only(present) else ("ET", "TC", "WT")
+    regions = regions_of(present)
     return SambaResult(labels, agreement, counts, seconds, votes[:, 0] if keep_votes else None, preset,
                        present, regions)
