@@ -215,11 +215,10 @@ def _bench_yolo(args) -> int:
     localizer.consistent_boxes: seconds a case, no SAM run."""
     from SAMBACore.brats import find_training_cases, read_case, region_masks
     from SAMBASegmentLib.box_quality import score_boxes
-    from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast
-    from SAMBASegmentLib.localizer import consistent_boxes, detect_boxes
+    from SAMBASegmentLib.localizer import consistent_boxes
+    from SAMBASegmentLib.pipeline import yolo_boxes
     from SAMBASegmentLib.prompts import boxes_from_mask
     from SAMBASegmentLib.samba_bundle import load_localizer, resolve_bundle
-    from SAMBASegmentLib.slices import normalise_slices, view_slices
 
     yolo = load_localizer(resolve_bundle(args.bundle))
     views = tuple(v.strip() for v in args.views.split(",") if v.strip())
@@ -229,9 +228,8 @@ def _bench_yolo(args) -> int:
     rows = []
     for files in cases:
         images, labels, _ = read_case(files)
-        reference = images[prompt_contrast(contrasts_present(images))]
         for view in views:
-            raw = detect_boxes(yolo, normalise_slices(view_slices(reference, view)))
+            raw = yolo_boxes(yolo, images, view)
             truth = boxes_from_mask(region_masks(labels)["WT"], view)
             for kind, boxes in (("raw", raw), ("consistent", consistent_boxes(raw))):
                 rows.append({"case": files["seg"].parent.name, "view": view, "boxes": kind, **score_boxes(boxes, truth)})

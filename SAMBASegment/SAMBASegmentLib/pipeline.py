@@ -75,13 +75,18 @@ def _shape(images: dict[str, np.ndarray]) -> tuple[int, ...]:
     return next(images[m] for m in MODALITIES if images.get(m) is not None).shape
 
 
+def yolo_boxes(yolo, images: dict[str, np.ndarray], view: str, device: str = "cpu") -> Boxes:
+    """YOLO's box per slice of `view`, on the prompt contrast (the first present of FLAIR, T2, T1CE, T1)."""
+    reference = images[prompt_contrast(contrasts_present(images))]
+    return localizer.detect_boxes(yolo, normalise_slices(view_slices(reference, view)), device=device)
+
+
 def prompt_boxes(models: SambaModels, images: dict[str, np.ndarray], view: str, prompt: str,
                  roi=None, mask: np.ndarray | None = None, device: str = "cpu") -> Boxes:
     if prompt == "yolo":
         if models.yolo is None:
             raise ValueError(NO_LOCALIZER)
-        reference = images[prompt_contrast(contrasts_present(images))]
-        return localizer.detect_boxes(models.yolo, normalise_slices(view_slices(reference, view)), device=device)
+        return yolo_boxes(models.yolo, images, view, device)
     if prompt == "roi":
         if roi is None:
             raise ValueError("The ROI prompt needs a box: place a markups ROI around the tumour (--roi on the command line).")
