@@ -71,3 +71,28 @@ def test_voting_net_on_simulated_votes_with_contrast_dropout(data, tmp_path):
     assert manifest["components"]["voting"]["config"]["whole_tumour"] == "votes"
     with pytest.raises(ValueError, match="Unknown vote source"):
         training.train_voting(data, bundle_dir, steps=1, votes="yolo", log=lambda s: None)
+
+
+def test_yolo_fine_tuned_from_a_bundle_starts_from_its_weights(data, tmp_path):
+    """--start-from: one epoch moves the weights a little from the bundle's, while training from
+    scratch ends far from them; a bundle without a YOLO is refused, naming what it has."""
+    from SAMBACore.bundles import BundleError, load_state_dict
+    from SAMBASegmentLib.samba_bundle import resolve_bundle
+
+    source = load_state_dict(load_bundle(resolve_bundle("phantom-demo")), "yolo")
+
+    def distance(bundle_dir):
+        trained = load_state_dict(load_bundle(bundle_dir), "yolo")
+        weights = [k for k in source if k.endswith(".weight") and source[k].ndim == 4]
+        return sum(float((trained[k].float() - source[k].float()).norm()) for k in weights)
+
+    kwargs = dict(epochs=1, batch=8, views=("axial",), log=lambda s: None)
+    training.train_yolo(data, tmp_path / "tuned", start_from="phantom-demo", **kwargs)
+    training.train_yolo(data, tmp_path / "scratch", **kwargs)
+    assert distance(tmp_path / "tuned") < 0.5 * distance(tmp_path / "scratch")  # measured 0.23
+    record = json.loads((tmp_path / "tuned" / "manifest.json").read_text())["training"]["yolo"]
+    assert record["started_from"].startswith("phantom-demo (yolo sha256 ")
+
+    training.train_sam(data, tmp_path / "no-yolo", steps=1, batch=2, sam_config=TINY_SAM, log=lambda s: None)
+    with pytest.raises(BundleError, match="has no YOLO localizer to start from"):
+        training.train_yolo(data, tmp_path / "x", start_from=str(tmp_path / "no-yolo"), **kwargs)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from SAMBACore.brats import MODALITIES, find_training_cases, read_case, region_masks
-from SAMBACore.bundles import load_bundle, load_state_dict, save_bundle
+from SAMBACore.bundles import BundleError, load_bundle, load_state_dict, save_bundle
 from SAMBASegmentLib import localizer, sam_training, simulated_votes, voting
 from SAMBASegmentLib.pipeline import run_samba
 from SAMBASegmentLib.sam_model import SMALL_DEFAULT, build_sam
@@ -80,16 +80,28 @@ def copy_component(source, bundle_dir, name: str, half: bool = False, config: di
 
 
 def train_yolo(data_dir, bundle_dir, epochs: int = 30, seed: int = 0, batch: int = 16, device: str = "cpu",
-               views=("axial", "coronal", "sagittal"), command: str = "", log: Progress = print):
+               views=("axial", "coronal", "sagittal"), start_from=None, command: str = "", log: Progress = print):
+    """`start_from`: a bundle (folder or bundled name) whose YOLO is fine-tuned instead of training from scratch."""
+    start, started_from = None, None
+    if start_from is not None:
+        from SAMBASegmentLib.samba_bundle import resolve_bundle
+
+        origin = load_bundle(resolve_bundle(start_from))
+        if "yolo" not in origin.components:
+            raise BundleError(f"{origin.path}: this bundle has no YOLO localizer to start from "
+                              f"(it has {', '.join(origin.components)}).")
+        start = load_state_dict(origin, "yolo")
+        started_from = f"{origin.manifest.get('name', origin.path.name)} (yolo sha256 {origin.component('yolo').sha256})"
     cases = _load_cases(data_dir, log)
     with tempfile.TemporaryDirectory() as work:
         log("exporting FLAIR slices and whole-tumour boxes")
         data = localizer.export_dataset([(images["flair"], region_masks(labels)["WT"]) for images, labels in cases],
                                         Path(work) / "dataset", seed=seed, views=views)
-        log(f"training YOLOv8n for {epochs} epoch(s)")
-        yolo = localizer.train_detector(data, epochs, Path(work) / "runs", batch=batch, seed=seed, device=device)
+        log(f"{'fine-tuning' if start else 'training'} YOLOv8n for {epochs} epoch(s)")
+        yolo = localizer.train_detector(data, epochs, Path(work) / "runs", batch=batch, seed=seed, device=device,
+                                        start=start)
     record = {"command": command, "cases": len(cases), "epochs": epochs, "seed": seed, "views": list(views),
-              "imgsz": localizer.CONFIG["imgsz"]}
+              "imgsz": localizer.CONFIG["imgsz"], **({"started_from": started_from} if start else {})}
     return _update_bundle(bundle_dir, "yolo", "yolo", localizer.CONFIG, localizer.detector_state_dict(yolo), record)
 
 
