@@ -69,6 +69,22 @@ def test_consistent_boxes_drop_lone_detections_but_not_a_tumour_run():
     assert sorted(consistent_boxes(boxes)) == [10, 11, 12, 13, 14, 16, 17, 18, 19, 60, 62, 65]
 
 
+def test_main_runs_keep_the_most_confident_run_and_those_near_it():
+    from SAMBASegmentLib.localizer import main_runs
+
+    def box(x):
+        return np.array([x, x, x + 10, x + 10], np.float32)
+
+    boxes = {n: box(50) for n in range(10, 30)}  # the tumour: 20 sure boxes
+    boxes.update({n: box(150) for n in range(40, 46)})  # a run of 6 unsure false boxes
+    boxes.update({n: box(0) for n in range(60, 72)})  # a second lesion: 12 sure boxes
+    scores = {n: 0.9 for n in boxes} | {n: 0.3 for n in range(40, 46)}
+    assert sorted(main_runs(boxes, scores, keep=1.0)) == list(range(10, 30))
+    assert sorted(main_runs(boxes, scores, keep=0.5)) == list(range(10, 30)) + list(range(60, 72))
+    assert sorted(main_runs(boxes, scores, keep=0.0)) == sorted(boxes)
+    assert main_runs({}, {}, keep=0.5) == {}
+
+
 def test_box_scores_count_missed_and_false_slices():
     from SAMBASegmentLib.box_quality import box_iou, score_boxes
 
@@ -77,4 +93,5 @@ def test_box_scores_count_missed_and_false_slices():
     assert abs(box_iou(a, np.array([5, 0, 15, 10], np.float32)) - 50 / 150) < 1e-6
     truth = {n: a for n in range(4)}
     found = {0: a, 1: a, 7: a}  # half the tumour slices, one false box
-    assert score_boxes(found, truth) == {"tumour_slices": 4, "recall": 0.5, "false_slices": 0.25, "iou": 1.0}
+    assert score_boxes(found, truth) == {"tumour_slices": 4, "recall": 0.5, "false_slices": 0.25, "iou": 1.0,
+                                         "slice_dice": 4 / 7}

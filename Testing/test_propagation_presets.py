@@ -84,6 +84,47 @@ def test_propagated_boxes_stay_inside_the_drawn_roi(oracle):
         assert box[0] >= limit[0] and box[1] >= limit[1] and box[2] <= limit[2] and box[3] <= limit[3]
 
 
+def test_yolo_runs_become_rois_each_propagated_from_its_most_confident_box(oracle):
+    state, cache = oracle
+    shape = (60, 48, 48)
+    truth = _ball(shape, (15, 24, 24), 6) | _ball(shape, (45, 12, 12), 4)  # two lesions: slices 9-21, 41-49
+    state["truth"] = truth
+    # YOLO's runs: a box per slice, two slices missed inside the first run, boxes of varying size
+    boxes = {n: np.array([16 + n % 3, 17, 32, 31 - n % 2], np.float32) for n in (9, 10, 11, 14, 15, 16, 19, 20, 21)}
+    boxes.update({n: np.array([7, 7, 18, 18], np.float32) for n in range(42, 49)})
+    boxes[16] = np.array([18, 18, 30, 30], np.float32)  # the first run's most confident box: a tight one
+    scores = {n: 0.5 for n in boxes} | {16: 0.9}
+    runs = [[9, 10, 11, 14, 15, 16, 19, 20, 21], list(range(42, 49))]  # YOLO missed lesion 2's end slices 41, 49
+    assert sorted(propagation.rois_of_runs(boxes, runs, scores)) == list(range(9, 22)) + list(range(42, 49))
+    rois = propagation.rois_of_runs(boxes, runs, scores, reach=3, slices=60)
+    assert sorted(rois) == list(range(6, 25)) + list(range(39, 52))  # missed 12, 13, 17, 18 filled; 3 beyond the ends
+    np.testing.assert_array_equal(rois[12], [16, 17, 32, 31])  # the union of the run's boxes
+    assert sorted(rois.seeds) == [16, 45]  # the most confident box; a tie: the run's middle
+    masks, used = propagation.propagate_stack(None, np.zeros(shape + (3,), np.uint8), rois, cache, margin=3)
+    assert state["asked"][0][0] == 16, "a run starts from its seed"
+    np.testing.assert_array_equal(used[16], boxes[16])  # prompted with its own box, not the union
+    np.testing.assert_array_equal(used[45], rois[45])
+    assert not set(used) - set(rois), "propagation stays inside each ROI's slices"
+    found = sorted(np.flatnonzero(masks.any(axis=(1, 2))))
+    assert found == list(range(9, 22)) + list(range(41, 50)), "both lesions, every slice, YOLO's missed ends too"
+    assert min(used) == 8 and max(used) == 50, "stopped one slice past each end, where the mask came back empty"
+
+
+def test_past_yolos_last_box_a_mask_is_kept_only_while_the_tumour_tapers(oracle):
+    """In an ROI's reach a mask as large as its neighbour's is taken as SAM filling the box: dropped,
+    and propagation stops; inside YOLO's run the same mask is kept."""
+    state, cache = oracle
+    shape = (40, 48, 48)
+    truth = np.zeros(shape, bool)
+    truth[10:30, 18:30, 18:30] = True  # a column of tumour: the same area on every slice
+    state["truth"] = truth
+    boxes = {n: np.array([17, 17, 31, 31], np.float32) for n in range(14, 26)}  # YOLO saw slices 14-25
+    rois = propagation.rois_of_runs(boxes, [list(range(14, 26))], reach=5, slices=40)
+    masks, used = propagation.propagate_stack(None, np.zeros(shape + (3,), np.uint8), rois, cache, margin=3)
+    assert sorted(np.flatnonzero(masks.any(axis=(1, 2)))) == list(range(14, 26))
+    assert min(used) == 13 and max(used) == 26, "one slice tried past each end, then dropped"
+
+
 def test_fill_missing_votes_from_the_same_modality_then_the_same_view():
     shape = (4, 5, 6)
     votes = np.zeros((12, 1) + shape, bool)

@@ -459,12 +459,16 @@ def test_unet_segments_scaled_shifted_and_int16_alike(unet_results, synthetic):
         assert min(agreement.values()) > 0.99, (name, agreement)
 
 
-def test_bench_yolo_scores_raw_and_consistent_boxes_per_case(tmp_path, tiny_bundle, capsys):
+def test_bench_yolo_scores_raw_and_filtered_boxes_per_case(tmp_path, tiny_bundle, capsys):
+    from SAMBASegmentLib.localizer import KEEP, KEEP_CHOICES
+
     labels = np.zeros(SHAPE, np.uint8)
     labels[6:10, 10:15, 8:12] = 2
     _write_case(tmp_path / "cases" / "GOOD-00001-000", {m: _image(i) for i, m in enumerate(MODALITIES)}, labels)
     code = cli.main(["bench", "yolo", str(tmp_path / "cases"), "--bundle", str(tiny_bundle), "--json"])
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert code == 0 and [r["boxes"] for r in rows] == ["raw", "consistent"]
-    assert all(r["tumour_slices"] == 4 and 0 <= r["recall"] <= 1 for r in rows)
+    kinds = [r["boxes"] for r in rows]
+    assert code == 0 and kinds[:2] == ["raw", "consistent"] and len(kinds) == 2 + len(KEEP_CHOICES)
+    assert sum("(used)" in kind for kind in kinds) == 1 and f"main runs {KEEP:g} as ROIs (used)" in kinds
+    assert all(r["tumour_slices"] == 4 and 0 <= r["recall"] <= 1 and 0 <= r["slice_dice"] <= 1 for r in rows)
     assert rows[1]["false_slices"] <= rows[0]["false_slices"]  # the filter only ever removes boxes

@@ -27,7 +27,9 @@ def score_boxes(found: Boxes, truth: Boxes) -> dict:
 
     recall: fraction of tumour slices given a box; false_slices: boxes on tumour-free slices, as a
     fraction of the tumour slices (0 is none; 0.5: half as many false boxes as tumour slices);
-    iou: mean IoU over the tumour slices that got a box.
+    iou: mean IoU over the tumour slices that got a box; slice_dice: the Dice of the slices given a
+    box against the tumour slices (2 hits / (boxes + tumour slices)), one number for a filter that
+    trades recall for fewer false boxes.
     """
     hits = [n for n in truth if n in found]
     false = [n for n in found if n not in truth]
@@ -36,4 +38,5 @@ def score_boxes(found: Boxes, truth: Boxes) -> dict:
         "recall": len(hits) / len(truth) if truth else float(not found),
         "false_slices": len(false) / max(len(truth), 1),
         "iou": float(np.mean([box_iou(found[n], truth[n]) for n in hits])) if hits else 0.0,
+        "slice_dice": 2 * len(hits) / (len(found) + len(truth)) if found or truth else 1.0,
     }

@@ -13,6 +13,9 @@ from pathlib import Path
 DEVICES = ("auto", "cpu", "cuda")
 CONTRASTS = ("t1", "t1ce", "t2", "flair")  # SAMBACore.brats.MODALITIES, here without importing numpy
 BUNDLE_HELP = "bundle folder or bundled name (default phantom-demo)"
+YOLO_PROMPT_HELP = ("yolo: YOLO's boxes on the FLAIR slices, only its strongest runs of overlapping boxes (a false box "
+                    "rarely comes in a long, confident run), each run taken as one drawn box and prompted from its "
+                    "most confident box out; yolo-boxes: YOLO's own box on every slice it finds one, as the SAMBA paper")
 ADAPTER_HELP = "a LoRA adapter folder for the bundle's SAM (slicer-samba train lora), merged in before use"
 PRESET_CHOICES = ("auto", "all", "balanced", "fast")  # pipeline.PRESET_CHOICES, here without importing torch
 PRESET_HELP = ("which contrasts and views SAM votes on: all (4 contrasts x 3 views, as the paper), balanced (FLAIR "
@@ -105,7 +108,7 @@ def _segment(args) -> int:
     models = load_samba_models(resolve_bundle(args.bundle), device, adapter=args.adapter)
     print(f"Models loaded in {time.perf_counter() - started:.1f} s.", flush=True)
     prompt = args.prompt or ("roi" if args.roi else "yolo")
-    if models.yolo is None and prompt == "yolo":
+    if models.yolo is None and prompt.startswith("yolo"):
         raise ValueError(NO_LOCALIZER)  # now, not once per case of a batch
     if batch and args.agreement:
         args.agreement.mkdir(parents=True, exist_ok=True)
@@ -127,7 +130,8 @@ def _train(args) -> int:
     common = dict(seed=args.seed, device=device, command=command)
     if args.component == "yolo":
         views = tuple(v.strip() for v in args.views.split(",") if v.strip())
-        training.train_yolo(args.data_dir, args.output, epochs=args.epochs, views=views, **common)
+        training.train_yolo(args.data_dir, args.output, epochs=args.epochs, views=views, start_from=args.start_from,
+                            **common)
     elif args.component == "sam":
         training.train_sam(args.data_dir, args.output, steps=args.steps, train_encoder=not args.decoder_only,
                            multimask=args.mode == "samba-mc", backbone=args.backbone, **common)
@@ -211,36 +215,46 @@ def _bench(args) -> int:
 
 
 def _bench_yolo(args) -> int:
-    """Box quality per case and view (box_quality.py), YOLO's raw boxes and those kept by
-    localizer.consistent_boxes: seconds a case, no SAM run."""
+    """Box quality per case and view (box_quality.py): YOLO's raw boxes, those kept by
+    localizer.consistent_boxes, and the ROIs the pipeline prompts, of the runs localizer.main_runs
+    keeps, for each `keep` of KEEP_CHOICES (the pipeline uses KEEP); seconds a case, no SAM run."""
     from SAMBACore.brats import find_training_cases, read_case, region_masks
     from SAMBASegmentLib.box_quality import score_boxes
-    from SAMBASegmentLib.localizer import consistent_boxes
+    from SAMBASegmentLib.localizer import KEEP, KEEP_CHOICES, box_runs, consistent_boxes, main_runs
+    from SAMBASegmentLib.propagation import rois_of_runs
     from SAMBASegmentLib.pipeline import yolo_boxes
     from SAMBASegmentLib.prompts import boxes_from_mask
     from SAMBASegmentLib.samba_bundle import load_localizer, resolve_bundle
+
+    def runs_as_rois(boxes):  # the ROIs the pipeline prompts (pipeline.prompt_boxes), without the reach
+        return rois_of_runs(boxes, box_runs(boxes))  # past the runs' ends, where only SAM decides
 
     yolo = load_localizer(resolve_bundle(args.bundle))
     views = tuple(v.strip() for v in args.views.split(",") if v.strip())
     cases, skipped = find_training_cases(args.data_dir, allow_missing=True)
     for reason in skipped:
         print(f"skipped {reason}")
+    kinds = ["raw", "consistent"] + [f"main runs {keep:g} as ROIs" + (" (used)" if keep == KEEP else "")
+                                     for keep in KEEP_CHOICES]
     rows = []
     for files in cases:
         images, labels, _ = read_case(files)
         for view in views:
-            raw = yolo_boxes(yolo, images, view)
+            scores: dict[int, float] = {}
+            raw = yolo_boxes(yolo, images, view, keep=None, scores=scores)
             truth = boxes_from_mask(region_masks(labels)["WT"], view)
-            for kind, boxes in (("raw", raw), ("consistent", consistent_boxes(raw))):
+            filtered = [raw, consistent_boxes(raw)] + [runs_as_rois(main_runs(raw, scores, keep)) for keep in KEEP_CHOICES]
+            for kind, boxes in zip(kinds, filtered):
                 rows.append({"case": files["seg"].parent.name, "view": view, "boxes": kind, **score_boxes(boxes, truth)})
                 r = rows[-1]
                 print(f"{r['case']} {view} {kind}: {r['tumour_slices']} tumour slices, recall {r['recall']:.3f}, "
-                      f"false boxes {r['false_slices']:.3f} per tumour slice, IoU {r['iou']:.3f}", flush=True)
-    for kind in ("raw", "consistent"):
+                      f"false boxes {r['false_slices']:.3f} per tumour slice, IoU {r['iou']:.3f}, "
+                      f"slice Dice {r['slice_dice']:.3f}", flush=True)
+    for kind in kinds:
         chosen = [r for r in rows if r["boxes"] == kind]
         if chosen:
-            means = {k: sum(r[k] for r in chosen) / len(chosen) for k in ("recall", "false_slices", "iou")}
-            print(f"mean, {kind} boxes: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
+            means = {k: sum(r[k] for r in chosen) / len(chosen) for k in ("recall", "false_slices", "iou", "slice_dice")}
+            print(f"mean, {kind}: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()))
     if args.json:
         print(json.dumps(rows))
     return 0
@@ -260,7 +274,8 @@ def register(commands, train, bench) -> None:
     segment.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)
     segment.add_argument("--adapter", type=Path, metavar="DIR", help=ADAPTER_HELP)
     segment.add_argument("--roi", help="box around the tumour, two opposite corners in RAS mm: --roi=R,A,S,R,A,S (the = keeps a leading minus sign from reading as an option)")
-    segment.add_argument("--prompt", choices=("yolo", "roi"), help="box source (default: roi if --roi, else yolo)")
+    segment.add_argument("--prompt", choices=("yolo", "yolo-boxes", "roi"), help="box source (default: roi if --roi, "
+                         "else yolo). " + YOLO_PROMPT_HELP)
     segment.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary SAM + voting, or multi-class SAM")
     segment.add_argument("--device", choices=DEVICES, default="auto")
     segment.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help=PRESET_HELP)
@@ -278,8 +293,9 @@ def register(commands, train, bench) -> None:
     evaluate.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file")
     evaluate.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)
     evaluate.add_argument("--adapter", type=Path, metavar="DIR", help=ADAPTER_HELP)
-    evaluate.add_argument("--prompt", choices=("yolo", "roi"), default="yolo",
-                          help="yolo, or roi: the true tumour box grown by 5 voxels, standing in for a hand-drawn box")
+    evaluate.add_argument("--prompt", choices=("yolo", "yolo-boxes", "roi"), default="yolo",
+                          help="roi: the true tumour box grown by 5 voxels, standing in for a hand-drawn box. "
+                          + YOLO_PROMPT_HELP)
     evaluate.add_argument("--mode", choices=("samba", "samba-mc"), default="samba")
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help=PRESET_HELP)
@@ -308,6 +324,8 @@ def register(commands, train, bench) -> None:
     yolo.add_argument("--views", default="axial,coronal,sagittal",
                       help="the views whose slices it learns from (default all three; axial alone is what preset "
                            "fast prompts, at a third of the training time)")
+    yolo.add_argument("--start-from", metavar="BUNDLE", help="fine-tune this bundle's YOLO (folder or bundled name) "
+                      "instead of training from scratch")
     sam = training_parser("sam", "box-prompted SAM (the whole small model, or the mask decoder only)")
     sam.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
     sam.add_argument("--decoder-only", action="store_true", help="train only the mask decoder (as the paper)")

@@ -1,8 +1,10 @@
 """The SAMBA pipeline on one case: prompts per slice, SAM per modality and view, fusion.
 
-1. Prompts per view: the YOLO box on each FLAIR slice (reused for all four modalities, as the
-   paper), or a user ROI (one 3D box: its middle slice first, then each next slice boxed from its
-   neighbour's mask, propagation.py), or boxes from a segmentation.
+1. Prompts per view: YOLO's boxes on the FLAIR slices (reused for all four modalities, as the
+   paper), only its main runs of overlapping boxes (localizer.main_runs), each run taken as an ROI
+   (propagation.rois_of_runs) prompted from its most confident box out; or a user ROI (one 3D box),
+   prompted from its middle slice out; each next slice is boxed from its neighbour's mask
+   (propagation.py). Or boxes from a segmentation.
 2. SAM on every slice that has a box, per modality and view: 12 binary vote volumes
    (SAMBA-mc: 12 votes for each of WT, TC, ET).
 3. Fusion: the voting network on the 4 images + 12 votes; for SAMBA-mc, the majority of the
@@ -23,15 +25,18 @@ from typing import Callable
 import numpy as np
 
 from SAMBACore.brats import MODALITIES, SNFH, only_whole_tumour
-from SAMBASegmentLib import localizer, voting
+from SAMBASegmentLib import localizer, propagation, voting
 from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast, regions_of, usable_pairs, whole_tumour_only
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask, boxes_from_roi
-from SAMBASegmentLib.propagation import propagate_stack
+from SAMBASegmentLib.propagation import propagate_stack, rois_of_runs
 from SAMBASegmentLib.sam_runner import EmbeddingCache, segment_stack
 from SAMBASegmentLib.samba_bundle import SambaModels
 from SAMBASegmentLib.slices import VIEWS, from_view_slices, normalise_slices, view_slices
 
-PROMPTS = ("yolo", "roi", "mask")
+# yolo: YOLO's main runs, each an ROI prompted by propagation; yolo-boxes: YOLO's own top box on
+# every slice (the paper's prompts, and this project's before the runs; kept to reproduce them).
+PROMPTS = ("yolo", "yolo-boxes", "roi", "mask")
+PROPAGATED = ("yolo", "roi")
 MODES = ("samba", "samba-mc")
 ALL_VOTES = tuple((m, v) for m in MODALITIES for v in VIEWS)  # vote m * 3 + v: modality-major
 # Which (modality, view) pairs SAM runs on; the votes not run are filled in (fill_missing_votes).
@@ -75,18 +80,28 @@ def _shape(images: dict[str, np.ndarray]) -> tuple[int, ...]:
     return next(images[m] for m in MODALITIES if images.get(m) is not None).shape
 
 
-def yolo_boxes(yolo, images: dict[str, np.ndarray], view: str, device: str = "cpu") -> Boxes:
-    """YOLO's box per slice of `view`, on the prompt contrast (the first present of FLAIR, T2, T1CE, T1)."""
+def yolo_boxes(yolo, images: dict[str, np.ndarray], view: str, device: str = "cpu",
+               keep: float | None = localizer.KEEP, scores: dict[int, float] | None = None) -> Boxes:
+    """YOLO's box per slice of `view`, on the prompt contrast (the first present of FLAIR, T2, T1CE, T1),
+    only those of its main runs (localizer.main_runs with `keep`; None: every box). `scores`, when
+    given, receives every box's confidence."""
     reference = images[prompt_contrast(contrasts_present(images))]
-    return localizer.detect_boxes(yolo, normalise_slices(view_slices(reference, view)), device=device)
+    scores = {} if scores is None else scores
+    boxes = localizer.detect_boxes(yolo, normalise_slices(view_slices(reference, view)), device=device, scores=scores)
+    return boxes if keep is None else localizer.main_runs(boxes, scores, keep)
 
 
 def prompt_boxes(models: SambaModels, images: dict[str, np.ndarray], view: str, prompt: str,
                  roi=None, mask: np.ndarray | None = None, device: str = "cpu") -> Boxes:
-    if prompt == "yolo":
+    if prompt in ("yolo", "yolo-boxes"):
         if models.yolo is None:
             raise ValueError(NO_LOCALIZER)
-        return yolo_boxes(models.yolo, images, view, device)
+        if prompt == "yolo-boxes":
+            return yolo_boxes(models.yolo, images, view, device, keep=None)
+        scores: dict[int, float] = {}
+        boxes = yolo_boxes(models.yolo, images, view, device, scores=scores)
+        slices = view_slices(images[prompt_contrast(contrasts_present(images))], view).shape[0]
+        return rois_of_runs(boxes, localizer.box_runs(boxes), scores, propagation.REACH, slices)
     if prompt == "roi":
         if roi is None:
             raise ValueError("The ROI prompt needs a box: place a markups ROI around the tumour (--roi on the command line).")
@@ -137,7 +152,7 @@ def sam_votes(images: dict[str, np.ndarray], sam, boxes: dict[str, Boxes], multi
     Vote m * 3 + v is modality m in view v (MODALITIES x VIEWS); a view missing from `boxes` gets
     no votes. `segment(sam, slices, boxes, multimask)` replaces the batched runner (the benchmark
     passes SamPredictor's naive loop, so both see exactly the same slices and boxes). `propagate`:
-    the boxes are one ROI's projection; each stack is prompted from the middle out (propagation.py).
+    the boxes are ROIs' projections; each is prompted from its seed or middle out (propagation.py).
     `pairs`: the (modality, view) pairs SAM runs on (a preset); the other votes are filled in.
     """
     report = progress or (lambda fraction, message: None)
@@ -246,7 +261,7 @@ def run_samba(
     started = time.perf_counter()
     votes = sam_votes(images, models.sam, boxes, multimask, cache, volume_key,
                       progress=lambda fraction, message: report(0.1 + 0.75 * fraction, message),
-                      propagate=prompt == "roi", pairs=pairs)
+                      propagate=prompt in PROPAGATED, pairs=pairs)
     seconds["sam"] = time.perf_counter() - started
 
     report(0.85, "Fusing the votes")
