@@ -1,4 +1,4 @@
-"""One 3D box (a drawn ROI) to good per-slice prompts, by propagation from the middle.
+"""One 3D box (a drawn ROI, or a run of YOLO's boxes) to good per-slice prompts, by propagation.
 
 A radiologist draws one box around the whole tumour. Projected onto every slice it crosses, that
 box is far too large near the tumour's ends, where the tumour is small, and SAM then segments
