@@ -81,8 +81,10 @@ def test_sam_lora_on_two_gloo_ranks_ends_identical_and_writes_the_adapter_once(t
 
     info = train_on_two_ranks(tmp_path, "LoRATrainerLib.train_lora", [
         str(tmp_path / "train"), "--base", str(tmp_path / "bundle"), "--val", str(tmp_path / "val"), "--views", "axial",
-        "--epochs", "1", "--steps-per-epoch", "4", "--batch", "2", "--lr", "1e-2", "--val-slices", "16"])
+        "--modalities", "flair,t1ce", "--epochs", "1", "--steps-per-epoch", "4", "--batch", "2", "--lr", "1e-2",
+        "--val-slices", "16"])
     assert info["training"]["steps_per_epoch"] == 4
+    assert info["training"]["modalities"] == ["flair", "t1ce"] and info["training"]["views"] == ["axial"]
     assert info["data"]["train_cases"] == ["PHANTOM-40310-000"]
 
 

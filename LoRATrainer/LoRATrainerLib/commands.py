@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from SAMBACore.brats import MODALITIES
+
 CURVE = "training-curve.png"  # written into the adapter folder by `train lora`
 
 
@@ -56,7 +58,7 @@ def _settings(args, component: str):
         from LoRATrainerLib.train_lora import LoraSettings
 
         return LoraSettings(with_decoder=args.with_decoder, views=tuple(args.views.split(",")),
-                            val_slices=args.val_slices, **common)
+                            modalities=tuple(args.modalities.split(",")), val_slices=args.val_slices, **common)
     if args.with_decoder:
         raise ValueError("--with-decoder trains SAM's mask decoder: leave it out for a U-Net component.")
     from LoRATrainerLib.train_unet_lora import UnetLoraSettings
@@ -137,6 +139,8 @@ def register(commands, train, bench) -> None:
                       "anywhere in the brain (default 0.67; lower teaches fewer false positives)")
     lora.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     lora.add_argument("--views", default="axial,coronal,sagittal", help="SAM: slice views to train on (default all three)")
+    lora.add_argument("--modalities", default=",".join(MODALITIES),
+                      help="SAM: contrasts to train on (default all four; flair for litemedsam-samba's fast preset)")
     held_out = lora.add_mutually_exclusive_group()
     held_out.add_argument("--val-fraction", type=float, default=0.2, help="cases held out for validation (default 0.2)")
     held_out.add_argument("--val", type=Path, help="a separate folder of validation cases (then all of DATA_DIR trains)")
