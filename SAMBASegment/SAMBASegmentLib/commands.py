@@ -220,14 +220,14 @@ def _bench_yolo(args) -> int:
     keeps, for each `keep` of KEEP_CHOICES (the pipeline uses KEEP); seconds a case, no SAM run."""
     from SAMBACore.brats import find_training_cases, read_case, region_masks
     from SAMBASegmentLib.box_quality import score_boxes
-    from SAMBASegmentLib.localizer import KEEP, KEEP_CHOICES, box_runs, consistent_boxes, main_runs
+    from SAMBASegmentLib.localizer import KEEP, KEEP_CHOICES, consistent_boxes, main_runs
     from SAMBASegmentLib.propagation import rois_of_runs
     from SAMBASegmentLib.pipeline import yolo_boxes
     from SAMBASegmentLib.prompts import boxes_from_mask
     from SAMBASegmentLib.samba_bundle import load_localizer, resolve_bundle
 
-    def runs_as_rois(boxes):  # the ROIs the pipeline prompts (pipeline.prompt_boxes), without the reach
-        return rois_of_runs(boxes, box_runs(boxes))  # past the runs' ends, where only SAM decides
+    def runs_as_rois(boxes, runs):  # the ROIs the pipeline prompts (pipeline.yolo_rois), without the reach
+        return rois_of_runs(boxes, runs)  # past the runs' ends, where only SAM decides
 
     yolo = load_localizer(resolve_bundle(args.bundle))
     views = tuple(v.strip() for v in args.views.split(",") if v.strip())
@@ -241,9 +241,9 @@ def _bench_yolo(args) -> int:
         images, labels, _ = read_case(files)
         for view in views:
             scores: dict[int, float] = {}
-            raw = yolo_boxes(yolo, images, view, keep=None, scores=scores)
+            raw = yolo_boxes(yolo, images, view, scores=scores)
             truth = boxes_from_mask(region_masks(labels)["WT"], view)
-            filtered = [raw, consistent_boxes(raw)] + [runs_as_rois(main_runs(raw, scores, keep)) for keep in KEEP_CHOICES]
+            filtered = [raw, consistent_boxes(raw)] + [runs_as_rois(raw, main_runs(raw, scores, keep)) for keep in KEEP_CHOICES]
             for kind, boxes in zip(kinds, filtered):
                 rows.append({"case": files["seg"].parent.name, "view": view, "boxes": kind, **score_boxes(boxes, truth)})
                 r = rows[-1]

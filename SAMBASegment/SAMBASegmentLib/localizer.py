@@ -153,14 +153,10 @@ def consistent_boxes(boxes: Boxes, max_gap: int = MAX_GAP, min_run: int = MIN_RU
     return {n: boxes[n] for r in box_runs(boxes, max_gap) if len(r) >= min_run for n in r}
 
 
-def main_runs(boxes: Boxes, scores: dict[int, float], keep: float) -> Boxes:
-    """Only the boxes of the run (box_runs) with the most confidence, the sum of its boxes' scores,
-    and of the runs with at least `keep` times as much (a second or third lesion; keep 1: the
-    strongest run alone, 0: every run). False boxes come in short, unsure runs; a tumour in a
-    long, confident one."""
+def main_runs(boxes: Boxes, scores: dict[int, float], keep: float) -> list[list[int]]:
+    """The runs (box_runs) kept: the one with the most confidence, the sum of its boxes' scores, and
+    those with at least `keep` times as much (a second or third lesion; keep 1: the strongest run
+    alone, 0: every run). False boxes come in short, unsure runs; a tumour in a long, confident one."""
     runs = box_runs(boxes)
-    if not runs:
-        return {}
     weights = [sum(scores.get(n, 1.0) for n in r) for r in runs]
-    best = max(weights)
-    return {n: boxes[n] for r, w in zip(runs, weights) if w >= keep * best for n in sorted(r)}
+    return [r for r, w in zip(runs, weights) if w >= keep * max(weights, default=0.0)]

@@ -28,10 +28,10 @@ from SAMBACore.brats import MODALITIES, SNFH, only_whole_tumour
 from SAMBASegmentLib import localizer, propagation, voting
 from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast, regions_of, usable_pairs, whole_tumour_only
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask, boxes_from_roi
-from SAMBASegmentLib.propagation import propagate_stack, rois_of_runs
+from SAMBASegmentLib.propagation import Rois, propagate_stack, rois_of_runs
 from SAMBASegmentLib.sam_runner import EmbeddingCache, segment_stack
 from SAMBASegmentLib.samba_bundle import SambaModels
-from SAMBASegmentLib.slices import VIEWS, from_view_slices, normalise_slices, view_slices
+from SAMBASegmentLib.slices import VIEWS, from_view_slices, normalise_slices, slice_count, view_slices
 
 # yolo: YOLO's main runs, each an ROI prompted by propagation; yolo-boxes: YOLO's own top box on
 # every slice (the paper's prompts, and this project's before the runs; kept to reproduce them).
@@ -81,14 +81,20 @@ def _shape(images: dict[str, np.ndarray]) -> tuple[int, ...]:
 
 
 def yolo_boxes(yolo, images: dict[str, np.ndarray], view: str, device: str = "cpu",
-               keep: float | None = localizer.KEEP, scores: dict[int, float] | None = None) -> Boxes:
-    """YOLO's box per slice of `view`, on the prompt contrast (the first present of FLAIR, T2, T1CE, T1),
-    only those of its main runs (localizer.main_runs with `keep`; None: every box). `scores`, when
-    given, receives every box's confidence."""
+               scores: dict[int, float] | None = None) -> Boxes:
+    """YOLO's box per slice of `view`, on the prompt contrast (the first present of FLAIR, T2, T1CE,
+    T1); `scores`, when given, receives every box's confidence."""
     reference = images[prompt_contrast(contrasts_present(images))]
-    scores = {} if scores is None else scores
-    boxes = localizer.detect_boxes(yolo, normalise_slices(view_slices(reference, view)), device=device, scores=scores)
-    return boxes if keep is None else localizer.main_runs(boxes, scores, keep)
+    return localizer.detect_boxes(yolo, normalise_slices(view_slices(reference, view)), device=device, scores=scores)
+
+
+def yolo_rois(yolo, images: dict[str, np.ndarray], view: str, device: str = "cpu") -> Rois:
+    """YOLO's main runs of boxes (localizer.main_runs, KEEP), each an ROI reaching propagation.REACH
+    slices past its ends (propagation.rois_of_runs)."""
+    scores: dict[int, float] = {}
+    boxes = yolo_boxes(yolo, images, view, device, scores)
+    runs = localizer.main_runs(boxes, scores, localizer.KEEP)
+    return rois_of_runs(boxes, runs, scores, propagation.REACH, slice_count(_shape(images), view))
 
 
 def prompt_boxes(models: SambaModels, images: dict[str, np.ndarray], view: str, prompt: str,
@@ -97,11 +103,8 @@ def prompt_boxes(models: SambaModels, images: dict[str, np.ndarray], view: str, 
         if models.yolo is None:
             raise ValueError(NO_LOCALIZER)
         if prompt == "yolo-boxes":
-            return yolo_boxes(models.yolo, images, view, device, keep=None)
-        scores: dict[int, float] = {}
-        boxes = yolo_boxes(models.yolo, images, view, device, scores=scores)
-        slices = view_slices(images[prompt_contrast(contrasts_present(images))], view).shape[0]
-        return rois_of_runs(boxes, localizer.box_runs(boxes), scores, propagation.REACH, slices)
+            return yolo_boxes(models.yolo, images, view, device)
+        return yolo_rois(models.yolo, images, view, device)
     if prompt == "roi":
         if roi is None:
             raise ValueError("The ROI prompt needs a box: place a markups ROI around the tumour (--roi on the command line).")

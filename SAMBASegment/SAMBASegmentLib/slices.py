@@ -25,6 +25,11 @@ def view_slices(volume: np.ndarray, view: str) -> np.ndarray:
     return np.moveaxis(volume, _AXIS[view], 0)
 
 
+def slice_count(shape, view: str) -> int:
+    """How many `view` slices a volume of `shape` (z, y, x) has."""
+    return shape[_AXIS[view]]
+
+
 def from_view_slices(stack: np.ndarray, view: str) -> np.ndarray:
     """Exact inverse of view_slices: the (k, j, i) volume from a view's stack."""
     return np.moveaxis(stack, 0, _AXIS[view])
