@@ -62,6 +62,18 @@ def conv_targets(model: nn.Module) -> tuple[str, ...]:
     return tuple(name for name, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Conv3d))
 
 
+def train_with_frozen_batch_norm(model: nn.Module) -> nn.Module:
+    """`model.train()` (LoRA dropout on) with every BatchNorm left in eval mode: its running statistics
+    belong to the frozen base (an adapter does not store them), so training normalises with the
+    statistics inference will use, and a few slices' batch statistics neither replace them nor skew
+    the loss. LiteMedSAM's TinyViT and the U-Nets have BatchNorm; SAM's ViT has none."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    return model
+
+
 def add_lora(module: nn.Module, spec: LoraSpec) -> nn.Module:
     """Wrap the target layers of `module` in place with peft LoRA layers (B starts at zero, so the
     output is unchanged) and freeze everything but the LoRA matrices. Returns `module`."""

@@ -26,7 +26,7 @@ def cache(tmp_path_factory):
 def sam(cache):
     model = build_sam({"type": "litemedsam"})
     model.load_state_dict(litemedsam.pretrained_state_dict(cache))
-    return model
+    return model.eval()  # after loading: TinyViT's attention caches its biases in eval()
 
 
 def _brain_slices(n, height, width, seed=0):
@@ -154,3 +154,32 @@ def test_a_bundle_on_the_backbone_stores_only_what_training_changed(sam, cache, 
     assert list(load_file(str(tmp_path / "b" / "sam.safetensors"))) == ["mask_decoder.iou_token.weight"]
     loaded = load_samba_models(tmp_path / "b").sam
     assert all(torch.equal(v, tuned.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_lora_training_normalises_as_inference_does():
+    """TinyViT has BatchNorm: in plain train() a few slices' batch statistics would replace the running
+    statistics that inference uses (and that an adapter does not store). In the trainer's mode the
+    forward at the start of training (LoRA's B is zero) equals inference's, and the statistics stay."""
+    from LoRATrainerLib.train_lora import BoxPromptedSam
+    from SAMBACore import adapters
+
+    torch.manual_seed(0)
+    sam = build_sam({"type": "litemedsam"})  # random weights: the architecture is what matters here
+    adapters.add_lora(sam.image_encoder, adapters.LoraSpec(adapters.SAM_ENCODER_TARGETS, 4, 4.0, 0.0))
+    model = BoxPromptedSam(sam)
+    images = torch.rand(2, 3, 256, 256)
+    boxes = torch.tensor([[[40.0, 50.0, 120.0, 140.0]], [[60.0, 60.0, 200.0, 180.0]]])
+
+    def statistics():
+        return {k: v.clone() for k, v in sam.image_encoder.state_dict().items() if "running" in k}
+
+    before = statistics()
+    assert before, "TinyViT's BatchNorm running statistics"
+    with torch.no_grad():
+        inference = model.eval()(images, boxes)
+        training = adapters.train_with_frozen_batch_norm(model)(images, boxes)
+        assert sam.image_encoder.training and torch.allclose(training, inference, atol=1e-5)
+        assert all(torch.equal(v, before[k]) for k, v in statistics().items())
+        model.train()(images, boxes)  # what the trainer did before: batch statistics, running ones moved
+        assert not all(torch.equal(v, before[k]) for k, v in statistics().items())
+        assert not torch.allclose(model.eval()(images, boxes), inference, atol=1e-3)

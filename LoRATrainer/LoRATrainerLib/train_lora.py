@@ -197,7 +197,7 @@ def train_lora(
         order = list(sampler)
         rng = np.random.default_rng([settings.seed, epoch, world.rank])
         torch.manual_seed(settings.seed * 100003 + epoch * 101 + world.rank)  # LoRA dropout
-        sam.train()
+        adapters.train_with_frozen_batch_norm(sam)
         epoch_losses = []
         for step in range(steps):
             chosen = [train[order[(step * settings.batch + j) % len(order)]] for j in range(settings.batch)]

@@ -120,14 +120,6 @@ def validation_dice(model: nn.Module, cases: list[dict], world: World = World())
     return float(overlap / total) if total else 1.0
 
 
-def _train_mode(model: nn.Module) -> None:
-    """LoRA dropout on, BatchNorm on the base's running statistics (see the module docstring)."""
-    model.train()
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
-
-
 def _check_data(models, train_cases: list[Case], val_cases: list[Case], base) -> None:
     if getattr(models, "presence_flags", False):  # its inputs carry 4 flag channels this trainer does not make
         raise InputError(f"The bundle {base} was trained with presence flags (any set of contrasts), which U-Net "
@@ -191,7 +183,7 @@ def train_unet_lora(
     steps = settings.steps_per_epoch
     for epoch in range(record.first, settings.epochs):
         torch.manual_seed(settings.seed * 100003 + epoch * 101)  # LoRA dropout
-        _train_mode(model)
+        adapters.train_with_frozen_batch_norm(model)
         epoch_losses = []
         for step in range(steps):
             # Each rank its own patches; one process draws exactly what it drew before torchrun was supported.
