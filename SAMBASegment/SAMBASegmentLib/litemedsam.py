@@ -51,6 +51,14 @@ class LiteMedSam(Sam):
         h, w = x.shape[-2:]
         return torch.nn.functional.pad(x, (0, IMG_SIZE - w, 0, IMG_SIZE - h))
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """As nn.Module's, then TinyViT's attention-bias cache refreshed: its Attention copies the
+        biases into a buffer when put in eval mode, so weights loaded into an eval-mode model would
+        otherwise run with the biases it had before."""
+        result = super().load_state_dict(state_dict, strict, assign)
+        self.train(self.training)
+        return result
+
     @staticmethod
     def resize_image(image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> longest side 256, aspect kept, as LiteMedSAM's own inference resizes."""
