@@ -16,6 +16,7 @@ from SAMBACore.brats import ModalityError
 from SAMBACore.errors import BridgeError, BundleError
 from SAMBACore.inputs import InputError
 from SAMBACore.sample_data import DEMO_SEED
+from SAMBASegmentLib.bundle_names import DEFAULT_BUNDLE, SMALL_BUNDLE
 
 
 def _phantom(args) -> int:
@@ -125,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("-o", "--out-dir", default=Path("out/demo"), type=Path, help="where to write (default out/demo)")
     demo.add_argument("--seed", type=int, default=DEMO_SEED, help=f"phantom seed (default {DEMO_SEED})")
     demo.add_argument("--lowres", action="store_true", help="use a low-field-like phantom")
-    demo.add_argument("--bundle", default="phantom-demo", help="bundle folder or bundled name (default phantom-demo)")
+    demo.add_argument("--bundle", default=DEFAULT_BUNDLE, help=f"bundle folder or bundled name (default {DEFAULT_BUNDLE}; "
+                      f"{SMALL_BUNDLE}: the small phantom-trained one, seconds instead of a minute)")
     demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     demo.add_argument("--no-preview", action="store_true", help="do not write OUT_DIR/preview.png (slices through "
                       "the tumour with the result's and the truth's outlines)")

@@ -21,6 +21,7 @@ except ImportError:
 from SAMBACore import bridge
 from SAMBACore.brats import MODALITIES, ModalityError
 from SAMBACore.slicer_widget import BackgroundJobWidget, ensure_packages
+from SAMBASegmentLib.bundle_names import DEFAULT_BUNDLE
 from SAMBASegmentLib.logic import SAMBASegmentCore, reference_node, volume_columns
 from SAMBASegmentLib.selftest import run_self_test
 
@@ -41,11 +42,12 @@ class SAMBASegment(ScriptedLoadableModule):
             "defined on contrast-enhanced T1. Inputs must be skull-stripped, as BraTS images are. SAMBA boxes "
             "the tumour on each slice (YOLO, or a box you draw: the more accurate choice), segments it with "
             "Segment Anything per modality and view, and fuses the 12 masks with a small voting network. "
-            "For real scans choose the bundle 'litemedsam-samba' (LiteMedSAM, pretrained on medical images) "
-            "and draw one ROI around the tumour; its sub-regions are split by a network that has seen only "
-            "phantoms, so check them. The default 'phantom-demo' models were trained on synthetic phantoms: "
-            "they show the method works, not how it does on patients. To try it, load Sample Data > "
-            "SlicerSAMBA > BraTS phantom. "
+            "The default bundle 'litemedsam-samba' is LiteMedSAM, pretrained on real medical images (about a "
+            "minute and a half a case on a laptop CPU; the first use installs its package after asking). Draw "
+            "one ROI around the tumour for the best result; its sub-regions are split by a network that has seen "
+            "only phantoms, so check them. The bundle 'phantom-demo' is a small model trained on synthetic "
+            "phantoms only: seconds a case, for trying the module and for tests, not for patients. To try it, "
+            "load Sample Data > SlicerSAMBA > BraTS phantom. "
             "See https://github.com/SlicerSAMBA/SlicerSAMBA."
         )
         self.parent.acknowledgementText = (
@@ -85,7 +87,7 @@ class SAMBASegmentParameterNode:
     t2: vtkMRMLScalarVolumeNode
     flair: vtkMRMLScalarVolumeNode
     method: Annotated[str, Choice(list(METHODS))] = "SAMBA"
-    bundle: str = "phantom-demo"
+    bundle: str = DEFAULT_BUNDLE
     prompt: Annotated[str, Choice(list(PROMPTS))] = "YOLO localizer"
     roi: vtkMRMLMarkupsROINode
     promptSegmentation: vtkMRMLSegmentationNode

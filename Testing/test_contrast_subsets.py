@@ -97,7 +97,8 @@ def test_the_command_line_segments_a_case_without_t1ce_as_whole_tumour(flair_t1_
 
     _, partial = flair_t1_case
     out, table = tmp_path / "case.seg.nrrd", tmp_path / "volumes.csv"
-    assert cli.main(["segment", str(partial), "-o", str(out), "--preset", "fast", "--volumes", str(table)]) == 0
+    assert cli.main(["segment", str(partial), "-o", str(out), "--bundle", "phantom-demo", "--preset", "fast",
+                     "--volumes", str(table)]) == 0
     captured = capsys.readouterr()
     assert "Contrasts: T1, FLAIR (no T1CE, T2)" in captured.out and "No T1CE: only the whole tumour" in captured.err
     seg = slicerio.read_segmentation(str(out))

@@ -10,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+from SAMBASegmentLib.bundle_names import BUNDLED, DEFAULT_BUNDLE, SMALL_BUNDLE
+
 DEVICES = ("auto", "cpu", "cuda")
 CONTRASTS = ("t1", "t1ce", "t2", "flair")  # SAMBACore.brats.MODALITIES, here without importing numpy
-BUNDLE_HELP = "bundle folder or bundled name (default phantom-demo)"
+BUNDLE_HELP = f"bundle folder or bundled name ({', '.join(BUNDLED)}; default {DEFAULT_BUNDLE})"
+BENCH_BUNDLE_HELP = f"bundle folder or bundled name (default {SMALL_BUNDLE})"
 YOLO_PROMPT_HELP = ("yolo: YOLO's boxes on the FLAIR slices, only its strongest runs of overlapping boxes (a false box "
                     "rarely comes in a long, confident run), each run taken as one drawn box and prompted from its "
                     "most confident box out; yolo-boxes: YOLO's own box on every slice it finds one, as the SAMBA paper")
@@ -271,7 +274,7 @@ def register(commands, train, bench) -> None:
                          "looks not skull-stripped gets a warning")
     segment.add_argument("-o", "--output", type=Path, required=True,
                          help="the .seg.nrrd to write; for a batch, the folder to write CASE.seg.nrrd files into")
-    segment.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)
+    segment.add_argument("--bundle", default=DEFAULT_BUNDLE, help=BUNDLE_HELP)
     segment.add_argument("--adapter", type=Path, metavar="DIR", help=ADAPTER_HELP)
     segment.add_argument("--roi", help="box around the tumour, two opposite corners in RAS mm: --roi=R,A,S,R,A,S (the = keeps a leading minus sign from reading as an option)")
     segment.add_argument("--prompt", choices=("yolo", "yolo-boxes", "roi"), help="box source (default: roi if --roi, "
@@ -291,7 +294,7 @@ def register(commands, train, bench) -> None:
     evaluate = commands.add_parser("evaluate", help="score a bundle on labelled BraTS cases (Dice, HD95 per "
                                       "region, voxel-wise and BraTS 2023 lesion-wise)")
     evaluate.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file")
-    evaluate.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)
+    evaluate.add_argument("--bundle", default=DEFAULT_BUNDLE, help=BUNDLE_HELP)
     evaluate.add_argument("--adapter", type=Path, metavar="DIR", help=ADAPTER_HELP)
     evaluate.add_argument("--prompt", choices=("yolo", "yolo-boxes", "roi"), default="yolo",
                           help="roi: the true tumour box grown by 5 voxels, standing in for a hand-drawn box. "
@@ -349,7 +352,7 @@ def register(commands, train, bench) -> None:
                                     "only splitting it (for a SAM that knows real tumours better than the net)")
 
     samba = bench.add_parser("samba", help="SAM per slice with SamPredictor (naive) vs the batched, cached pipeline")
-    samba.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)
+    samba.add_argument("--bundle", default=SMALL_BUNDLE, help=BENCH_BUNDLE_HELP)
     samba.add_argument("--seed", type=int, default=DEMO_SEED, help=f"phantom case seed (default {DEMO_SEED})")
     samba.add_argument("--lowres", action="store_true", help="use a low-field-like phantom")
     samba.add_argument("--views", default="axial,coronal,sagittal", help="comma-separated views (default all three)")
@@ -363,7 +366,7 @@ def register(commands, train, bench) -> None:
     yolo_bench = bench.add_parser("yolo", help="the bundle's YOLO boxes against the true tumour's, per case and view "
                                   "(recall, false boxes, IoU): no SAM run")
     yolo_bench.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file")
-    yolo_bench.add_argument("--bundle", default="phantom-demo", help=BUNDLE_HELP)
+    yolo_bench.add_argument("--bundle", default=DEFAULT_BUNDLE, help=BUNDLE_HELP)
     yolo_bench.add_argument("--views", default="axial", help="comma-separated views (default axial, as preset fast)")
     yolo_bench.add_argument("--json", action="store_true", help="also print the rows as one JSON line")
     yolo_bench.set_defaults(run=_bench_yolo)

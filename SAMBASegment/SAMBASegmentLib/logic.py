@@ -21,6 +21,7 @@ from SAMBACore.brats import (ALL_REGIONS, LABEL_SEGMENTS, MODALITIES, REGION_SEG
                              only_whole_tumour, region_masks, segments_for)
 from SAMBACore.inputs import InputError, check_image, geometry_differences, skull_strip_warning, zero_background
 from SAMBACore.metrics import volumes_ml
+from SAMBASegmentLib.bundle_names import DEFAULT_BUNDLE
 from SAMBASegmentLib.contrasts import WITHOUT_T1CE, given
 from SAMBASegmentLib.pipeline import SambaResult, run_samba
 from SAMBASegmentLib.sam_runner import EmbeddingCache
@@ -119,7 +120,7 @@ class Request:
 
     images: dict[str, np.ndarray]
     method: str = "samba"
-    bundle: str = "phantom-demo"
+    bundle: str = DEFAULT_BUNDLE
     prompt: str = "yolo"
     mode: str = "samba"
     roi: tuple | None = None  # ((k, j, i) min, (k, j, i) max), inclusive
@@ -144,7 +145,7 @@ class SAMBASegmentCore:
             self._models = {key: load_samba_models(key[0], device)}  # one bundle in memory at a time
         return self._models[key]
 
-    def prepare(self, nodes: dict, method: str = "samba", bundle: str = "phantom-demo", prompt: str = "yolo",
+    def prepare(self, nodes: dict, method: str = "samba", bundle: str = DEFAULT_BUNDLE, prompt: str = "yolo",
                 mode: str = "samba", roi_node=None, prompt_segmentation=None, device: str = "cpu",
                 preset: str = "auto") -> Request:
         if method not in METHODS:

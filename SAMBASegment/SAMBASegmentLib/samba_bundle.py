@@ -18,6 +18,7 @@ import torch
 
 from SAMBACore.bundles import Bundle, BundleError, check_state_dict, find_bundle, load_bundle, load_state_dict, save_bundle
 from SAMBASegmentLib import localizer, voting
+from SAMBASegmentLib.bundle_names import BUNDLED
 from SAMBASegmentLib.sam_model import build_sam
 
 
@@ -109,7 +110,6 @@ def save_samba_bundle(path, models: SambaModels, configs: dict, manifest: dict) 
 
 # Bundles shipped with the module, by name. A path given instead of a name is used as it is.
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Bundles"
-BUNDLED = ("phantom-demo", "litemedsam-samba")
 
 
 def resolve_bundle(name_or_path) -> Path:
