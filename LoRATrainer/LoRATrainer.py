@@ -22,6 +22,7 @@ from LoRATrainerLib.logic import LoRATrainerCore
 from LoRATrainerLib.selftest import run_self_test
 from SAMBACore import bridge
 from SAMBACore.slicer_widget import BackgroundJobWidget, ensure_packages
+from SAMBASegmentLib.bundle_names import DEFAULT_BUNDLE
 
 SOURCES = {"BraTS folder": "folder", "Scene segmentations": "scene"}
 TARGETS = {"SAM LoRA": "sam", "SAM LoRA + decoder": "sam+decoder", "U-Net LoRA: U-Net": "unet",
@@ -37,7 +38,7 @@ class LoRATrainer(ScriptedLoadableModule):
         self.parent.helpText = (
             "Adapts SAMBA's Segment Anything model, or R2U-Net Segment's U-Net, R2U-Net or cascade, to a new site "
             "(scanner, population) with a few labelled cases, by training a small LoRA adapter: on SAM's image "
-            "encoder (base bundle phantom-demo or another SAMBA bundle) or on every convolution of the chosen "
+            "encoder (base bundle litemedsam-samba, the one SAMBA Segment uses by default, or another SAMBA bundle) or on every convolution of the chosen "
             "U-Net (base bundle phantom-r2unet or another R2U-Net bundle). Train on a folder of BraTS cases, or on "
             "the segmentations in the scene (results you corrected). Loss and validation Dice appear in a plot view "
             "after each epoch; Save writes adapter.safetensors and adapter.json, which SAMBA Segment or R2U-Net "
@@ -51,7 +52,7 @@ class LoRATrainerParameterNode:
     dataSource: Annotated[str, Choice(list(SOURCES))] = "BraTS folder"
     dataFolder: Path
     valFraction: float = 0.2
-    baseBundle: str = "phantom-demo"
+    baseBundle: str = DEFAULT_BUNDLE
     target: Annotated[str, Choice(list(TARGETS))] = "SAM LoRA"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     rank: int = 4

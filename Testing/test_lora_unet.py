@@ -162,7 +162,7 @@ def test_a_cancelled_run_resumes_to_the_same_weights(bundle, cases, trained, tmp
 
 def test_the_module_logic_trains_a_unet_target_and_refuses_the_wrong_bundle(bundle, case_folder):
     logic = LoRATrainerCore()
-    with pytest.raises(InputError, match="no 'sam' to adapt.*phantom-demo"):
+    with pytest.raises(InputError, match="no 'sam' to adapt.*litemedsam-samba"):
         logic.prepare(folder=case_folder, base=str(bundle), target="sam", log=lambda m: None)
     request = logic.prepare(folder=case_folder, base=str(bundle), target="unet", epochs=1, batch=2, lr=1e-2,
                             val_fraction=0.3, steps_per_epoch=2, patch=16, log=lambda m: None)

@@ -118,7 +118,7 @@ def register(commands, train, bench) -> None:
                             description="Under torchrun (--nproc_per_node N) the same command trains data-parallel, "
                             "one process per GPU (gloo on the CPU); rank 0 prints and writes the adapter.")
     lora.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file")
-    lora.add_argument("--base", required=True, help="the bundle to adapt (folder or bundled name: phantom-demo for SAM, "
+    lora.add_argument("--base", required=True, help="the bundle to adapt (folder or bundled name: litemedsam-samba or phantom-demo for SAM, "
                       "phantom-r2unet for the U-Nets)")
     lora.add_argument("--component", choices=("sam", "unet", "r2unet", "cascade_stage2"),
                       help="the bundle's network to adapt (default: the only one it has, sam for a SAMBA bundle; "

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable
 from SAMBACore.atomic import replacing_folder
 from SAMBACore.inputs import InputError
 from LoRATrainerLib.training_data import Case, cases_from_folder, split_cases
+from SAMBASegmentLib.bundle_names import DEFAULT_BUNDLE
 
 if TYPE_CHECKING:  # SAMBACore.bundles imports torch: the module file must load without it
     from SAMBACore.bundles import Bundle
@@ -64,7 +65,7 @@ def choose_component(bundle: Bundle, asked: str | None = None) -> str:
             f"{', '.join(have)}: choose which to adapt (--component)." if have else
             f"no component LoRA can adapt (it has {', '.join(bundle.components)}; LoRA adapts {', '.join(ADAPTABLE)})."))
     if asked not in have:
-        hint = "a SAMBA bundle such as phantom-demo" if asked == "sam" else "an R2UNetSegment bundle such as phantom-r2unet"
+        hint = f"a SAMBA bundle such as {DEFAULT_BUNDLE}" if asked == "sam" else "an R2UNetSegment bundle such as phantom-r2unet"
         raise InputError(f"{where} has no '{asked}' to adapt (it has {', '.join(bundle.components)}): "
                          f"choose {hint}, or another component.")
     return asked
@@ -88,7 +89,7 @@ class Trained:
 
 
 class LoRATrainerCore:
-    def prepare(self, scene=None, source: str = "folder", folder=None, base: str = "phantom-demo",
+    def prepare(self, scene=None, source: str = "folder", folder=None, base: str = DEFAULT_BUNDLE,
                 target: str = "sam", rank: int = 4, alpha: float = 4.0, lr: float = 1e-4, epochs: int = 5,
                 batch: int = 8, val_fraction: float = 0.2, seed: int = 0, device: str = "cpu",
                 log: Callable[[str], None] = print, **options) -> Request:
