@@ -134,7 +134,7 @@ def encode_slices(sam: Sam, slices_uint8: np.ndarray, batch_size: int | None = N
             images = sam.preprocess(torch.as_tensor(resized, device=device).permute(0, 3, 1, 2).float())
             if device.type == "cpu":
                 # oneDNN's convolutions run faster on channels-last input: LiteMedSAM's TinyViT encoder
-                # 1.27x (2 cores; embeddings equal to 4e-6, docs/results.md); the weights stay as they are.
+                # 1.2x (2 cores; embeddings equal to 4e-6, docs/results.md); the weights stay as they are.
                 images = images.contiguous(memory_format=torch.channels_last)
             embeddings = sam.image_encoder(images)
         return embeddings.float().cpu()
