@@ -21,8 +21,8 @@ except ImportError:
 from LoRATrainerLib.logic import LoRATrainerCore
 from LoRATrainerLib.selftest import run_self_test
 from SAMBACore import bridge
+from SAMBACore.bundle_names import DEFAULT_BUNDLE
 from SAMBACore.slicer_widget import BackgroundJobWidget, ensure_packages
-from SAMBASegmentLib.bundle_names import DEFAULT_BUNDLE
 
 SOURCES = {"BraTS folder": "folder", "Scene segmentations": "scene"}
 TARGETS = {"SAM LoRA": "sam", "SAM LoRA + decoder": "sam+decoder", "U-Net LoRA: U-Net": "unet",

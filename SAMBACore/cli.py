@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 from SAMBACore.brats import ModalityError
+from SAMBACore.bundle_names import DEFAULT_BUNDLE, SMALL_BUNDLE
 from SAMBACore.errors import BridgeError, BundleError
 from SAMBACore.inputs import InputError
 from SAMBACore.sample_data import DEMO_SEED
-from SAMBASegmentLib.bundle_names import DEFAULT_BUNDLE, SMALL_BUNDLE
 
 
 def _phantom(args) -> int:

@@ -20,8 +20,8 @@ except ImportError:
 
 from SAMBACore import bridge
 from SAMBACore.brats import MODALITIES, ModalityError
+from SAMBACore.bundle_names import DEFAULT_BUNDLE
 from SAMBACore.slicer_widget import BackgroundJobWidget, ensure_packages
-from SAMBASegmentLib.bundle_names import DEFAULT_BUNDLE
 from SAMBASegmentLib.logic import SAMBASegmentCore, reference_node, volume_columns
 from SAMBASegmentLib.selftest import run_self_test
 

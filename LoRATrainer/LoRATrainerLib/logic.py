@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from SAMBACore.atomic import replacing_folder
+from SAMBACore.bundle_names import DEFAULT_BUNDLE
 from SAMBACore.inputs import InputError
 from LoRATrainerLib.training_data import Case, cases_from_folder, split_cases
-from SAMBASegmentLib.bundle_names import DEFAULT_BUNDLE
 
 if TYPE_CHECKING:  # SAMBACore.bundles imports torch: the module file must load without it
     from SAMBACore.bundles import Bundle

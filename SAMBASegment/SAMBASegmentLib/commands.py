@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from SAMBASegmentLib.bundle_names import BUNDLED, DEFAULT_BUNDLE, SMALL_BUNDLE
+from SAMBACore.bundle_names import BUNDLED, DEFAULT_BUNDLE, SMALL_BUNDLE
 
 DEVICES = ("auto", "cpu", "cuda")
 CONTRASTS = ("t1", "t1ce", "t2", "flair")  # SAMBACore.brats.MODALITIES, here without importing numpy

@@ -19,9 +19,9 @@ import numpy as np
 from SAMBACore import bridge
 from SAMBACore.brats import (ALL_REGIONS, LABEL_SEGMENTS, MODALITIES, REGION_SEGMENTS, internal_labels_of,
                              only_whole_tumour, region_masks, segments_for)
+from SAMBACore.bundle_names import DEFAULT_BUNDLE
 from SAMBACore.inputs import InputError, check_image, geometry_differences, skull_strip_warning, zero_background
 from SAMBACore.metrics import volumes_ml
-from SAMBASegmentLib.bundle_names import DEFAULT_BUNDLE
 from SAMBASegmentLib.contrasts import WITHOUT_T1CE, given
 from SAMBASegmentLib.pipeline import SambaResult, run_samba
 from SAMBASegmentLib.sam_runner import EmbeddingCache

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from SAMBACore.bundle_names import BUNDLED
 from SAMBACore.bundles import Bundle, BundleError, check_state_dict, find_bundle, load_bundle, load_state_dict, save_bundle
 from SAMBASegmentLib import localizer, voting
-from SAMBASegmentLib.bundle_names import BUNDLED
 from SAMBASegmentLib.sam_model import build_sam
 
 

@@ -8,9 +8,9 @@ import numpy as np
 
 from SAMBACore import bridge, metrics
 from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, find_case_files, to_internal_labels
+from SAMBACore.bundle_names import SMALL_BUNDLE
 from SAMBACore.inputs import InputError
 from SAMBACore.phantom import write_case
-from SAMBASegmentLib.bundle_names import SMALL_BUNDLE
 
 SELF_TEST_SEED = 20001  # a held-out phantom seed (training uses seeds below 20000)
 MIN_WT_DICE = 0.85  # SAMBA with the phantom-demo bundle and YOLO boxes measured 0.924 on this case (any thread count or kernel)

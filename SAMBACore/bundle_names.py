@@ -1,5 +1,6 @@
-"""The SAMBA bundles shipped with the module, by name, and the one used when none is chosen. No
-imports, so that the command line's --help and the widget can read them without loading torch."""
+"""The SAMBA bundles shipped with SAMBA Segment, by name, and the one used when none is chosen: here,
+in the shared core, because LoRA Trainer's default base is the same bundle; no imports, so that the
+command line's --help and the widgets read them without loading torch."""
 
 BUNDLED = ("litemedsam-samba", "phantom-demo")
 
