@@ -38,9 +38,10 @@ class LoRATrainer(ScriptedLoadableModule):
         self.parent.helpText = (
             "Adapts SAMBA's Segment Anything model, or R2U-Net Segment's U-Net, R2U-Net or cascade, to a new site "
             "(scanner, population) with a few labelled cases, by training a small LoRA adapter: on SAM's image "
-            "encoder (base bundle litemedsam-samba, the one SAMBA Segment uses by default, or another SAMBA bundle) or on every convolution of the chosen "
-            "U-Net (base bundle phantom-r2unet or another R2U-Net bundle). Train on a folder of BraTS cases, or on "
-            "the segmentations in the scene (results you corrected). Loss and validation Dice appear in a plot view "
+            "encoder (base bundle litemedsam-samba, the one SAMBA Segment uses by default, or another SAMBA "
+            "bundle) or on every convolution of the chosen U-Net (base bundle phantom-r2unet or another R2U-Net "
+            "bundle). Train on a folder of BraTS cases, or on the segmentations in the scene (results you "
+            "corrected). Loss and validation Dice appear in a plot view "
             "after each epoch; Save writes adapter.safetensors and adapter.json, which SAMBA Segment or R2U-Net "
             "Segment (and `slicer-samba segment|r2unet --adapter`) load on top of the same base bundle."
         )

@@ -229,9 +229,6 @@ def _bench_yolo(args) -> int:
     from SAMBASegmentLib.prompts import boxes_from_mask
     from SAMBASegmentLib.samba_bundle import load_localizer, resolve_bundle
 
-    def runs_as_rois(boxes, runs):  # the ROIs the pipeline prompts (pipeline.yolo_rois), without the reach
-        return rois_of_runs(boxes, runs)  # past the runs' ends, where only SAM decides
-
     yolo = load_localizer(resolve_bundle(args.bundle))
     views = tuple(v.strip() for v in args.views.split(",") if v.strip())
     cases, skipped = find_training_cases(args.data_dir, allow_missing=True)
@@ -246,7 +243,10 @@ def _bench_yolo(args) -> int:
             scores: dict[int, float] = {}
             raw = yolo_boxes(yolo, images, view, scores=scores)
             truth = boxes_from_mask(region_masks(labels)["WT"], view)
-            filtered = [raw, consistent_boxes(raw)] + [runs_as_rois(raw, main_runs(raw, scores, keep)) for keep in KEEP_CHOICES]
+            # The main runs as the ROIs the pipeline prompts (pipeline.yolo_rois), without the reach past
+            # their ends, where only SAM decides.
+            kept = [rois_of_runs(raw, main_runs(raw, scores, keep)) for keep in KEEP_CHOICES]
+            filtered = [raw, consistent_boxes(raw)] + kept
             for kind, boxes in zip(kinds, filtered):
                 rows.append({"case": files["seg"].parent.name, "view": view, "boxes": kind, **score_boxes(boxes, truth)})
                 r = rows[-1]
