@@ -2,6 +2,7 @@
 model assembled from segment-anything's parts equal to the wheel's own, and the batched runner equal
 to LiteMedSAM's own per-slice inference."""
 
+import copy
 import shutil
 
 import numpy as np
@@ -194,3 +195,25 @@ def test_loaded_weights_reach_tinyvits_cached_attention_biases(sam):
     for module in attention:
         torch.testing.assert_close(module.ab, module.attention_biases[:, module.attention_bias_idxs])
     assert any(module.ab.abs().max() > 0 for module in attention), "the pretrained biases, not the zeros it was built with"
+
+
+def test_the_folded_encoder_computes_what_the_encoder_does_and_follows_its_weights(sam):
+    """encode_slices runs TinyViT with its BatchNorms folded into the convolutions: the same embeddings,
+    made once, remade when the weights change (as peft's merge writes them, through .data), and not
+    used while the encoder trains."""
+    from SAMBASegmentLib.fused_encoder import inference_encoder
+
+    encoder = copy.deepcopy(sam.image_encoder)  # changed below; the module's fixture stays as it is
+    image = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    folded = inference_encoder(encoder)
+    assert folded is not encoder and inference_encoder(encoder) is folded
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(image), encoder(image), rtol=1e-4, atol=1e-4)
+        first_conv = next(m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d))
+        first_conv.weight.data.mul_(1.5)
+        refolded = inference_encoder(encoder)
+        assert refolded is not folded
+        torch.testing.assert_close(refolded(image), encoder(image), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(folded(image), encoder(image), atol=1e-3)  # the stale copy was wrong
+    assert inference_encoder(encoder.train()) is encoder

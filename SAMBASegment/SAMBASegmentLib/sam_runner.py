@@ -28,6 +28,8 @@ from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from SAMBASegmentLib.fused_encoder import inference_encoder
+
 log = logging.getLogger(__name__)
 
 MULTICLASS_CHANNELS = ("whole_tumour", "tumour_core", "enhancing")
@@ -127,6 +129,7 @@ def _release_memory(device) -> None:
 def encode_slices(sam: Sam, slices_uint8: np.ndarray, batch_size: int | None = None) -> torch.Tensor:
     """Image embeddings (n, C, h, w), float32 on the CPU, of normalised uint8 slices (n, H, W, 3)."""
     device = sam.device
+    encoder = inference_encoder(sam.image_encoder)  # BatchNorms folded where the encoder has them
 
     def encode(start, stop):
         resized = resize_slices(sam, slices_uint8[start:stop])
@@ -136,7 +139,7 @@ def encode_slices(sam: Sam, slices_uint8: np.ndarray, batch_size: int | None = N
                 # oneDNN's convolutions run faster on channels-last input: LiteMedSAM's TinyViT encoder
                 # 1.2x (2 cores; embeddings equal to 4e-6, docs/results.md); the weights stay as they are.
                 images = images.contiguous(memory_format=torch.channels_last)
-            embeddings = sam.image_encoder(images)
+            embeddings = encoder(images)
         return embeddings.float().cpu()
 
     chunks = run_in_batches(encode, len(slices_uint8), batch_size or default_batch_size(sam), "SAM image encoder", device)
