@@ -283,3 +283,28 @@ def test_out_of_memory_falls_back_then_says_what_to_do(scene, nodes, tiny_bundle
     finally:
         encoder.patch_embed = original
     _assert_unchanged(scene, nodes, before)
+
+
+def test_another_bundle_encodes_again_instead_of_reusing_the_first_ones_embeddings(nodes, tiny_bundle, tmp_path):
+    """The widget keeps SAM's embeddings between Applies; choosing another bundle (another encoder)
+    must not decode the first encoder's embeddings."""
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    save_samba_bundle(other, SambaModels(build_sam(TINY_SAM), localizer.build_detector(), voting.build_voting_net()),
+                      {"sam": TINY_SAM, "yolo": localizer.CONFIG, "voting": voting.CONFIG},
+                      {"name": "other", "version": "0", "description": "random", "licence": "Apache-2.0",
+                       "intended_use": "tests", "preprocessing": {}, "labels": {}, "training": {}, "metrics": {}})
+    core = SAMBASegmentCore()
+    mask = np.zeros(nodes["t1"].GetImageData().GetDimensions()[::-1], bool)
+    mask[3:13, 6:21, 4:16] = True
+
+    def run(on_core, bundle):
+        request = on_core.prepare(nodes, bundle=str(bundle), prompt="mask", device="cpu")
+        request.mask = mask
+        return on_core.compute(request)
+
+    run(core, tiny_bundle)
+    switched = run(core, other)
+    assert core.cache.misses > 0 and core.cache.hits == 0, "the other bundle's encoder encoded every slice itself"
+    fresh = run(SAMBASegmentCore(), other)
+    np.testing.assert_array_equal(switched.agreement, fresh.agreement)

@@ -143,6 +143,7 @@ class SAMBASegmentCore:
         key = (str(resolve_bundle(bundle)), device)
         if key not in self._models:
             self._models = {key: load_samba_models(key[0], device)}  # one bundle in memory at a time
+            self.cache.clear()  # embeddings are the old encoder's: another bundle's would misread them
         return self._models[key]
 
     def prepare(self, nodes: dict, method: str = "samba", bundle: str = DEFAULT_BUNDLE, prompt: str = "yolo",
