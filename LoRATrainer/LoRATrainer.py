@@ -41,9 +41,11 @@ class LoRATrainer(ScriptedLoadableModule):
             "encoder (base bundle litemedsam-samba, the one SAMBA Segment uses by default, or another SAMBA "
             "bundle) or on every convolution of the chosen U-Net (base bundle phantom-r2unet or another R2U-Net "
             "bundle). Train on a folder of BraTS cases, or on the segmentations in the scene (results you "
-            "corrected). Loss and validation Dice appear in a plot view "
-            "after each epoch; Save writes adapter.safetensors and adapter.json, which SAMBA Segment or R2U-Net "
-            "Segment (and `slicer-samba segment|r2unet --adapter`) load on top of the same base bundle."
+            "corrected). A SAM adapter trains on the slices SAMBA Segment's default preset segments with the "
+            "base on this device: FLAIR axial for litemedsam-samba on a CPU, all contrasts and views on a GPU. "
+            "Loss and validation Dice appear in a plot view after each epoch; Save writes adapter.safetensors and "
+            "adapter.json, which SAMBA Segment or R2U-Net Segment (and `slicer-samba segment|r2unet --adapter`) "
+            "load on top of the same base bundle."
         )
         self.parent.acknowledgementText = "LoRA: Hu et al. 2021. Built on 3D Slicer, PyTorch, Segment Anything and PEFT."
 

@@ -57,8 +57,8 @@ def _settings(args, component: str):
     if component == "sam":
         from LoRATrainerLib.train_lora import LoraSettings
 
-        return LoraSettings(with_decoder=args.with_decoder, views=tuple(args.views.split(",")),
-                            modalities=tuple(args.modalities.split(",")), val_slices=args.val_slices, **common)
+        stacks = {k: tuple(getattr(args, k).split(",")) for k in ("views", "modalities") if getattr(args, k)}
+        return LoraSettings(with_decoder=args.with_decoder, val_slices=args.val_slices, **stacks, **common)
     if args.with_decoder:
         raise ValueError("--with-decoder trains SAM's mask decoder: leave it out for a U-Net component.")
     from LoRATrainerLib.train_unet_lora import UnetLoraSettings
@@ -138,9 +138,10 @@ def register(commands, train, bench) -> None:
     lora.add_argument("--tumour-fraction", type=float, help="U-Net: share of patches centred on tumour, the rest "
                       "anywhere in the brain (default 0.67; lower teaches fewer false positives)")
     lora.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
-    lora.add_argument("--views", default="axial,coronal,sagittal", help="SAM: slice views to train on (default all three)")
-    lora.add_argument("--modalities", default=",".join(MODALITIES),
-                      help="SAM: contrasts to train on (default all four; flair for litemedsam-samba's fast preset)")
+    stacks = ("(default: those SAMBA Segment's default preset runs with the base on the device: flair and axial "
+              "for litemedsam-samba on a CPU, all on a GPU or for phantom-demo)")
+    lora.add_argument("--views", help=f"SAM: comma-separated slice views to train on {stacks}")
+    lora.add_argument("--modalities", help=f"SAM: comma-separated contrasts ({','.join(MODALITIES)}) to train on {stacks}")
     held_out = lora.add_mutually_exclusive_group()
     held_out.add_argument("--val-fraction", type=float, default=0.2, help="cases held out for validation (default 0.2)")
     held_out.add_argument("--val", type=Path, help="a separate folder of validation cases (then all of DATA_DIR trains)")

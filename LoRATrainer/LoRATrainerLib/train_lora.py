@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -57,8 +57,9 @@ class LoraSettings:
     lr: float = 1e-4
     seed: int = 0
     steps_per_epoch: int | None = None  # None: one pass over this rank's share of the slices
-    views: tuple[str, ...] = VIEWS
-    modalities: tuple[str, ...] = MODALITIES
+    # None: the stacks SAMBA Segment's default preset runs with this base on this device (default_stacks)
+    views: tuple[str, ...] | None = None
+    modalities: tuple[str, ...] | None = None
     val_slices: int = 300  # at most, spread evenly over the held-out slices: a quick check each epoch
 
     def __post_init__(self):
@@ -67,7 +68,7 @@ class LoraSettings:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}.")
         if self.lr <= 0:
             raise ValueError(f"The learning rate must be positive, not {self.lr}.")
-        unknown = sorted(set(self.views) - set(VIEWS)) + sorted(set(self.modalities) - set(MODALITIES))
+        unknown = sorted(set(self.views or ()) - set(VIEWS)) + sorted(set(self.modalities or ()) - set(MODALITIES))
         if unknown:
             raise ValueError(f"Unknown views or modalities {unknown}: choose from {', '.join(VIEWS + MODALITIES)}.")
 
@@ -77,6 +78,16 @@ class LoraSettings:
 
     def record(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def default_stacks(sam, device) -> dict[str, tuple[str, ...]]:
+    """The views and modalities that SAMBA Segment's default preset runs with this SAM on this device
+    (pipeline.choose_preset): an adapter learns the slices it will see. LiteMedSAM on a CPU: FLAIR
+    axial only; on a GPU, or the small phantom SAM: all four contrasts in all three views."""
+    from SAMBASegmentLib.pipeline import PRESETS, choose_preset
+
+    pairs = PRESETS[choose_preset("auto", sam, str(device))]
+    return {"modalities": tuple(dict.fromkeys(m for m, _ in pairs)), "views": tuple(dict.fromkeys(v for _, v in pairs))}
 
 
 class BoxPromptedSam(nn.Module):
@@ -172,6 +183,12 @@ def train_lora(
     models = load_samba_models(base, world.device)
     sam, bundle = models.sam, models.bundle
     base_sha = bundle.component("sam").sha256
+    if settings.views is None or settings.modalities is None:
+        stacks = default_stacks(sam, world.device)
+        settings = replace(settings, views=settings.views or stacks["views"],
+                           modalities=settings.modalities or stacks["modalities"])
+        say(f"Training on {', '.join(settings.modalities)} in the {', '.join(settings.views)} view(s): what SAMBA "
+            f"Segment's default preset runs with this base on {world.device}")
     train, val = _slices(train_cases, settings), _spread(_slices(val_cases, settings), settings.val_slices)
     say(f"{len(train_cases)} training case(s), {len(train)} slices; {len(val_cases)} validation case(s), {len(val)} slices")
 
