@@ -6,6 +6,7 @@ widget bound to a parameter node, the logic entry point for the Python console, 
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import slicer
@@ -94,6 +95,8 @@ class SAMBASegmentParameterNode:
     mode: Annotated[str, Choice(["samba", "samba-mc"])] = "samba"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     preset: Annotated[str, Choice(["auto", "all", "balanced", "fast"])] = "auto"
+    samCheckpoint: Path  # empty: the bundle's SAM
+    samType: Annotated[str, Choice(["medsam", "vit_b", "vit_l", "vit_h"])] = "medsam"
     outputSegmentation: vtkMRMLSegmentationNode
     agreementMap: bool = True
     volumeTable: bool = True
@@ -160,7 +163,7 @@ class SAMBASegmentWidget(BackgroundJobWidget):
         if samba and PROMPTS[p.prompt] == "mask" and p.promptSegmentation is None:
             missing.append("a prompt segmentation")
         for name in ("bundleLineEdit", "promptComboBox", "modeComboBox", "roiSelector", "promptSegmentationSelector",
-                     "presetComboBox"):
+                     "presetComboBox", "samCheckpointPathLineEdit", "samTypeComboBox"):
             getattr(self.ui, name).enabled = samba
         self.ui.applyButton.enabled = not missing and not self.running
         self.ui.applyButton.toolTip = f"Select {', '.join(missing)} first." if missing else "Segment the tumour sub-regions."
@@ -183,6 +186,8 @@ class SAMBASegmentWidget(BackgroundJobWidget):
                 roi_node=p.roi if PROMPTS[p.prompt] == "roi" else None,
                 prompt_segmentation=p.promptSegmentation if PROMPTS[p.prompt] == "mask" else None,
                 device=choose_device(p.device), preset=p.preset,
+                sam_file=str(p.samCheckpoint) if str(p.samCheckpoint or "") not in ("", ".") else None,
+                sam_type=p.samType,
             )
             self._reference = reference_node(nodes)
             self._startJob(lambda progress: self.logic.compute(request, progress))

@@ -108,8 +108,10 @@ def _segment(args) -> int:
         raise ValueError("--roi is one case's box: segment that case on its own (its folder), not the whole set.")
     device = choose_device(args.device)
     started = time.perf_counter()
-    models = load_samba_models(resolve_bundle(args.bundle), device, adapter=args.adapter)
+    models = load_samba_models(resolve_bundle(args.bundle), device, adapter=args.adapter, **_picked(args))
     print(f"Models loaded in {time.perf_counter() - started:.1f} s.", flush=True)
+    if models.picked_sam:
+        print("SAM: {type} from {file} (sha256 {sha256}), not the bundle's.".format(**models.picked_sam), flush=True)
     prompt = args.prompt or ("roi" if args.roi else "yolo")
     if models.yolo is None and prompt.startswith("yolo"):
         raise ValueError(NO_LOCALIZER)  # now, not once per case of a batch
@@ -157,6 +159,16 @@ def _contrasts(value: str | None) -> tuple[str, ...] | None:
     return chosen
 
 
+def _picked(args) -> dict:
+    """--sam-checkpoint and --sam-type, checked together before anything is loaded."""
+    if bool(args.sam_checkpoint) != bool(args.sam_type):
+        raise ValueError("--sam-checkpoint FILE and --sam-type TYPE go together: the file alone cannot say whether "
+                         "a vit_b is SAM's or MedSAM's.")
+    if args.sam_checkpoint and getattr(args, "record", None):
+        raise ValueError("--record stores the bundle's own metrics: leave out --sam-checkpoint.")
+    return {"sam_file": args.sam_checkpoint, "sam_type": args.sam_type} if args.sam_checkpoint else {}
+
+
 def _evaluate(args) -> int:
     contrasts = _contrasts(args.contrasts)
     from SAMBACore.device import choose_device
@@ -173,11 +185,12 @@ def _evaluate(args) -> int:
 
         check_png(args.plot, "the Dice plot")
     device = choose_device(args.device)
-    models = load_samba_models(resolve_bundle(args.bundle), device, adapter=args.adapter)
+    models = load_samba_models(resolve_bundle(args.bundle), device, adapter=args.adapter, **_picked(args))
     on_case = case_preview_writer(args.preview, f"SAMBA ({args.bundle}, {args.prompt} boxes, {args.mode})")
     report = evaluate(models, args.data_dir, prompt=args.prompt, mode=args.mode, device=device, on_case=on_case,
                       preset=args.preset, contrasts=contrasts)
     report["adapter"] = str(args.adapter) if args.adapter else None
+    report["picked_sam"] = models.picked_sam
     print(f"Mean over {report['cases']} case(s), {args.prompt} prompts, {args.mode}, preset {report['preset']}, "
           f"contrasts {report['contrasts']}: "
           + ", ".join(f"{r} Dice {v['dice']:.3f} HD95 {v['hd95']:.1f} mm (lesion-wise {v['lesion_dice']:.3f} / "
@@ -263,6 +276,16 @@ def _bench_yolo(args) -> int:
     return 0
 
 
+def _add_picked_sam(parser) -> None:
+    parser.add_argument("--sam-checkpoint", type=Path, metavar="FILE", help="use this SAM instead of the bundle's "
+                        "(the bundle's YOLO and voting net stay): an official Segment Anything checkpoint "
+                        "(sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth, sam_vit_h_4b8939.pth; checked by sha256) or "
+                        "MedSAM's medsam_vit_b.pth (read as tensors only; its sha256 is reported). 1024 px "
+                        "models: tens of seconds a slice on a CPU, so for a GPU")
+    parser.add_argument("--sam-type", choices=("vit_b", "vit_l", "vit_h", "medsam"),
+                        help="what --sam-checkpoint is (medsam: MedSAM's min-max input)")
+
+
 def register(commands, train, bench) -> None:
     """Add SAMBA's subcommands to the top-level, `train` and `bench` sub-parser groups."""
     from SAMBACore.sample_data import DEMO_SEED  # the demo's held-out phantom seed, also the benchmark's case
@@ -276,6 +299,7 @@ def register(commands, train, bench) -> None:
                          help="the .seg.nrrd to write; for a batch, the folder to write CASE.seg.nrrd files into")
     segment.add_argument("--bundle", default=DEFAULT_BUNDLE, help=BUNDLE_HELP)
     segment.add_argument("--adapter", type=Path, metavar="DIR", help=ADAPTER_HELP)
+    _add_picked_sam(segment)
     segment.add_argument("--roi", help="box around the tumour, two opposite corners in RAS mm: --roi=R,A,S,R,A,S (the = keeps a leading minus sign from reading as an option)")
     segment.add_argument("--prompt", choices=("yolo", "yolo-boxes", "roi"), help="box source (default: roi if --roi, "
                          "else yolo). " + YOLO_PROMPT_HELP)
@@ -296,6 +320,7 @@ def register(commands, train, bench) -> None:
     evaluate.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file")
     evaluate.add_argument("--bundle", default=DEFAULT_BUNDLE, help=BUNDLE_HELP)
     evaluate.add_argument("--adapter", type=Path, metavar="DIR", help=ADAPTER_HELP)
+    _add_picked_sam(evaluate)
     evaluate.add_argument("--prompt", choices=("yolo", "yolo-boxes", "roi"), default="yolo",
                           help="roi: the true tumour box grown by 5 voxels, standing in for a hand-drawn box. "
                           + YOLO_PROMPT_HELP)

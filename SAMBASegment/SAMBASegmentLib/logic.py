@@ -128,6 +128,8 @@ class Request:
     device: str = "cpu"
     volume_key: str = "case"
     preset: str = "auto"  # which contrasts and views vote (pipeline.PRESETS)
+    sam_file: str | None = None  # a SAM checkpoint the user picked, instead of the bundle's (picked_sam.py)
+    sam_type: str | None = None
     options: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # e.g. a volume was resampled: show them to the user
 
@@ -139,16 +141,17 @@ class SAMBASegmentCore:
         self._models: dict[tuple, SambaModels] = {}
         self.cache = EmbeddingCache()
 
-    def models(self, bundle: str, device: str) -> SambaModels:
-        key = (str(resolve_bundle(bundle)), device)
+    def models(self, bundle: str, device: str, sam_file: str | None = None, sam_type: str | None = None) -> SambaModels:
+        key = (str(resolve_bundle(bundle)), device, sam_file, sam_type)
         if key not in self._models:
-            self._models = {key: load_samba_models(key[0], device)}  # one bundle in memory at a time
+            # one set of models in memory at a time
+            self._models = {key: load_samba_models(key[0], device, sam_file=sam_file, sam_type=sam_type)}
             self.cache.clear()  # embeddings are the old encoder's: another bundle's would misread them
         return self._models[key]
 
     def prepare(self, nodes: dict, method: str = "samba", bundle: str = DEFAULT_BUNDLE, prompt: str = "yolo",
                 mode: str = "samba", roi_node=None, prompt_segmentation=None, device: str = "cpu",
-                preset: str = "auto") -> Request:
+                preset: str = "auto", sam_file: str | None = None, sam_type: str | None = None) -> Request:
         if method not in METHODS:
             raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
         images, warnings = arrays_from_nodes(nodes)
@@ -159,7 +162,8 @@ class SAMBASegmentCore:
             keys = {s.key: v for v, s in LABEL_SEGMENTS.items()}
             mask = region_masks(bridge.labels_from_segmentation(prompt_segmentation, reference, keys))["WT"]
         key = "|".join(f"{m}:{nodes[m].GetID()}@{nodes[m].GetImageData().GetMTime()}" for m in images)
-        return Request(images, method, bundle, prompt, mode, roi, mask, device, key, preset, warnings=warnings)
+        return Request(images, method, bundle, prompt, mode, roi, mask, device, key, preset, sam_file,
+                       sam_type if sam_file else None, warnings=warnings)
 
     def compute(self, request: Request, progress: Progress | None = None) -> SambaResult:
         if request.method == "threshold":
@@ -168,7 +172,7 @@ class SAMBASegmentCore:
                                  "for fewer.")
             labels = segment_threshold(request.images)
             return SambaResult(labels, (labels > 0).astype(np.float32), {})
-        models = self.models(request.bundle, request.device)
+        models = self.models(request.bundle, request.device, request.sam_file, request.sam_type)
         return run_samba(request.images, models, prompt=request.prompt, mode=request.mode, roi=request.roi,
                          mask=request.mask, cache=self.cache, volume_key=request.volume_key,
                          device=request.device, progress=progress, preset=request.preset)

@@ -3,7 +3,8 @@
 The official shapes ("vit_b", "vit_l", "vit_h") match segment_anything/build_sam.py exactly, but
 no checkpoint is read here: the project loads weights itself, safely. "small" is a little SAM
 (global attention, 256 px input by default) for CPU demos and tests. "litemedsam" is LiteMedSAM
-(litemedsam.py: a TinyViT encoder with SAM's prompt encoder and mask decoder, 256 px).
+(litemedsam.py: a TinyViT encoder with SAM's prompt encoder and mask decoder, 256 px). "medsam" is
+MedSAM (Ma et al. 2024): vit_b fine-tuned on medical images, its input min-max scaled to [0, 1].
 """
 
 from __future__ import annotations
@@ -38,6 +39,23 @@ SMALL_DEFAULT = {
 }
 
 
+class MinMaxSam(Sam):
+    """Sam whose input is each resized slice min-max scaled to [0, 1], then zero-padded bottom and
+    right to the encoder's square, as MedSAM and LiteMedSAM were trained (not SAM's ImageNet
+    statistics). MedSAM resizes to a 1024 x 1024 square; here the aspect ratio is kept, as for SAM,
+    which is the same for square (axial) slices."""
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) resized slices, 0-255 -> min-max [0, 1] per image, zero-padded to the input square."""
+        flat = x.flatten(1)
+        low = flat.min(dim=1).values.view(-1, 1, 1, 1)
+        span = (flat.max(dim=1).values.view(-1, 1, 1, 1) - low).clamp(min=1e-8)
+        x = (x - low) / span
+        size = self.image_encoder.img_size
+        h, w = x.shape[-2:]
+        return torch.nn.functional.pad(x, (0, size - w, 0, size - h))
+
+
 def build_sam(config: dict) -> Sam:
     """A randomly initialised SAM of the configured type, in eval mode.
 
@@ -48,15 +66,15 @@ def build_sam(config: dict) -> Sam:
         from SAMBASegmentLib.litemedsam import build_litemedsam  # imports timm: only when asked for
 
         return build_litemedsam()
-    if kind in OFFICIAL:
-        shape = OFFICIAL[kind]
+    if kind in OFFICIAL or kind == "medsam":
+        shape = OFFICIAL["vit_b" if kind == "medsam" else kind]
         return _assemble(
             img_size=1024, patch_size=16, embed_dim=shape["embed_dim"], depth=shape["depth"],
             num_heads=shape["num_heads"], window_size=14, global_attn_indexes=shape["global_attn_indexes"],
-            prompt_embed_dim=256, mlp_dim=2048, decoder_heads=8,
+            prompt_embed_dim=256, mlp_dim=2048, decoder_heads=8, model=MinMaxSam if kind == "medsam" else Sam,
         )
     if kind != "small":
-        raise ValueError(f"unknown SAM type {kind!r}; expected small, litemedsam, vit_b, vit_l or vit_h")
+        raise ValueError(f"unknown SAM type {kind!r}; expected small, litemedsam, vit_b, vit_l, vit_h or medsam")
     c = {**SMALL_DEFAULT, **config}
     return _assemble(
         img_size=c["img_size"], patch_size=c["patch_size"], embed_dim=c["embed_dim"], depth=c["depth"],
@@ -70,11 +88,11 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
 
 
 def _assemble(*, img_size, patch_size, embed_dim, depth, num_heads, window_size,
-              global_attn_indexes, prompt_embed_dim, mlp_dim, decoder_heads) -> Sam:
+              global_attn_indexes, prompt_embed_dim, mlp_dim, decoder_heads, model=Sam) -> Sam:
     if img_size % patch_size:
         raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
     grid = img_size // patch_size
-    sam = Sam(
+    sam = model(
         image_encoder=ImageEncoderViT(
             depth=depth, embed_dim=embed_dim, img_size=img_size, mlp_ratio=4,
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=num_heads,

@@ -31,22 +31,34 @@ class SambaModels:
     # The whole tumour is the majority of SAM's votes, the voting net only splits it (voting.within_votes):
     # set by the voting component's config {"whole_tumour": "votes"}.
     whole_tumour_from_votes: bool = False
+    # A SAM the user picked as a file instead of the bundle's (picked_sam.py): its file, type and sha256.
+    picked_sam: dict | None = None
 
 
-def load_samba_models(path, device: str = "cpu", adapter=None) -> SambaModels:
+def load_samba_models(path, device: str = "cpu", adapter=None, sam_file=None, sam_type: str | None = None) -> SambaModels:
     """Build each model from its config and load its verified weights; BundleError names what is wrong.
 
     `adapter`: a LoRA adapter folder (LoRATrainer) for this bundle's SAM, merged into its weights,
-    so inference costs what the base costs; one made for another bundle is refused."""
+    so inference costs what the base costs; one made for another bundle is refused.
+    `sam_file`, `sam_type`: an official SAM or MedSAM checkpoint the user picked, used instead of the
+    bundle's SAM (picked_sam.py)."""
     bundle = load_bundle(path)
     components = bundle.components
     if "sam" not in components:
         raise BundleError(f"{Path(path)}: not a SAMBA bundle (no 'sam' component; it has {', '.join(components)}).")
-    config = components["sam"].config
-    state = load_state_dict(bundle, "sam")
-    if config.get("backbone"):
-        state = {**backbone_state_dict(config["backbone"], bundle), **state}
-    sam = check_state_dict(build_sam(config), state, "sam")
+    picked = None
+    if sam_file is not None:
+        from SAMBASegmentLib.picked_sam import load_picked_sam
+
+        if adapter is not None:
+            raise BundleError("An adapter adapts the bundle's own SAM: leave it out when you pick a SAM checkpoint.")
+        sam, picked = load_picked_sam(sam_file, sam_type)
+    else:
+        config = components["sam"].config
+        state = load_state_dict(bundle, "sam")
+        if config.get("backbone"):
+            state = {**backbone_state_dict(config["backbone"], bundle), **state}
+        sam = check_state_dict(build_sam(config), state, "sam")
     if adapter is not None:
         from SAMBACore.adapters import apply_adapter  # imports peft (slow): only when an adapter is asked for
 
@@ -59,7 +71,7 @@ def load_samba_models(path, device: str = "cpu", adapter=None) -> SambaModels:
         net = check_state_dict(voting.build_voting_net(components["voting"].config), load_state_dict(bundle, "voting"), "voting")
     from_votes = "voting" in components and components["voting"].config.get("whole_tumour") == "votes"
     return SambaModels(sam.to(device).eval(), yolo, net.to(device).eval() if net is not None else None, bundle,
-                       from_votes)
+                       from_votes, picked)
 
 
 def load_localizer(path):
