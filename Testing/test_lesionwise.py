@@ -125,7 +125,7 @@ def test_evaluate_reports_lesionwise_scores_per_case_and_mean(tmp_path, monkeypa
     fake_evaluation.evaluate = evaluate
     fake_bundle = types.ModuleType("SAMBASegmentLib.samba_bundle")
     fake_bundle.resolve_bundle = lambda name: name
-    fake_bundle.load_samba_models = lambda bundle, device, adapter=None: None
+    fake_bundle.load_samba_models = lambda bundle, device, adapter=None: types.SimpleNamespace(picked_sam=None)
     monkeypatch.setitem(sys.modules, "SAMBASegmentLib.evaluation", fake_evaluation)
     monkeypatch.setitem(sys.modules, "SAMBASegmentLib.samba_bundle", fake_bundle)
     monkeypatch.setattr("SAMBACore.device.choose_device", lambda requested: "cpu")
