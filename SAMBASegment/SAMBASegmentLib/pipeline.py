@@ -222,7 +222,7 @@ def fuse_votes(images: dict[str, np.ndarray], votes: np.ndarray, models: SambaMo
     return labels, agreement
 
 
-@freed_memory_kept()  # LiteMedSAM on a CPU: a whole case 1.4x faster (SAMBACore/memory.py)
+@freed_memory_kept()  # LiteMedSAM on a CPU: a whole case 98 -> 75 s (SAMBACore/memory.py)
 def run_samba(
     images: dict[str, np.ndarray],
     models: SambaModels,
