@@ -217,3 +217,21 @@ def test_the_folded_encoder_computes_what_the_encoder_does_and_follows_its_weigh
         torch.testing.assert_close(refolded(image), encoder(image), rtol=1e-4, atol=1e-4)
         assert not torch.allclose(folded(image), encoder(image), atol=1e-3)  # the stale copy was wrong
     assert inference_encoder(encoder.train()) is encoder
+
+
+def test_training_litemedsams_encoder_keeps_its_batch_norm_statistics():
+    """`train sam` with the encoder learning: the weights move, TinyViT's BatchNorm statistics (from
+    its authors' training) are not replaced by a two-slice batch's."""
+    from SAMBASegmentLib.sam_training import SamSample, train_sam
+
+    torch.manual_seed(0)
+    sam = build_sam({"type": "litemedsam"})  # random weights: the architecture is what matters here
+    slices = _brain_slices(2, 64, 64, seed=2)
+    target = np.zeros((64, 64), bool)
+    target[20:40, 24:44] = True
+    samples = [SamSample(image, np.array([20, 16, 48, 44], np.float32), target) for image in slices]
+    encoder = {k: v.clone() for k, v in sam.image_encoder.state_dict().items()}
+    train_sam(sam, samples, steps=1, batch=2, train_encoder=True, jitter=0)
+    after = sam.image_encoder.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in encoder.items() if "running" in k)
+    assert not all(torch.equal(after[k], v) for k, v in encoder.items() if k.endswith("weight"))

@@ -84,7 +84,8 @@ def train_sam(
 
     train_encoder False: only the mask decoder learns (image and prompt encoders frozen) and the
     embeddings are computed once. True: the image encoder and decoder learn (for the small SAM
-    trained from scratch); the prompt encoder stays frozen as in the paper.
+    trained from scratch); the prompt encoder stays frozen as in the paper. BatchNorm layers stay in
+    eval mode either way.
     """
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -102,7 +103,11 @@ def train_sam(
         for group in groups:
             embeddings = encode_slices(sam, np.stack([samples[i].image for i in group]))
             cached.update({i: embeddings[k] for k, i in enumerate(group)})
-    sam.train()
+    from SAMBACore.adapters import train_with_frozen_batch_norm  # imports peft: only when training
+
+    # BatchNorms (LiteMedSAM's TinyViT; SAM's ViT has none) keep their pretrained statistics: a few
+    # slices' batch statistics would skew the loss and overwrite them, as for LoRA.
+    train_with_frozen_batch_norm(sam)
     losses = []
     for step in range(steps):
         group = groups[rng.integers(len(groups))]
