@@ -2,8 +2,8 @@
 
 LiteMedSAM's TinyViT runs its convolutions as Conv2d + BatchNorm2d pairs; in eval mode the
 BatchNorm is an affine map that can be folded into the convolution's weights (PyTorch's
-fuse_conv_bn_eval), which saves a pass over every feature map: the whole encoder 1.13x faster on
-2 CPU cores, embeddings within 4e-6 (docs/results.md). SAM's own ViT has no such pairs and is used
+fuse_conv_bn_eval), which saves a pass over every feature map: the whole encoder 1.14-1.17x faster
+on 2 CPU cores, embeddings within 4e-6 (docs/results.md). SAM's own ViT has no such pairs and is used
 as it is.
 
 The copy is made from the live encoder and must not outlive a change of its weights: LoRA

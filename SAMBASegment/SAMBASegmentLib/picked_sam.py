@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from SAMBACore.bundles import BundleError, check_state_dict, sha256_file
-from SAMBACore.weights import OFFICIAL_SAM, load_official_sam_state_dict
+from SAMBACore.weights import OFFICIAL_SAM
 from SAMBASegmentLib.sam_model import OFFICIAL, build_sam
 
 SAM_TYPES = ("vit_b", "vit_l", "vit_h", "medsam")
@@ -56,7 +56,7 @@ def load_picked_sam(path, sam_type: str) -> tuple[torch.nn.Module, dict]:
                     else f" It holds {found}.")
             raise BundleError(f"{path}: is not the official {sam_type} checkpoint (sha256 {sha256}, expected "
                               f"{OFFICIAL_SAM[sam_type]['sha256']}).{hint}")
-        state = load_official_sam_state_dict(sam_type, path)
+        state = _read(path)  # its sha256, checked above, is the registry's
     else:
         state = _read(path)
         found = architecture(state)
