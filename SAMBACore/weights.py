@@ -11,14 +11,12 @@ import errno
 import hashlib
 import http.client
 import os
-import pickle
 import shutil
 import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-import torch
 
 from .bundles import BundleError, sha256_file, verify_sha256
 
@@ -128,31 +126,6 @@ def _copy_local(source: Path, part: Path, filename, sha256) -> None:
 def fetch_official_sam(model_type, progress=None, local_file=None, cache=None) -> Path:
     entry = _official(model_type)
     return fetch(entry["url"], entry["sha256"], progress=progress, local_file=local_file, cache=cache)
-
-
-def load_official_sam_state_dict(model_type, path, sha256=None) -> dict[str, torch.Tensor]:
-    """The SAM checkpoint at `path`, unpickled (weights only) only after its sha256 matched the registry.
-
-    `sha256` is only consulted for a registry entry without a hash: nothing unverified is loaded.
-    """
-    entry = _official(model_type)
-    expected = entry["sha256"] or sha256
-    name = Path(urlparse(entry["url"]).path).name
-    if not expected:
-        raise BundleError(f"{path}: no known sha256 for {name}; pass the expected sha256 to load it")
-    if not Path(path).is_file():
-        raise BundleError(f"{path}: file not found; download {name} or choose it with 'Local file'")
-    got = sha256_file(path)
-    if got != expected:
-        raise BundleError(f"{path}: is not the official {name} (sha256 mismatch: expected {expected}, got {got}); "
-                          "delete it and download it again")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:
-        raise BundleError(f"{path}: refused: it holds Python objects besides tensors; it is not {name}") from None
-    if not isinstance(state, dict):
-        raise BundleError(f"{path}: holds no state dict; download {name} again")
-    return state
 
 
 def _official(model_type) -> dict:

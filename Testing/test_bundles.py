@@ -191,22 +191,6 @@ def test_official_sam_registry_is_complete():
     assert weights.OFFICIAL_SAM["vit_b"]["size_bytes"] < weights.OFFICIAL_SAM["vit_h"]["size_bytes"]
 
 
-def test_official_sam_loads_only_a_verified_checkpoint(tmp_path, monkeypatch):
-    state = small_model().state_dict()
-    path = tmp_path / "sam_vit_b_01ec64.pth"
-    torch.save(state, path)
-    with pytest.raises(BundleError, match="is not the official sam_vit_b_01ec64.pth"):
-        weights.load_official_sam_state_dict("vit_b", path)
-    entry = dict(weights.OFFICIAL_SAM["vit_b"], sha256=None)
-    monkeypatch.setitem(weights.OFFICIAL_SAM, "vit_b", entry)
-    with pytest.raises(BundleError, match="no known sha256"):
-        weights.load_official_sam_state_dict("vit_b", path)
-    loaded = weights.load_official_sam_state_dict("vit_b", path, sha256=bundles.sha256_file(path))
-    assert torch.equal(loaded["0.weight"], state["0.weight"])
-    with pytest.raises(BundleError, match="unknown SAM model type 'vit_x'"):
-        weights.load_official_sam_state_dict("vit_x", path)
-
-
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("SLICER_SAMBA_CACHE", str(tmp_path))
     assert weights.cache_dir() == tmp_path
