@@ -155,6 +155,25 @@ def load_state_dict(bundle: Bundle, name: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_torch_state_dict(path, remedy: str) -> dict[str, torch.Tensor]:
+    """A PyTorch checkpoint outside a bundle (LiteMedSAM's, a SAM or MedSAM file the user picked) read
+    as tensors only (weights_only=True: nothing executable is unpickled); a state dict wrapped as
+    {"model": ...}, as MedSAM and LiteMedSAM save theirs, is unwrapped. A BundleError names the file,
+    what is wrong with it and `remedy`."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        raise BundleError(f"{path}: refused: it holds Python objects besides tensors, which could run code when "
+                          f"loaded; {remedy}") from None
+    except (RuntimeError, ValueError, EOFError, OSError) as e:
+        raise BundleError(f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}); {remedy}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BundleError(f"{path}: holds no state dict of tensors; {remedy}")
+    return dict(state)
+
+
 def check_state_dict(model: torch.nn.Module, state_dict: dict, component_name: str) -> torch.nn.Module:
     """Load strictly into `model`, turning any key or shape disagreement into one readable BundleError."""
     own = model.state_dict()

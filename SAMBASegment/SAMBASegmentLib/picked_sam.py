@@ -13,12 +13,11 @@ These models work at 1024 px: on a CPU a slice costs tens of seconds, so they ar
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
 
-from SAMBACore.bundles import BundleError, check_state_dict, sha256_file
+from SAMBACore.bundles import BundleError, check_state_dict, read_torch_state_dict, sha256_file
 from SAMBACore.weights import OFFICIAL_SAM
 from SAMBASegmentLib.sam_model import OFFICIAL, build_sam
 
@@ -69,16 +68,4 @@ def load_picked_sam(path, sam_type: str) -> tuple[torch.nn.Module, dict]:
 
 
 def _read(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors only (weights_only): a file holding code or other objects is refused, never run."""
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:
-        raise BundleError(f"{path}: refused: it holds Python objects besides tensors; a SAM checkpoint holds "
-                          "tensors only.") from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise BundleError(f"{path}: cannot be read as a PyTorch checkpoint ({error}); download it again.") from None
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BundleError(f"{path}: holds no state dict of tensors, so it is no SAM checkpoint.")
-    return state
+    return read_torch_state_dict(path, "choose the SAM or MedSAM checkpoint (.pth) you downloaded, or download it again")
