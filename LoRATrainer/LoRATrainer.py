@@ -42,7 +42,8 @@ class LoRATrainer(ScriptedLoadableModule):
             "bundle) or on every convolution of the chosen U-Net (base bundle phantom-r2unet or another R2U-Net "
             "bundle). Train on a folder of BraTS cases, or on the segmentations in the scene (results you "
             "corrected). A SAM adapter trains on the slices SAMBA Segment's default preset segments with the "
-            "base on this device: FLAIR axial for litemedsam-samba on a CPU, all contrasts and views on a GPU. "
+            "base on this device (FLAIR axial for litemedsam-samba on a CPU, all contrasts and views on a GPU), "
+            "unless you list views and contrasts in the Model section. "
             "Loss and validation Dice appear in a plot view after each epoch; Save writes adapter.safetensors and "
             "adapter.json, which SAMBA Segment or R2U-Net Segment (and `slicer-samba segment|r2unet --adapter`) "
             "load on top of the same base bundle."
@@ -58,6 +59,8 @@ class LoRATrainerParameterNode:
     baseBundle: str = DEFAULT_BUNDLE
     target: Annotated[str, Choice(list(TARGETS))] = "SAM LoRA"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    samViews: str = ""  # empty: what SAMBA Segment's default preset segments with the base (train_lora.default_stacks)
+    samContrasts: str = ""
     rank: int = 4
     alpha: float = 4.0
     learningRate: float = 0.0001
@@ -99,6 +102,8 @@ class LoRATrainerWidget(BackgroundJobWidget):
         p = self._parameterNode
         folder_ok = SOURCES[p.dataSource] == "scene" or (p.dataFolder and Path(p.dataFolder).is_dir())
         self.ui.dataFolderPathLineEdit.enabled = SOURCES[p.dataSource] == "folder"
+        for field in (self.ui.samViewsLineEdit, self.ui.samContrastsLineEdit):
+            field.enabled = TARGETS[p.target].startswith("sam")
         self.ui.applyButton.enabled = bool(folder_ok) and not self.running
         self.ui.applyButton.toolTip = "Train an adapter in the background." if folder_ok else "Choose a data folder first."
         self.ui.saveButton.enabled = self._trained is not None and bool(p.outputFolder) and not self.running
@@ -108,11 +113,13 @@ class LoRATrainerWidget(BackgroundJobWidget):
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay("Cannot start training.", waitCursor=True):
+            from LoRATrainerLib.train_lora import stacks_from_text
             from SAMBACore.device import choose_device
 
+            stacks = stacks_from_text(p.samViews, p.samContrasts) if TARGETS[p.target].startswith("sam") else {}
             request = self.logic.prepare(slicer.mrmlScene, SOURCES[p.dataSource], p.dataFolder, p.baseBundle,
                                          TARGETS[p.target], p.rank, p.alpha, p.learningRate, p.epochs, p.batch,
-                                         p.valFraction, device=choose_device(p.device))
+                                         p.valFraction, device=choose_device(p.device), **stacks)
             self.logic.discard(self._trained)
             self._trained, self._epochs = None, []
             self._startJob(lambda progress: self.logic.compute(request, progress, on_epoch=self._epochs.append))

@@ -213,3 +213,16 @@ def test_left_out_views_and_contrasts_default_to_what_the_default_preset_segment
     assert default_stacks(lite, "cpu") == {"modalities": ("flair",), "views": ("axial",)}
     assert default_stacks(lite, "cuda") == every and default_stacks(small, "cpu") == every
     assert LoraSettings().views is None and LoraSettings().modalities is None
+
+
+def test_views_and_contrasts_typed_in_the_widget_or_on_the_command_line():
+    """The LoRA Trainer's SAM views / contrasts fields and --views / --modalities: comma-separated, any
+    case and spacing; an empty field leaves the choice to the default preset; a typo is named."""
+    from LoRATrainerLib.train_lora import stacks_from_text
+
+    assert stacks_from_text(" Axial, coronal ", "FLAIR,t1ce") == {"views": ("axial", "coronal"),
+                                                                  "modalities": ("flair", "t1ce")}
+    assert stacks_from_text("", None) == {} and stacks_from_text(" , ", "t2") == {"modalities": ("t2",)}
+    assert LoraSettings(**stacks_from_text("sagittal", "")).views == ("sagittal",)
+    with pytest.raises(ValueError, match=r"Unknown views or modalities \['axail'\]"):
+        LoraSettings(**stacks_from_text("axail", "flair"))

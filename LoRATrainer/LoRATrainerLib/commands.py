@@ -55,9 +55,9 @@ def _settings(args, component: str):
                   dropout=args.dropout, epochs=args.epochs, lr=args.lr, seed=args.seed,
                   **{k: v for k, v in given.items() if v is not None}, **({"targets": targets} if targets else {}))
     if component == "sam":
-        from LoRATrainerLib.train_lora import LoraSettings
+        from LoRATrainerLib.train_lora import LoraSettings, stacks_from_text
 
-        stacks = {k: tuple(getattr(args, k).split(",")) for k in ("views", "modalities") if getattr(args, k)}
+        stacks = stacks_from_text(args.views, args.modalities)
         return LoraSettings(with_decoder=args.with_decoder, val_slices=args.val_slices, **stacks, **common)
     if args.with_decoder:
         raise ValueError("--with-decoder trains SAM's mask decoder: leave it out for a U-Net component.")

@@ -80,6 +80,17 @@ class LoraSettings:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+def stacks_from_text(views: str | None, modalities: str | None) -> dict[str, tuple[str, ...]]:
+    """LoraSettings' views / modalities from comma-separated text ("axial, coronal"), as the command line
+    and the widget take them; an empty field is left out (default_stacks then chooses)."""
+    stacks = {}
+    for key, text in (("views", views), ("modalities", modalities)):
+        names = tuple(name.strip().lower() for name in (text or "").split(",") if name.strip())
+        if names:
+            stacks[key] = names
+    return stacks
+
+
 def default_stacks(sam, device) -> dict[str, tuple[str, ...]]:
     """The views and modalities that SAMBA Segment's default preset runs with this SAM on this device
     (pipeline.choose_preset): an adapter learns the slices it will see. LiteMedSAM on a CPU: FLAIR
