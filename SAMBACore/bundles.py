@@ -138,31 +138,23 @@ def load_state_dict(bundle: Bundle, name: str) -> dict[str, torch.Tensor]:
     if not file.is_file():
         raise BundleError(f"{file}: missing (component '{name}'); copy the whole bundle folder again")
     verify_sha256(file, comp.sha256)  # re-checked: the file may have changed since load_bundle
+    if comp.format != "safetensors":
+        return read_torch_state_dict(file, "use a safetensors version of these weights, or copy the bundle again")
     try:
-        if comp.format == "safetensors":
-            state = load_file(str(file), device="cpu")
-        else:
-            state = torch.load(file, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:
-        # torch's own message suggests weights_only=False: exactly what must never happen here.
-        raise BundleError(f"{file}: refused: it holds Python objects besides tensors, which could run code when "
-                          "loaded; use a safetensors version of these weights") from None
-    except (SafetensorError, RuntimeError, ValueError, EOFError, OSError) as e:
-        raise BundleError(f"{file}: cannot be read as {comp.format} weights ({type(e).__name__}: "
+        return load_file(str(file), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise BundleError(f"{file}: cannot be read as safetensors weights ({type(e).__name__}: "
                           f"{str(e).splitlines()[0] if str(e) else ''}); copy the bundle again") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise BundleError(f"{file}: is not a plain state dict of tensors; save model.state_dict() instead")
-    return state
 
 
 def read_torch_state_dict(path, remedy: str) -> dict[str, torch.Tensor]:
-    """A PyTorch checkpoint outside a bundle (LiteMedSAM's, a SAM or MedSAM file the user picked) read
+    """A PyTorch checkpoint (LiteMedSAM's, a SAM or MedSAM file the user picked, a bundle's .pth) read
     as tensors only (weights_only=True: nothing executable is unpickled); a state dict wrapped as
     {"model": ...}, as MedSAM and LiteMedSAM save theirs, is unwrapped. A BundleError names the file,
     what is wrong with it and `remedy`."""
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: never here
         raise BundleError(f"{path}: refused: it holds Python objects besides tensors, which could run code when "
                           f"loaded; {remedy}") from None
     except (RuntimeError, ValueError, EOFError, OSError) as e:
