@@ -22,7 +22,8 @@ YOLO_PROMPT_HELP = ("yolo: YOLO's boxes on the FLAIR slices, only its strongest 
 ADAPTER_HELP = "a LoRA adapter folder for the bundle's SAM (slicer-samba train lora), merged in before use"
 PRESET_CHOICES = ("auto", "all", "balanced", "fast")  # pipeline.PRESET_CHOICES, here without importing torch
 PRESET_HELP = ("which contrasts and views SAM votes on: all (4 contrasts x 3 views, as the paper), balanced (FLAIR "
-               "axial and coronal, T1CE axial; with a drawn box better than fast on real scans, at 3x its time), fast (FLAIR axial: for LiteMedSAM on a CPU), auto (default: all on "
+               "axial and coronal, T1CE axial; with a drawn box better than fast on real scans, at 3x its time; with yolo "
+               "prompts worse), fast (FLAIR axial: for LiteMedSAM on a CPU), auto (default: all on "
                "a GPU or with the small phantom SAM, fast otherwise)")
 
 
