@@ -55,6 +55,28 @@ def test_detector_weights_round_trip_through_safetensors(tmp_path):
     assert localizer.detect_boxes(yolo, np.zeros((3, 20, 30, 3), np.uint8)) == {}, "empty slices are skipped"
 
 
+def test_the_bundles_confidence_threshold_is_the_one_detect_boxes_uses():
+    """A bundle's yolo config "conf" decides which boxes count (it was once written and never read):
+    phantom-demo's YOLO on a phantom's FLAIR slices, with a threshold between its scores."""
+    from SAMBACore.bundles import load_bundle, load_state_dict
+    from SAMBACore.phantom import make_case
+    from SAMBASegmentLib.samba_bundle import resolve_bundle
+    from SAMBASegmentLib.slices import normalise_slices, view_slices
+
+    bundle = load_bundle(resolve_bundle("phantom-demo"))
+    config, state = bundle.components["yolo"].config, load_state_dict(bundle, "yolo")
+    assert localizer.build_detector(config, state).overrides["conf"] == config["conf"]
+    slices = normalise_slices(view_slices(make_case(3).images["flair"], "axial"))
+    scores: dict[int, float] = {}
+    localizer.detect_boxes(localizer.build_detector(config, state), slices, conf=0.01, scores=scores)
+    threshold = float(np.median(list(scores.values())))
+    strict = localizer.build_detector({**config, "conf": threshold}, state)
+    kept = localizer.detect_boxes(strict, slices)
+    assert 0 < len(kept) < len(scores), "the threshold sits between the scores"
+    assert sorted(kept) == sorted(n for n, score in scores.items() if score >= threshold)
+    assert len(localizer.detect_boxes(strict, slices, conf=0.01)) == len(scores), "an explicit conf still wins"
+
+
 def test_consistent_boxes_drop_lone_detections_but_not_a_tumour_run():
     from SAMBASegmentLib.localizer import consistent_boxes
 

@@ -26,7 +26,8 @@ BACKGROUND_KEEP = 0.2
 
 
 def build_detector(config: dict = CONFIG, state_dict: dict | None = None):
-    """An ultralytics YOLO object for one class, optionally with weights from a bundle."""
+    """An ultralytics YOLO object for one class, optionally with weights from a bundle; the bundle's
+    confidence threshold (config "conf") is kept in the model's own overrides for detect_boxes."""
     from ultralytics import YOLO
     from ultralytics.nn.tasks import DetectionModel
 
@@ -36,6 +37,7 @@ def build_detector(config: dict = CONFIG, state_dict: dict | None = None):
         network.load_state_dict(state_dict)
     network.names = {int(k): v for k, v in config["names"].items()}
     yolo.model = network
+    yolo.overrides["conf"] = float(config.get("conf", CONFIG["conf"]))
     return yolo
 
 
@@ -99,10 +101,12 @@ def train_detector(data_yaml, epochs: int, out_dir, config: dict = CONFIG, batch
     return yolo
 
 
-def detect_boxes(yolo, slices_uint8: np.ndarray, conf: float = CONFIG["conf"], batch: int = 32, device: str = "cpu",
+def detect_boxes(yolo, slices_uint8: np.ndarray, conf: float | None = None, batch: int = 32, device: str = "cpu",
                  scores: dict[int, float] | None = None) -> Boxes:
-    """The top box per slice above `conf`, in each slice's pixel frame; empty slices are skipped.
-    `scores`, when given, receives each box's confidence (slice index -> score)."""
+    """The top box per slice above `conf` (None: the bundle's threshold, build_detector), in each
+    slice's pixel frame; empty slices are skipped. `scores`, when given, receives each box's
+    confidence (slice index -> score)."""
+    conf = yolo.overrides.get("conf", CONFIG["conf"]) if conf is None else conf
     boxes: Boxes = {}
     candidates = [n for n in range(slices_uint8.shape[0]) if slices_uint8[n].any()]
     for start in range(0, len(candidates), batch):
