@@ -106,7 +106,9 @@ def detect_boxes(yolo, slices_uint8: np.ndarray, conf: float | None = None, batc
     """The top box per slice above `conf` (None: the bundle's threshold, build_detector), in each
     slice's pixel frame; empty slices are skipped. `scores`, when given, receives each box's
     confidence (slice index -> score)."""
-    conf = yolo.overrides.get("conf", CONFIG["conf"]) if conf is None else conf
+    if conf is None:  # a YOLO just trained has ultralytics' training overrides, where conf may be None
+        conf = yolo.overrides.get("conf")
+        conf = CONFIG["conf"] if conf is None else conf
     boxes: Boxes = {}
     candidates = [n for n in range(slices_uint8.shape[0]) if slices_uint8[n].any()]
     for start in range(0, len(candidates), batch):
