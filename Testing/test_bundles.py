@@ -1,14 +1,11 @@
-"""Model bundles, the weights registry and downloads (against a loopback HTTP server only)."""
+"""Model bundles and the weights registry."""
 
 import errno
-import functools
 import hashlib
 import json
 import os
 import pickle
 import re
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
@@ -22,7 +19,6 @@ from SAMBACore.bundles import (
     load_state_dict,
     save_bundle,
 )
-from SAMBACore.weights import DownloadError, fetch
 
 
 def small_model(seed=0):
@@ -196,105 +192,6 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
     assert weights.cache_dir() == tmp_path
     monkeypatch.delenv("SLICER_SAMBA_CACHE")
     assert weights.cache_dir().parts[-2:] == (".cache", "slicer-samba")
-
-
-# --- downloads, from a server on 127.0.0.1 only ----------------------------------------------------
-
-
-class _Handler(SimpleHTTPRequestHandler):
-    def do_GET(self):
-        self.server.requests.append(self.path)
-        if self.path == "/short.bin":  # promises 1000 bytes, sends 100, hangs up
-            self.send_response(200)
-            self.send_header("Content-Length", "1000")
-            self.end_headers()
-            self.wfile.write(b"x" * 100)
-            self.close_connection = True
-            return
-        super().do_GET()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    root = tmp_path / "served"
-    root.mkdir()
-    payload = os.urandom(2_500_000)  # three 1 MiB chunks
-    (root / "weights.bin").write_bytes(payload)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Handler, directory=str(root)))
-    httpd.requests = []
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd, f"http://127.0.0.1:{httpd.server_address[1]}", payload
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join()
-
-
-def test_download_reports_progress_and_is_cached(server, tmp_path):
-    httpd, base, payload = server
-    seen = []
-    cache = tmp_path / "cache"
-    digest = hashlib.sha256(payload).hexdigest()
-    path = fetch(f"{base}/weights.bin", digest, progress=lambda d, t: seen.append((d, t)), cache=cache)
-    assert path == cache / "weights.bin" and path.read_bytes() == payload
-    assert seen[0] == (0, len(payload)) and seen[-1] == (len(payload), len(payload)) and len(seen) >= 4
-    assert fetch(f"{base}/weights.bin", digest, cache=cache) == path
-    assert httpd.requests == ["/weights.bin"]  # the second call never reached the server
-
-
-def test_wrong_sha256_leaves_nothing_behind(server, tmp_path):
-    _, base, _ = server
-    with pytest.raises(DownloadError, match=r"weights\.bin downloaded from .* is corrupt \(sha256 mismatch"):
-        fetch(f"{base}/weights.bin", "0" * 64, cache=tmp_path / "cache")
-    assert list((tmp_path / "cache").iterdir()) == []
-
-
-@pytest.mark.parametrize("name, reason", [("missing.bin", r"HTTP 404"), ("short.bin", r"100 .*1000|IncompleteRead")])
-def test_failed_downloads_say_what_happened(server, tmp_path, name, reason):
-    _, base, _ = server
-    with pytest.raises(DownloadError, match=rf"Could not download {name} from {base}.*{reason}.*'Local file'"):
-        fetch(f"{base}/{name}", "0" * 64, cache=tmp_path / "cache")
-    assert list((tmp_path / "cache").iterdir()) == []
-
-
-def test_refused_connection_suggests_local_file_or_proxy(tmp_path):
-    import socket
-
-    with socket.socket() as s:  # a loopback port that nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with pytest.raises(DownloadError, match=r"Could not download w\.bin .*refused.*HTTPS_PROXY"):
-        fetch(f"http://127.0.0.1:{port}/w.bin", "0" * 64, cache=tmp_path / "cache", timeout=5)
-
-
-def test_local_file_is_verified_then_copied(tmp_path, monkeypatch):
-    picked = tmp_path / "Downloads" / "sam.pth"
-    picked.parent.mkdir()
-    picked.write_bytes(b"weights" * 1000)
-    digest, cache = hashlib.sha256(picked.read_bytes()).hexdigest(), tmp_path / "cache"
-    url = "http://127.0.0.1:9/never-contacted/sam.pth"
-    with pytest.raises(DownloadError, match=r"sam\.pth is not a good copy of sam\.pth \(sha256 mismatch"):
-        fetch(url, "f" * 64, local_file=picked, cache=cache)
-    assert list(cache.iterdir()) == []
-
-    def disk_full(src, dst):
-        open(dst, "wb").close()
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(weights.shutil, "copyfile", disk_full)
-    with pytest.raises(DownloadError, match="Not enough disk space in .* for sam.pth"):
-        fetch(url, digest, local_file=picked, cache=cache)
-    assert list(cache.iterdir()) == []
-    monkeypatch.undo()
-    path = fetch(url, digest, local_file=picked, cache=cache)
-    assert path.read_bytes() == picked.read_bytes() and picked.exists()
-    with pytest.raises(DownloadError, match="no known sha256"):
-        fetch(url, None, cache=cache)
 
 
 def test_record_metrics_keeps_weights_and_earlier_metrics(tmp_path):

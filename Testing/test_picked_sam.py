@@ -44,7 +44,7 @@ def test_files_that_are_no_sam_checkpoint_are_refused_saying_what_they_are(tmp_p
     cut.write_bytes(b"PK\x03\x04 not a whole file")
     with pytest.raises(BundleError, match="cut.pth: cannot be read as a PyTorch checkpoint"):
         picked_sam.load_picked_sam(cut, "medsam")
-    with pytest.raises(BundleError, match="missing.pth: file not found"):
+    with pytest.raises(BundleError, match=r"missing.pth: file not found.*the official vit_h is https://dl\.fbaipublicfiles\.com/segment_anything/sam_vit_h_4b8939\.pth"):
         picked_sam.load_picked_sam(tmp_path / "missing.pth", "vit_h")
     with pytest.raises(ValueError, match="--sam-checkpoint FILE and --sam-type TYPE go together"):
         _picked(argparse.Namespace(sam_checkpoint=other, sam_type=None))

@@ -42,7 +42,8 @@ def load_picked_sam(path, sam_type: str) -> tuple[torch.nn.Module, dict]:
         raise BundleError(f"Unknown SAM type {sam_type!r}: choose one of {', '.join(SAM_TYPES)}.")
     path = Path(path)
     if not path.is_file():
-        raise BundleError(f"{path}: file not found; choose the SAM or MedSAM checkpoint (.pth) you downloaded.")
+        where = f" (the official {sam_type} is {OFFICIAL_SAM[sam_type]['url']})" if sam_type in OFFICIAL_SAM else ""
+        raise BundleError(f"{path}: file not found; choose the SAM or MedSAM checkpoint (.pth) you downloaded{where}.")
     sha256 = sha256_file(path)
     if sam_type in OFFICIAL_SAM:
         official = {entry["sha256"]: name for name, entry in OFFICIAL_SAM.items()}
