@@ -113,3 +113,26 @@ def test_contrast_dropout_zeroes_t1_t2_flair_never_t1ce():
         assert gone and "t1ce" not in gone and out[len(MODALITIES):].all()  # votes untouched
         zeroed |= gone
     assert zeroed == {"t1", "t2", "flair"} and inputs.all()  # the original is not changed
+
+
+def test_contrast_curves_keep_the_order_of_intensities_and_the_brains_level():
+    from SAMBASegmentLib.contrast_curves import jitter_contrasts
+
+    rng = np.random.default_rng(0)
+    inputs, _ = _nested_case(rng, shape=(24, 24, 24))
+    inputs[:4, :3] = 0  # outside the brain
+    assert jitter_contrasts(inputs, rng, 0.0) is inputs
+    out = jitter_contrasts(inputs, np.random.default_rng(1), 1.0)
+    np.testing.assert_array_equal(out[4:], inputs[4:])  # votes untouched
+    for c in range(4):
+        before, after = inputs[c], out[c]
+        brain = before != 0
+        assert not after[~brain].any()
+        order = np.argsort(before[brain], kind="stable")
+        assert (np.diff(after[brain][order]) >= -1e-4).all()  # monotone: which tissue is brighter is kept
+        assert abs(after[brain].mean() - before[brain].mean()) < 1e-3
+        assert abs(after[brain].std() - before[brain].std()) < 1e-3
+        # ... and by how much is not: the lesion's contrast to the rest moved on this channel
+        lesion = before > np.percentile(before[brain], 90)
+        gap = lambda x: x[lesion].mean() - x[brain & ~lesion].mean()
+        assert abs(gap(after) - gap(before)) > 0.02 * gap(before)

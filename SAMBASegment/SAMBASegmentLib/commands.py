@@ -144,7 +144,8 @@ def _train(args) -> int:
     else:
         config = {"whole_tumour": "votes"} if args.whole_tumour == "votes" else None
         training.train_voting(args.data_dir, args.output, steps=args.steps, preset=args.preset, votes=args.votes,
-                              drop_contrasts=args.drop_contrasts, config=config, **common)
+                              drop_contrasts=args.drop_contrasts, contrast_jitter=args.contrast_curves,
+                              config=config, **common)
     print(f"Bundle updated: {args.output} ({args.component})")
     return 0
 
@@ -373,6 +374,10 @@ def register(commands, train, bench) -> None:
     voting_parser.add_argument("--drop-contrasts", type=float, default=0.0, metavar="P",
                                help="contrast dropout: with probability P a sample's T1, T2 or FLAIR are zeroed at "
                                     "random, so the net also serves cases without them (default 0)")
+    voting_parser.add_argument("--contrast-curves", type=float, default=0.0, metavar="P",
+                               help="with probability P each image of a sample is passed through a random monotone "
+                                    "intensity curve, so that the net learns which tissue is brighter, not by how "
+                                    "much: for phantoms, whose contrast ratios real scans do not share (default 0)")
     voting_parser.add_argument("--whole-tumour", choices=("net", "votes"), default="net",
                                help="net (default): the net's whole tumour; votes: the votes' majority, the net "
                                     "only splitting it (for a SAM that knows real tumours better than the net)")

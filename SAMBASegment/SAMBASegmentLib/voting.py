@@ -19,6 +19,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from SAMBACore.brats import ET, MODALITIES, NETC, SNFH, region_masks
+from SAMBASegmentLib.contrast_curves import jitter_contrasts
 from SAMBASegmentLib.simulated_votes import drop_contrasts
 
 CONFIG = {"channels": [20, 40, 64], "strides": [2, 2], "num_res_units": 1, "roi": [96, 96, 96]}
@@ -117,9 +118,11 @@ def train_voting(
     device: str = "cpu",
     progress: Callable[[int, float], None] | None = None,
     drop: float = 0.0,
+    jitter: float = 0.0,
 ) -> list[float]:
     """Adam on random patches of (inputs, labels) pairs, two thirds centred on tumour; `drop`: the
-    probability of zeroing some contrasts of a sample (simulated_votes.drop_contrasts).
+    probability of zeroing some contrasts of a sample (simulated_votes.drop_contrasts); `jitter`: the
+    probability of a random contrast curve on each image of a sample (contrast_curves.py).
 
     The loss is Dice over the whole batch plus binary cross-entropy. Dice alone (the paper's loss)
     gives almost no gradient on a tumour-free patch, so a first demo network learned the
@@ -138,7 +141,8 @@ def train_voting(
         for _ in range(batch):
             inputs, labels = samples[rng.integers(len(samples))]
             where = _random_patch(rng, labels.shape, np.array(patch), labels, tumour_fraction=2 / 3)
-            xs.append(drop_contrasts(inputs[(slice(None),) + where], rng, drop).astype(np.float32))
+            x = drop_contrasts(inputs[(slice(None),) + where], rng, drop)
+            xs.append(jitter_contrasts(x, rng, jitter).astype(np.float32))
             ys.append(labels_to_regions(labels[where]))
         x = torch.from_numpy(np.stack(xs)).to(device)
         y = torch.from_numpy(np.stack(ys)).to(device)

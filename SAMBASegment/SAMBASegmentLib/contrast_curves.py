@@ -1,0 +1,44 @@
+"""Random contrast curves for training the voting net: each image's intensities passed through a
+random monotone curve, so that the phantoms' contrast ratios stop being a cue.
+
+On phantoms the enhancing tumour sits 2-4 interquartile ranges above healthy brain on T1CE and
+edema far above necrosis on FLAIR; on real BraTS scans (../shared/real-dev) enhancing tumour is
+1.0-1.4 above, and necrosis about as bright as edema on FLAIR. A net trained on the phantoms'
+ratios under-calls the core on real scans (docs/results.md). A monotone curve keeps what defines the
+sub-regions (which tissue is brighter than which) and changes by how much: MONAI's
+RandHistogramShift (random control points on the intensity range, interpolated, non-decreasing),
+the intensity augmentation of nnU-Net's and SynthSeg's family. The brain's mean and standard
+deviation are put back, as the net was given z-scored images; voxels outside the brain stay 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from monai.transforms import RandHistogramShift
+
+from SAMBACore.brats import MODALITIES
+
+CONTROL_POINTS = (4, 8)  # few points: broad changes of contrast, not noise
+
+
+def jitter_contrasts(inputs: np.ndarray, rng: np.random.Generator, probability: float) -> np.ndarray:
+    """Voting inputs (images first, then votes) with each image channel, with `probability`, passed
+    through a random monotone curve; `inputs` itself when nothing changes, else a float32 copy."""
+    chosen = [c for c in range(len(MODALITIES)) if probability > 0 and rng.random() < probability]
+    if not chosen:
+        return inputs
+    inputs = inputs.astype(np.float32, copy=True)
+    shift = RandHistogramShift(num_control_points=CONTROL_POINTS, prob=1.0)
+    for c in chosen:
+        channel = inputs[c]
+        brain = channel != 0
+        if brain.sum() < 2:
+            continue
+        before = channel[brain]
+        shift.set_random_state(seed=int(rng.integers(2**31)))
+        after = np.asarray(shift(before[None]))[0].astype(np.float32)
+        spread = after.std()
+        if spread > 0:
+            after = (after - after.mean()) / spread * before.std() + before.mean()
+        channel[brain] = after
+    return inputs
