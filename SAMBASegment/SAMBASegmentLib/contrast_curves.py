@@ -19,26 +19,25 @@ from monai.transforms import RandHistogramShift
 from SAMBACore.brats import MODALITIES
 
 CONTROL_POINTS = (4, 8)  # few points: broad changes of contrast, not noise
+MIN_BRAIN_VOXELS = 10  # a patch (nearly) outside the brain is left as it is
 
 
 def jitter_contrasts(inputs: np.ndarray, rng: np.random.Generator, probability: float) -> np.ndarray:
     """Voting inputs (images first, then votes) with each image channel, with `probability`, passed
-    through a random monotone curve; `inputs` itself when nothing changes, else a float32 copy."""
-    chosen = [c for c in range(len(MODALITIES)) if probability > 0 and rng.random() < probability]
-    if not chosen:
+    through a random monotone curve; `inputs` itself when `probability` is 0, else a float32 copy."""
+    if probability <= 0:
         return inputs
-    inputs = inputs.astype(np.float32, copy=True)
+    out = inputs.astype(np.float32, copy=True)
     shift = RandHistogramShift(num_control_points=CONTROL_POINTS, prob=1.0)
-    for c in chosen:
-        channel = inputs[c]
+    for c in range(len(MODALITIES)):
+        channel = out[c]
         brain = channel != 0
-        if brain.sum() < 2:
+        if rng.random() >= probability or brain.sum() < MIN_BRAIN_VOXELS:
             continue
-        before = channel[brain]
-        shift.set_random_state(seed=int(rng.integers(2**31)))
-        after = np.asarray(shift(before[None]))[0].astype(np.float32)
-        spread = after.std()
-        if spread > 0:
-            after = (after - after.mean()) / spread * before.std() + before.mean()
-        channel[brain] = after
-    return inputs
+        mean, std = channel[brain].mean(), channel[brain].std()
+        shift.set_random_state(int(rng.integers(2**31)))
+        curved = np.asarray(shift(channel[None]))[0][brain]
+        curved = (curved - curved.mean()) / (curved.std() + 1e-6) * std + mean
+        channel[:] = 0
+        channel[brain] = curved
+    return out

@@ -131,6 +131,7 @@ def train_voting(
     Returns the loss per step. `progress(step, loss)` may raise to cancel.
     """
     rng = np.random.default_rng(seed)
+    curves_rng = np.random.default_rng(seed + 1)  # its own stream: adding curves leaves the patches as they were
     torch.manual_seed(seed)
     net = net.to(device).train()
     loss_fn = DiceCELoss(sigmoid=True, batch=True)
@@ -142,7 +143,7 @@ def train_voting(
             inputs, labels = samples[rng.integers(len(samples))]
             where = _random_patch(rng, labels.shape, np.array(patch), labels, tumour_fraction=2 / 3)
             x = drop_contrasts(inputs[(slice(None),) + where], rng, drop)
-            xs.append(jitter_contrasts(x, rng, jitter).astype(np.float32))
+            xs.append(jitter_contrasts(x, curves_rng, jitter).astype(np.float32))
             ys.append(labels_to_regions(labels[where]))
         x = torch.from_numpy(np.stack(xs)).to(device)
         y = torch.from_numpy(np.stack(ys)).to(device)
