@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from SAMBACore.bundles import load_bundle
+from SAMBACore.bundles import BundleError, load_bundle
 from SAMBACore.phantom import write_cases
 from SAMBASegmentLib import training
 from SAMBASegmentLib.pipeline import run_samba
@@ -71,6 +71,35 @@ def test_voting_net_on_simulated_votes_with_contrast_dropout(data, tmp_path):
     assert manifest["components"]["voting"]["config"]["whole_tumour"] == "votes"
     with pytest.raises(ValueError, match="Unknown vote source"):
         training.train_voting(data, bundle_dir, steps=1, votes="yolo", log=lambda s: None)
+
+
+def test_a_second_voting_net_joins_the_first_as_an_ensemble(data, tmp_path):
+    """--add-member keeps the first net as it was and averages the two nets' outputs."""
+    import torch
+    from SAMBASegmentLib import voting
+
+    bundle_dir = tmp_path / "ensemble"
+    with pytest.raises(BundleError, match="has no voting net to add a member to"):
+        training.train_sam(data, bundle_dir, steps=1, batch=2, sam_config=TINY_SAM, log=lambda s: None)
+        training.train_voting(data, bundle_dir, steps=1, patch=32, votes="simulated", add_member=True, log=lambda s: None)
+    training.train_voting(data, bundle_dir, steps=2, patch=32, votes="simulated", config={"whole_tumour": "votes"},
+                          command="first", log=lambda s: None)
+    first = load_samba_models(bundle_dir).voting
+    training.train_voting(data, bundle_dir, steps=2, patch=32, votes="simulated", contrast_jitter=0.8, seed=1,
+                          add_member=True, command="second", log=lambda s: None)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert manifest["components"]["voting"]["config"]["members"] == 2
+    assert manifest["components"]["voting"]["config"]["whole_tumour"] == "votes"  # the first net's config kept
+    assert [m["command"] for m in manifest["training"]["voting"]["members"]] == ["first", "second"]
+    assert manifest["training"]["voting"]["members"][1]["contrast_curves"].startswith("p 0.8")
+    models = load_samba_models(bundle_dir)
+    assert isinstance(models.voting, voting.VotingEnsemble) and models.whole_tumour_from_votes
+    kept, added = models.voting.members
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), kept.state_dict().values()))
+    x = torch.randn(1, voting.IN_CHANNELS, 16, 16, 16)
+    with torch.inference_mode():
+        torch.testing.assert_close(models.voting(x), (kept(x) + added(x)) / 2)
+        assert not torch.allclose(kept(x), added(x))  # two different nets, not one copied
 
 
 def test_yolo_fine_tuned_from_a_bundle_starts_from_its_weights(data, tmp_path):

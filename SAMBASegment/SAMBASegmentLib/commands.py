@@ -145,7 +145,7 @@ def _train(args) -> int:
         config = {"whole_tumour": "votes"} if args.whole_tumour == "votes" else None
         training.train_voting(args.data_dir, args.output, steps=args.steps, preset=args.preset, votes=args.votes,
                               drop_contrasts=args.drop_contrasts, contrast_jitter=args.contrast_curves,
-                              config=config, **common)
+                              config=config, add_member=args.add_member, **common)
     print(f"Bundle updated: {args.output} ({args.component})")
     return 0
 
@@ -378,6 +378,9 @@ def register(commands, train, bench) -> None:
                                help="with probability P each image of a sample is passed through a random monotone "
                                     "intensity curve, so that the net learns which tissue is brighter, not by how "
                                     "much: for phantoms, whose contrast ratios real scans do not share (default 0)")
+    voting_parser.add_argument("--add-member", action="store_true",
+                               help="keep the bundle's voting net(s) and add this one: their outputs are averaged "
+                                    "(an ensemble of nets trained on different data or augmentation)")
     voting_parser.add_argument("--whole-tumour", choices=("net", "votes"), default="net",
                                help="net (default): the net's whole tumour; votes: the votes' majority, the net "
                                     "only splitting it (for a SAM that knows real tumours better than the net)")

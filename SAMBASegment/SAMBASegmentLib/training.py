@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from SAMBACore.brats import MODALITIES, find_training_cases, read_case, region_masks
-from SAMBACore.bundles import BundleError, load_bundle, load_state_dict, save_bundle
+from SAMBACore.bundles import BundleError, check_state_dict, load_bundle, load_state_dict, save_bundle
 from SAMBASegmentLib import localizer, sam_training, simulated_votes, voting
 from SAMBASegmentLib.pipeline import run_samba
 from SAMBASegmentLib.sam_model import SMALL_DEFAULT, build_sam
@@ -189,10 +189,13 @@ def _simulated_sample(images, labels, rng) -> tuple[np.ndarray, np.ndarray]:
 def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: int = 64, batch: int = 2,
                  lr: float = 3e-3, device: str = "cpu", command: str = "", log: Progress = print, preset: str = "auto",
                  votes: str = "sam", drop_contrasts: float = 0.0, contrast_jitter: float = 0.0,
-                 config: dict | None = None):
+                 config: dict | None = None, add_member: bool = False):
     """The voting net on the votes of the bundle's SAM (`votes` sam), or on votes simulated from the
-    true whole tumour (simulated: no SAM run, see simulated_votes.py), with contrast dropout `drop_contrasts` and random contrast curves `contrast_jitter` (contrast_curves.py).
-    `config` adds entries to the component's config (e.g. {"whole_tumour": "votes"})."""
+    true whole tumour (simulated: no SAM run, see simulated_votes.py), with contrast dropout `drop_contrasts`
+    and random contrast curves `contrast_jitter` (contrast_curves.py).
+    `config` adds entries to the component's config (e.g. {"whole_tumour": "votes"}). `add_member`: keep
+    the bundle's voting net(s) and add the new one, their logits averaged (voting.VotingEnsemble)."""
+    earlier = _voting_members(bundle_dir) if add_member else None
     if votes not in VOTE_SOURCES:
         raise ValueError(f"Unknown vote source {votes!r}: choose one of {', '.join(VOTE_SOURCES)}.")
     cases = _load_cases(data_dir, log)
@@ -232,5 +235,20 @@ def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: i
     if contrast_jitter:
         record["contrast_curves"] = (f"p {contrast_jitter} per image: a random monotone intensity curve "
                                      "(MONAI RandHistogramShift, 4-8 control points), brain mean and std kept")
-    state = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
-    return _update_bundle(bundle_dir, "voting", "voting", {**voting.CONFIG, **(config or {})}, state, record)
+    states, config = voting.member_states(net), {**voting.CONFIG, **(config or {})}
+    if earlier is not None:
+        states, config = earlier["states"] + states, {**earlier["config"], **(config or {})}
+        record = {"members": earlier["records"] + [record]}
+        config["members"] = len(states)
+    return _update_bundle(bundle_dir, "voting", "voting", config, voting.ensemble_state(states), record)
+
+
+def _voting_members(bundle_dir) -> dict:
+    """The voting net(s) of the bundle at `bundle_dir`: their states, config and training records."""
+    bundle = load_bundle(bundle_dir)
+    if "voting" not in bundle.components:
+        raise BundleError(f"{bundle_dir}: has no voting net to add a member to; train one without --add-member first.")
+    trained = bundle.manifest.get("training", {}).get("voting", {})
+    config = dict(bundle.component("voting").config)
+    net = check_state_dict(voting.build_voting_net(config), load_state_dict(bundle, "voting"), "voting")
+    return {"states": voting.member_states(net), "config": config, "records": trained.get("members", [trained])}

@@ -27,11 +27,40 @@ IN_CHANNELS = len(MODALITIES) * 4  # 4 images + 4 modalities x 3 views of SAM vo
 OUT_REGIONS = ("WT", "TC", "ET")
 
 
-def build_voting_net(config: dict = CONFIG) -> UNet:
-    return UNet(
-        spatial_dims=3, in_channels=IN_CHANNELS, out_channels=len(OUT_REGIONS),
-        channels=config["channels"], strides=config["strides"], num_res_units=config["num_res_units"],
-    )
+class VotingEnsemble(torch.nn.Module):
+    """Voting nets trained apart (on different data or augmentation), their logits averaged: the
+    usual ensemble, for nets that err in different places (a bundle's config "members": n)."""
+
+    def __init__(self, nets: list[UNet]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([net(x) for net in self.members]).mean(dim=0)
+
+
+def build_voting_net(config: dict = CONFIG) -> torch.nn.Module:
+    """One UNet, or a VotingEnsemble of config["members"] of them."""
+    def one() -> UNet:
+        return UNet(
+            spatial_dims=3, in_channels=IN_CHANNELS, out_channels=len(OUT_REGIONS),
+            channels=config["channels"], strides=config["strides"], num_res_units=config["num_res_units"],
+        )
+    members = int(config.get("members", 1))
+    return VotingEnsemble([one() for _ in range(members)]) if members > 1 else one()
+
+
+def member_states(net: torch.nn.Module) -> list[dict]:
+    """The state dict of each net in `net` (one for a plain UNet)."""
+    nets = net.members if isinstance(net, VotingEnsemble) else [net]
+    return [{k: v.detach().float().cpu().contiguous() for k, v in m.state_dict().items()} for m in nets]
+
+
+def ensemble_state(states: list[dict]) -> dict:
+    """The state dict of a VotingEnsemble of nets with these `states` (a plain UNet's for one)."""
+    if len(states) == 1:
+        return states[0]
+    return {f"members.{i}.{k}": v for i, state in enumerate(states) for k, v in state.items()}
 
 
 def image_channels(images: dict[str, np.ndarray], shape) -> np.ndarray:
@@ -85,7 +114,7 @@ def labels_to_regions(labels: np.ndarray) -> np.ndarray:
 
 
 @torch.inference_mode()
-def predict_labels(net: UNet, inputs: np.ndarray, roi=None, device: str = "cpu", overlap: float = 0.25) -> np.ndarray:
+def predict_labels(net: torch.nn.Module, inputs: np.ndarray, roi=None, device: str = "cpu", overlap: float = 0.25) -> np.ndarray:
     """Labels on the input grid, by sliding window (patches of `roi`, Gaussian-blended)."""
     net = net.to(device).eval()
     roi = tuple(roi or CONFIG["roi"])  # a volume smaller than the roi is padded by MONAI
