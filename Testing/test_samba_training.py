@@ -85,7 +85,7 @@ def test_a_second_voting_net_joins_the_first_as_an_ensemble(data, tmp_path):
     training.train_voting(data, bundle_dir, steps=2, patch=32, votes="simulated", config={"whole_tumour": "votes"},
                           command="first", log=lambda s: None)
     first = load_samba_models(bundle_dir).voting
-    training.train_voting(data, bundle_dir, steps=2, patch=32, votes="simulated", contrast_jitter=0.8, seed=1,
+    training.train_voting(data, bundle_dir, steps=2, patch=32, votes="simulated", contrast_curves=0.8, seed=1,
                           add_member=True, command="second", log=lambda s: None)
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert manifest["components"]["voting"]["config"]["members"] == 2

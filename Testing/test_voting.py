@@ -116,13 +116,13 @@ def test_contrast_dropout_zeroes_t1_t2_flair_never_t1ce():
 
 
 def test_contrast_curves_keep_the_order_of_intensities_and_the_brains_level():
-    from SAMBASegmentLib.contrast_curves import jitter_contrasts
+    from SAMBASegmentLib.contrast_curves import apply_contrast_curves
 
     rng = np.random.default_rng(0)
     inputs, _ = _nested_case(rng, shape=(24, 24, 24))
     inputs[:4, :3] = 0  # outside the brain
-    assert jitter_contrasts(inputs, rng, 0.0) is inputs  # and no random number drawn: runs without curves unchanged
-    out = jitter_contrasts(inputs, np.random.default_rng(1), 1.0)
+    assert apply_contrast_curves(inputs, rng, 0.0) is inputs  # and no random number drawn: runs without curves unchanged
+    out = apply_contrast_curves(inputs, np.random.default_rng(1), 1.0)
     np.testing.assert_array_equal(out[4:], inputs[4:])  # votes untouched
     for c in range(4):
         before, after = inputs[c], out[c]

@@ -144,7 +144,7 @@ def _train(args) -> int:
     else:
         config = {"whole_tumour": "votes"} if args.whole_tumour == "votes" else None
         training.train_voting(args.data_dir, args.output, steps=args.steps, preset=args.preset, votes=args.votes,
-                              drop_contrasts=args.drop_contrasts, contrast_jitter=args.contrast_curves,
+                              drop_contrasts=args.drop_contrasts, contrast_curves=args.contrast_curves,
                               config=config, add_member=args.add_member, **common)
     print(f"Bundle updated: {args.output} ({args.component})")
     return 0

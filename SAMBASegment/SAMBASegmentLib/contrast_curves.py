@@ -22,7 +22,7 @@ CONTROL_POINTS = (4, 8)  # few points: broad changes of contrast, not noise
 MIN_BRAIN_VOXELS = 10  # a patch (nearly) outside the brain is left as it is
 
 
-def jitter_contrasts(inputs: np.ndarray, rng: np.random.Generator, probability: float) -> np.ndarray:
+def apply_contrast_curves(inputs: np.ndarray, rng: np.random.Generator, probability: float) -> np.ndarray:
     """Voting inputs (images first, then votes) with each image channel, with `probability`, passed
     through a random monotone curve; `inputs` itself when `probability` is 0, else a float32 copy."""
     if probability <= 0:

@@ -188,11 +188,11 @@ def _simulated_sample(images, labels, rng) -> tuple[np.ndarray, np.ndarray]:
 
 def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: int = 64, batch: int = 2,
                  lr: float = 3e-3, device: str = "cpu", command: str = "", log: Progress = print, preset: str = "auto",
-                 votes: str = "sam", drop_contrasts: float = 0.0, contrast_jitter: float = 0.0,
+                 votes: str = "sam", drop_contrasts: float = 0.0, contrast_curves: float = 0.0,
                  config: dict | None = None, add_member: bool = False):
     """The voting net on the votes of the bundle's SAM (`votes` sam), or on votes simulated from the
     true whole tumour (simulated: no SAM run, see simulated_votes.py), with contrast dropout `drop_contrasts`
-    and random contrast curves `contrast_jitter` (contrast_curves.py).
+    and random contrast curves `contrast_curves` (contrast_curves.py).
     `config` adds entries to the component's config (e.g. {"whole_tumour": "votes"}). `add_member`: keep
     the bundle's voting net(s) and add the new one, their logits averaged (voting.VotingEnsemble)."""
     earlier = _voting_members(bundle_dir) if add_member else None
@@ -224,7 +224,7 @@ def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: i
             log(f"step {step + 1}/{steps} loss {loss:.3f}")
 
     voting.train_voting(net, samples, steps, patch=(patch,) * 3, batch=batch, lr=lr, seed=seed, device=device,
-                        progress=report, drop=drop_contrasts, jitter=contrast_jitter)
+                        progress=report, drop=drop_contrasts, curves=contrast_curves)
     record = {"command": command, "cases": len(cases), "steps": steps, "seed": seed, "patch": patch, "batch": batch,
               "lr": lr, "votes_from": votes_from, "modalities": list(MODALITIES)}
     if presets:
@@ -232,12 +232,12 @@ def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: i
     if drop_contrasts:
         record["contrast_dropout"] = (f"p {drop_contrasts}: a random non-empty set of t1, t2, flair zeroed "
                                       "(t1ce kept: without it the net is not used)")
-    if contrast_jitter:
-        record["contrast_curves"] = (f"p {contrast_jitter} per image: a random monotone intensity curve "
+    if contrast_curves:
+        record["contrast_curves"] = (f"p {contrast_curves} per image: a random monotone intensity curve "
                                      "(MONAI RandHistogramShift, 4-8 control points), brain mean and std kept")
     states, config = voting.member_states(net), {**voting.CONFIG, **(config or {})}
     if earlier is not None:
-        states, config = earlier["states"] + states, {**earlier["config"], **(config or {})}
+        states, config = earlier["states"] + states, {**earlier["config"], **config}
         record = {"members": earlier["records"] + [record]}
         config["members"] = len(states)
     return _update_bundle(bundle_dir, "voting", "voting", config, voting.ensemble_state(states), record)

@@ -19,7 +19,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from SAMBACore.brats import ET, MODALITIES, NETC, SNFH, region_masks
-from SAMBASegmentLib.contrast_curves import jitter_contrasts
+from SAMBASegmentLib.contrast_curves import apply_contrast_curves
 from SAMBASegmentLib.simulated_votes import drop_contrasts
 
 CONFIG = {"channels": [20, 40, 64], "strides": [2, 2], "num_res_units": 1, "roi": [96, 96, 96]}
@@ -147,10 +147,10 @@ def train_voting(
     device: str = "cpu",
     progress: Callable[[int, float], None] | None = None,
     drop: float = 0.0,
-    jitter: float = 0.0,
+    curves: float = 0.0,
 ) -> list[float]:
     """Adam on random patches of (inputs, labels) pairs, two thirds centred on tumour; `drop`: the
-    probability of zeroing some contrasts of a sample (simulated_votes.drop_contrasts); `jitter`: the
+    probability of zeroing some contrasts of a sample (simulated_votes.drop_contrasts); `curves`: the
     probability of a random contrast curve on each image of a sample (contrast_curves.py).
 
     The loss is Dice over the whole batch plus binary cross-entropy. Dice alone (the paper's loss)
@@ -172,7 +172,7 @@ def train_voting(
             inputs, labels = samples[rng.integers(len(samples))]
             where = _random_patch(rng, labels.shape, np.array(patch), labels, tumour_fraction=2 / 3)
             x = drop_contrasts(inputs[(slice(None),) + where], rng, drop)
-            xs.append(jitter_contrasts(x, curves_rng, jitter).astype(np.float32))
+            xs.append(apply_contrast_curves(x, curves_rng, curves).astype(np.float32))
             ys.append(labels_to_regions(labels[where]))
         x = torch.from_numpy(np.stack(xs)).to(device)
         y = torch.from_numpy(np.stack(ys)).to(device)
