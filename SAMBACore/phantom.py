@@ -222,12 +222,13 @@ def case_id_for(number: int, naming: str = "2023") -> str:
 
 
 def write_case(out_dir, case_id: str, seed: int, lowres: bool = False, naming: str = "2023",
-               randomise: bool = False) -> Path:
+               randomise: bool | str = False) -> Path:
     """Write one case as BraTS NIfTI files into out_dir/case_id; returns that folder.
 
-    randomise: the domain-randomised generator (phantom_v2) instead of this one; `lowres` is
-    then ignored (v2 draws its own slice thickness). The default stays this generator so that
-    earlier results reproduce."""
+    randomise: the domain-randomised generator (phantom_v2) instead of this one, True or "v2", or
+    "v3" (v2 with fainter enhancement and harder cores, see phantom_v2.contrast); `lowres` is then
+    ignored (v2 draws its own slice thickness). The default stays this generator so that earlier
+    results reproduce."""
     import SimpleITK as sitk
 
     if naming not in ("2021", "2023"):
@@ -235,7 +236,7 @@ def write_case(out_dir, case_id: str, seed: int, lowres: bool = False, naming: s
     if randomise:
         from .phantom_v2 import make_case_v2
 
-        case = make_case_v2(seed)
+        case = make_case_v2(seed, "v2" if randomise is True else randomise)
     else:
         case = make_case(seed, lowres)
     folder = Path(out_dir) / case_id
@@ -252,7 +253,7 @@ def write_case(out_dir, case_id: str, seed: int, lowres: bool = False, naming: s
 
 
 def write_cases(out_dir, n: int, seed: int = 0, lowres: bool = False, naming: str = "2023", progress=None,
-                randomise: bool = False) -> list[Path]:
+                randomise: bool | str = False) -> list[Path]:
     """Write `n` cases; case i uses seed + i and is named after it. progress(i, n, path) after each.
     randomise: use the domain-randomised generator (see write_case)."""
     folders = []

@@ -126,3 +126,24 @@ def test_written_files(tmp_path, cases):
         np.testing.assert_array_equal(array, expected)  # also: the same seed, bit-identical
         if key != "seg":
             assert array.dtype == np.int16
+
+
+def test_v3_same_cases_harder_contrasts(cases):
+    """v3 draws the same designs as v2 except the tumour intensities: fainter enhancement, necrosis
+    that may look like edema on T1, a non-enhancing tumour darker on T1 and brighter on T2 than edema."""
+    ratios = []
+    for seed in range(80):
+        v2, v3 = draw_design(seed), draw_design(seed, "v3")
+        assert repr(v3["plan"]) == repr(v2["plan"]) and v3["acquisition"] == v2["acquisition"] and v3["kind"] == v2["kind"]
+        assert v3["values"]["flair"]["wm"] == v2["values"]["flair"]["wm"]  # healthy tissue as in v2
+        t1, ce, t2 = (v3["values"][k] for k in ("t1", "t1ce", "t2"))
+        assert t1["net"] < t1["edema"] and t2["net"] > t2["edema"]
+        ratios.append((ce["et"] / max(ce["wm"], ce["gm"]), t1["nec"] / t1["wm"]))
+    enhancement, necrosis = np.array(ratios).T
+    assert enhancement.min() >= 1.15 and (enhancement < 1.4).sum() >= 15 and enhancement.max() > 2.0
+    assert (necrosis > 0.75).sum() >= 10  # v2 never above 0.7
+    v3 = make_case_v2(6, "v3")
+    assert v3.params["generator"] == "v3" and np.array_equal(v3.labels, cases[6].labels)
+    assert not np.array_equal(v3.images["t1ce"], cases[6].images["t1ce"])
+    with pytest.raises(ValueError, match="v2"):
+        make_case_v2(6, "v4")

@@ -22,11 +22,13 @@ from ..brats import ET, MODALITIES, NETC, SNFH
 from ..phantom import SHAPE, PhantomCase
 from . import acquisition, anatomy, contrast, lesions
 
+VERSIONS = ("v2", "v3")
 _TO_LABEL = np.array([0, SNFH, ET, NETC, NETC], np.uint8)  # generator codes -> internal labels
 
 
-def draw_design(seed: int) -> dict:
-    """The case's scalar and discrete draws, made before any volume is built."""
+def draw_design(seed: int, version: str = "v2") -> dict:
+    """The case's scalar and discrete draws, made before any volume is built; `version` "v3" draws
+    the tissue intensities as contrast.draw_values says, everything else as "v2"."""
     rng = np.random.default_rng([seed, 0])
     deform = anatomy.draw_deformation(rng)
     plan, tumour = lesions.plan(rng, deform)
@@ -34,15 +36,17 @@ def draw_design(seed: int) -> dict:
     return {
         "deform": deform, "plan": plan, "tumour": tumour,
         "ventricles_mm": float(rng.uniform(-3, 6)),
-        "values": contrast.draw_values(rng),
+        "values": contrast.draw_values(rng, version),
         "acquisition": {key: acquisition.draw(rng, main_axis) for key in MODALITIES},
         "kind": acquisition.draw_scale(rng),
     }
 
 
-def make_case_v2(seed: int) -> PhantomCase:
-    """One domain-randomised case; the same seed gives bit-identical arrays and params."""
-    design = draw_design(seed)
+def make_case_v2(seed: int, version: str = "v2") -> PhantomCase:
+    """One domain-randomised case; the same seed and version give bit-identical arrays and params."""
+    if version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, not {version!r}")
+    design = draw_design(seed, version)
     rng = np.random.default_rng([seed, 1])
     deform, plan, acq = design["deform"], design["plan"], design["acquisition"]
     t = anatomy.template()
@@ -71,15 +75,15 @@ def make_case_v2(seed: int) -> PhantomCase:
     tissue_map = np.zeros(SHAPE, np.uint8)  # dominant healthy tissue: 1 CSF, 2 GM, 3 WM
     dominant = 1 + np.argmax(np.stack([tissues.csf, tissues.gm, tissues.wm]), axis=0).astype(np.uint8)
     tissue_map[tissues.box] = np.where(tissues.brain, dominant, 0)
-    return PhantomCase(images=images, labels=labels, params=_params(seed, design, own_ml, labels, shift, scales, offsets, backgrounds),
+    return PhantomCase(images=images, labels=labels, params=_params(seed, version, design, own_ml, labels, shift, scales, offsets, backgrounds),
                        tissues=tissue_map)
 
 
-def _params(seed, design, own_ml, labels, shift, scales, offsets, backgrounds) -> dict:
+def _params(seed, version, design, own_ml, labels, shift, scales, offsets, backgrounds) -> dict:
     """What was drawn and measured, JSON-able; volumes measured on the labels."""
     plan, kind = design["plan"], design["kind"]
     return {
-        "generator": "v2",
+        "generator": version,
         "seed": int(seed),
         "lesions": len(plan),
         "lesion_ml": [round(v, 3) for v in own_ml],

@@ -8,6 +8,12 @@ them; what is kept is the order that defines the tissues and the BraTS sub-regio
   necrosis  dark on T1CE, well below the enhancing rim; bright on T2
   non-enhancing tumour  as dark on T1CE as on T1 (relative to WM), bright on T2 / FLAIR
 Margins are wide enough that thick slices, bias and noise do not undo the order.
+
+Version "v3" (same draws, so the same seed gives the same anatomy and tumours) widens what v2
+made too easy, after looking at real BraTS cases: enhancement as faint as 1.15x the brighter of
+GM and WM on T1CE (v2: 1.5x and up), necrosis that can look like edema on T1 (only the enhancing
+rim around it tells it apart), and a non-enhancing tumour always darker on T1 and brighter on T2
+than its edema (v2 let it look like edema, so nets trained on v2 called edema core).
 """
 
 from __future__ import annotations
@@ -22,19 +28,24 @@ from .lesions import CODES
 HEALTHY_ORDER = {"t1": ("csf", "gm", "wm"), "t1ce": ("csf", "gm", "wm"), "t2": ("wm", "gm", "csf"), "flair": ("csf", "wm", "gm")}
 
 
-def draw_values(rng: np.random.Generator) -> dict[str, dict[str, float]]:
-    """{modality: {tissue: mean signal}} on an arbitrary 0-3.2 scale."""
+def draw_values(rng: np.random.Generator, version: str = "v2") -> dict[str, dict[str, float]]:
+    """{modality: {tissue: mean signal}} on an arbitrary 0-3.2 scale; version "v3" as in the module's
+    docstring (the same number of draws as "v2", in the same order)."""
     u = rng.uniform
+    v3 = version == "v3"
     # Darkest tissue, then two steps up: contrast from faint (low field) to strong, never none.
     v = {key: dict(zip(HEALTHY_ORDER[key], np.cumsum([u(0.05, 0.4), u(0.06, 0.4), u(0.06, 0.4)]))) for key in MODALITIES}
     t1, ce, t2, fl = (v[k] for k in MODALITIES)
-    t1.update(edema=t1["wm"] * u(0.6, 0.95), et=t1["wm"] * u(0.55, 0.95), nec=t1["wm"] * u(0.25, 0.7), net=t1["wm"] * u(0.5, 0.9))
+    t1.update(edema=t1["wm"] * u(0.6, 0.95), et=t1["wm"] * u(0.55, 0.95), nec=t1["wm"] * u(0.25, 1.0 if v3 else 0.7))
+    t1["net"] = t1["edema"] * u(0.55, 0.9) if v3 else t1["wm"] * u(0.5, 0.9)
     # Gadolinium reaches only the enhancing tissue: elsewhere T1CE keeps T1's ratio to WM.
     for name in ("edema", "nec", "net"):
         ce[name] = ce["wm"] * t1[name] / t1["wm"] * u(0.93, 1.05)
-    ce["et"] = max(ce["wm"], ce["gm"]) * u(1.5, 2.6)
+    # v3: log-uniform, so that faint enhancement is as common as in the 1.5-2.6 band
+    ce["et"] = max(ce["wm"], ce["gm"]) * (float(np.exp(u(np.log(1.15), np.log(2.6)))) if v3 else u(1.5, 2.6))
     t2["edema"] = max(t2["wm"] * u(1.35, 2.0), t2["wm"] + u(0.3, 0.9) * (t2["csf"] - t2["wm"]))
-    t2.update(et=t2["wm"] + u(0.2, 0.8) * (t2["edema"] - t2["wm"]), nec=max(t2["edema"], t2["csf"]) * u(0.85, 1.1), net=t2["edema"] * u(0.9, 1.25))
+    t2.update(et=t2["wm"] + u(0.2, 0.8) * (t2["edema"] - t2["wm"]), nec=max(t2["edema"], t2["csf"]) * u(0.85, 1.1),
+              net=t2["edema"] * (u(1.05, 1.4) if v3 else u(0.9, 1.25)))
     fl["edema"] = max(fl["wm"] * u(1.35, 2.0), fl["gm"] * u(1.0, 1.5))
     fl.update(et=fl["wm"] + u(0.2, 0.9) * (fl["edema"] - fl["wm"]), nec=fl["wm"] * u(0.5, 1.6), net=fl["edema"] * u(0.8, 1.15))
     return {k: {t: float(x) for t, x in d.items()} for k, d in v.items()}
