@@ -132,6 +132,7 @@ class Request:
     sam_type: str | None = None
     options: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # e.g. a volume was resampled: show them to the user
+    voxel_mm3: float = 1.0  # of the reference grid: the smallest tumour-core piece kept is in mm^3
 
 
 class SAMBASegmentCore:
@@ -163,7 +164,8 @@ class SAMBASegmentCore:
             mask = region_masks(bridge.labels_from_segmentation(prompt_segmentation, reference, keys))["WT"]
         key = "|".join(f"{m}:{nodes[m].GetID()}@{nodes[m].GetImageData().GetMTime()}" for m in images)
         return Request(images, method, bundle, prompt, mode, roi, mask, device, key, preset, sam_file,
-                       sam_type if sam_file else None, warnings=warnings)
+                       sam_type if sam_file else None, warnings=warnings,
+                       voxel_mm3=float(np.prod(reference.GetSpacing())))
 
     def compute(self, request: Request, progress: Progress | None = None) -> SambaResult:
         if request.method == "threshold":
@@ -175,7 +177,7 @@ class SAMBASegmentCore:
         models = self.models(request.bundle, request.device, request.sam_file, request.sam_type)
         return run_samba(request.images, models, prompt=request.prompt, mode=request.mode, roi=request.roi,
                          mask=request.mask, cache=self.cache, volume_key=request.volume_key,
-                         device=request.device, progress=progress, preset=request.preset)
+                         device=request.device, progress=progress, preset=request.preset, voxel_mm3=request.voxel_mm3)
 
     def finish(self, scene, result: SambaResult, reference, output=None, name: str = "Tumour segmentation",
                agreement: bool = False, volume_table: bool = False) -> Outputs:

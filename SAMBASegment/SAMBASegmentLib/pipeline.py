@@ -204,9 +204,11 @@ def _labels_near_votes(net, inputs: np.ndarray, whole_votes: np.ndarray, device:
 
 
 def fuse_votes(images: dict[str, np.ndarray], votes: np.ndarray, models: SambaModels, multimask: bool,
-               device: str = "cpu", pairs: tuple[tuple[str, str], ...] = ALL_VOTES) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, agreement) from the votes of sam_votes: the voting net (binary), or the majority per
-    region (SAMBA-mc). The agreement is over the votes SAM really ran (`pairs`), none filled in."""
+               device: str = "cpu", pairs: tuple[tuple[str, str], ...] = ALL_VOTES,
+               voxel_mm3: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, agreement) from the votes of sam_votes: the voting net (binary; its core pieces under
+    voting.MIN_CORE_MM3 dropped), or the majority per region (SAMBA-mc). The agreement is over the
+    votes SAM really ran (`pairs`), none filled in."""
     whole_votes = votes[:, 0]
     agreement = whole_votes[[ALL_VOTES.index(p) for p in pairs]].mean(axis=0, dtype=np.float32)
     if whole_tumour_only(contrasts_present(images)):  # no T1CE: the votes' whole tumour, label 1
@@ -219,6 +221,7 @@ def fuse_votes(images: dict[str, np.ndarray], votes: np.ndarray, models: SambaMo
         labels = _labels_near_votes(models.voting, voting.voting_inputs(images, whole_votes), whole_votes, device)
         if models.whole_tumour_from_votes:
             labels = voting.within_votes(labels, agreement > 0.5)
+        labels = voting.drop_small_cores(labels, voxel_mm3)
     return labels, agreement
 
 
@@ -236,12 +239,14 @@ def run_samba(
     progress: Callable[[float, str], None] | None = None,
     keep_votes: bool = False,
     preset: str = "auto",
+    voxel_mm3: float = 1.0,
 ) -> SambaResult:
     """Segment one case. `roi` is ((k, j, i) min, (k, j, i) max) voxel corners, inclusive.
 
     `cache` keeps SAM's slice embeddings between runs on the same `volume_key`, so a second run
     with another ROI only encodes slices it has not seen. `progress(fraction, message)` may raise
     Cancelled. `preset`: which modalities and views SAM runs on (PRESETS; auto: choose_preset).
+    `voxel_mm3`: the volume of one voxel, for the smallest tumour-core piece kept (voting.drop_small_cores).
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
@@ -273,7 +278,7 @@ def run_samba(
     started = time.perf_counter()
     counts = {view: len(view_boxes) for view, view_boxes in boxes.items()}
     if any(counts.values()):
-        labels, agreement = fuse_votes(images, votes, models, multimask, device, pairs)
+        labels, agreement = fuse_votes(images, votes, models, multimask, device, pairs, voxel_mm3)
     else:  # no slice had a prompt: nothing to fuse, and no tumour to report
         labels, agreement = np.zeros(votes.shape[2:], np.uint8), np.zeros(votes.shape[2:], np.float32)
     seconds["fusion"] = time.perf_counter() - started

@@ -17,6 +17,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
+from scipy import ndimage
 
 from SAMBACore.brats import ET, MODALITIES, NETC, SNFH, region_masks
 from SAMBASegmentLib.contrast_curves import apply_contrast_curves
@@ -94,6 +95,24 @@ def within_votes(labels: np.ndarray, whole: np.ndarray) -> np.ndarray:
     labels = np.where(whole, labels, 0).astype(np.uint8)
     labels[whole & (labels == 0)] = SNFH
     return labels
+
+
+# Tumour-core pieces smaller than this are dropped (made edema): BraTS 2023 leaves truth lesions of
+# 50 mm^3 or less out of its lesion-wise score, while each predicted piece that matches no lesion
+# counts as a false one. Chosen on the v2/v3 phantom tuning sets (docs/results.md): lesion-wise TC
+# +0.13 to +0.15 Dice there, voxel Dice within 0.002.
+MIN_CORE_MM3 = 50.0
+
+
+def drop_small_cores(labels: np.ndarray, voxel_mm3: float = 1.0, min_mm3: float = MIN_CORE_MM3) -> np.ndarray:
+    """`labels` with each 26-connected piece of tumour core (NETC or ET) under `min_mm3` made edema."""
+    core = (labels == NETC) | (labels == ET)
+    pieces, count = ndimage.label(core, np.ones((3, 3, 3), bool))
+    if count == 0:
+        return labels
+    small = np.bincount(pieces.ravel()) * voxel_mm3 < min_mm3
+    small[0] = False
+    return np.where(small[pieces], SNFH, labels).astype(labels.dtype)
 
 
 def regions_to_labels(regions: np.ndarray) -> np.ndarray:
