@@ -41,7 +41,7 @@ def draw_values(rng: np.random.Generator, version: str = "v2") -> dict[str, dict
     # Gadolinium reaches only the enhancing tissue: elsewhere T1CE keeps T1's ratio to WM.
     for name in ("edema", "nec", "net"):
         ce[name] = ce["wm"] * t1[name] / t1["wm"] * u(0.93, 1.05)
-    # v3: log-uniform, so that faint enhancement is as common as in the 1.5-2.6 band
+    # v3: log-uniform 1.15-2.6x, so a third of the cases enhance less than v2's weakest (1.5x)
     ce["et"] = max(ce["wm"], ce["gm"]) * (float(np.exp(u(np.log(1.15), np.log(2.6)))) if v3 else u(1.5, 2.6))
     t2["edema"] = max(t2["wm"] * u(1.35, 2.0), t2["wm"] + u(0.3, 0.9) * (t2["csf"] - t2["wm"]))
     t2.update(et=t2["wm"] + u(0.2, 0.8) * (t2["edema"] - t2["wm"]), nec=max(t2["edema"], t2["csf"]) * u(0.85, 1.1),
