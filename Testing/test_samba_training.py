@@ -82,7 +82,8 @@ def test_a_second_voting_net_joins_the_first_as_an_ensemble(data, tmp_path):
     with pytest.raises(BundleError, match="has no voting net to add a member to"):
         training.train_sam(data, bundle_dir, steps=1, batch=2, sam_config=TINY_SAM, log=lambda s: None)
         training.train_voting(data, bundle_dir, steps=1, patch=32, votes="simulated", add_member=True, log=lambda s: None)
-    training.train_voting(data, bundle_dir, steps=2, patch=32, votes="simulated", config={"whole_tumour": "votes"},
+    small = {"whole_tumour": "votes", "channels": [4, 8, 16]}  # not CONFIG's shape: the second member must follow it
+    training.train_voting(data, bundle_dir, steps=2, patch=32, votes="simulated", config=small,
                           command="first", log=lambda s: None)
     first = load_samba_models(bundle_dir).voting
     training.train_voting(data, bundle_dir, steps=2, patch=32, votes="simulated", contrast_curves=0.8, seed=1,
@@ -90,6 +91,7 @@ def test_a_second_voting_net_joins_the_first_as_an_ensemble(data, tmp_path):
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert manifest["components"]["voting"]["config"]["members"] == 2
     assert manifest["components"]["voting"]["config"]["whole_tumour"] == "votes"  # the first net's config kept
+    assert manifest["components"]["voting"]["config"]["channels"] == [4, 8, 16]
     assert [m["command"] for m in manifest["training"]["voting"]["members"]] == ["first", "second"]
     assert manifest["training"]["voting"]["members"][1]["contrast_curves"].startswith("p 0.8")
     models = load_samba_models(bundle_dir)

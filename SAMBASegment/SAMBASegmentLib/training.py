@@ -216,8 +216,11 @@ def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: i
             samples.append((voting.voting_inputs(images, case_votes), labels))
             presets.add(ran)
         votes_from = "yolo boxes" if models.yolo is not None else "true whole-tumour boxes"
+    # The net's shape: CONFIG, or the earlier members' (an ensemble's members share one), then `config`.
+    config = {**voting.CONFIG, **(earlier["config"] if earlier else {}), **(config or {})}
+    config.pop("members", None)
     torch.manual_seed(seed)
-    net = voting.build_voting_net()
+    net = voting.build_voting_net(config)
 
     def report(step, loss):
         if step % 50 == 0 or step == steps - 1:
@@ -235,10 +238,9 @@ def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: i
     if contrast_curves:
         record["contrast_curves"] = (f"p {contrast_curves} per image: a random monotone intensity curve "
                                      "(MONAI RandHistogramShift, 4-8 control points), brain mean and std kept")
-    states, config = voting.member_states(net), {**voting.CONFIG, **(config or {})}
+    states = voting.member_states(net)
     if earlier is not None:
-        states, config = earlier["states"] + states, {**earlier["config"], **config}
-        record = {"members": earlier["records"] + [record]}
+        states, record = earlier["states"] + states, {"members": earlier["records"] + [record]}
         config["members"] = len(states)
     return _update_bundle(bundle_dir, "voting", "voting", config, voting.ensemble_state(states), record)
 
