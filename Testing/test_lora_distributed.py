@@ -105,5 +105,5 @@ def test_unet_lora_on_two_gloo_ranks_ends_identical_and_writes_the_adapter_once(
     from R2UNetSegmentLib.r2unet_bundle import load_r2unet_models
 
     adapted = load_r2unet_models(tmp_path / "bundle", adapter=tmp_path / "adapter").unet
-    val = [_prepared(c, None, "cpu") for c in cases_from_folder(tmp_path / "val", log=lambda m: None)]
+    val = [_prepared(c, None, "cpu", False) for c in cases_from_folder(tmp_path / "val", log=lambda m: None)]
     assert abs(validation_dice(adapted, val) - info["validation"]["final"]) < 1e-6

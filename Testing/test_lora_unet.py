@@ -220,11 +220,24 @@ def test_a_copied_adapter_with_a_corrupt_weight_file_is_refused(bundle, trained,
         load_r2unet_models(bundle, adapter=broken)
 
 
-def test_a_bundle_with_presence_flags_is_refused_saying_why(cases, tmp_path):
-    """Its networks take 4 contrasts + 4 flag channels, which U-Net LoRA training does not make."""
+def test_a_bundle_with_presence_flags_is_adapted_with_its_flags(cases, tmp_path):
+    """Its networks take 4 contrasts + 4 presence flags: the trainer adds the flags (all set), so the
+    validation Dice it reports is the adapted network's as `segment` runs it on a four-contrast case;
+    the cascade's stage 2 trains on the flagged stage 1's labels."""
+    torch.manual_seed(BASE_SEED)
+    flags = {"presence_flags": True}
     flagged = tmp_path / "flagged"
-    save_r2unet_bundle(flagged, {"unet": (UNet3D(8, 4, (4, 8)), {**TINY, "in_channels": 8, "presence_flags": True})},
+    save_r2unet_bundle(flagged, {"unet": (UNet3D(8, 4, (4, 8)), {**TINY, "in_channels": 8, **flags}),
+                                 "cascade_stage1": (UNet3D(8, 4, (4, 8)), {**TINY, "in_channels": 8, **flags}),
+                                 "cascade_stage2": (UNet3D(12, 4, (4, 8)), {**STAGE2, "in_channels": 12, **flags})},
                        manifest={**BASE_MANIFEST, "name": "flagged"})
-    with pytest.raises(InputError, match="trained with presence flags"):
-        train_unet_lora(flagged, tmp_path / "adapter", cases[:2], cases[2:], SETTINGS, log=lambda m: None)
-    assert not (tmp_path / "adapter").exists()
+    info = train_unet_lora(flagged, tmp_path / "adapter", cases[:2], cases[2:], SETTINGS, log=lambda m: None)
+    adapted = load_r2unet_models(flagged, adapter=tmp_path / "adapter")
+    labels, _, _ = segment(normalise(np.stack([cases[2].images[m] for m in MODALITIES])), model=adapted.unet, mode="full")
+    predicted, truth = labels > 0, cases[2].labels > 0
+    dice = 2 * (predicted & truth).sum() / (predicted.sum() + truth.sum())
+    assert info["validation"]["final"] == pytest.approx(dice, abs=1e-6)
+    stage2 = train_unet_lora(flagged, tmp_path / "stage2", cases[:2], cases[2:],
+                             UnetLoraSettings(component="cascade_stage2", epochs=1, steps_per_epoch=2, patch=16),
+                             log=lambda m: None)
+    assert stage2["training"]["component"] == "cascade_stage2" and (tmp_path / "stage2" / adapters.WEIGHTS).exists()

@@ -9,6 +9,9 @@ the hybrid loss (Dice with background + weighted BCE). Stage 2 of the cascade se
 inference: the image plus the one-hot labels of the bundle's own (frozen) stage 1, run on the
 down-sampled brain box and brought back to full resolution (as inference.predict_cascade does).
 
+A bundle trained with presence flags (any set of contrasts) gets its four flags, all set: the adapter
+is trained on four-contrast cases, and the flags keep the inputs the network was trained on.
+
 BatchNorm stays in eval mode throughout: its running statistics belong to the frozen base (the
 adapter does not store them), so training normalises with the statistics inference will use.
 
@@ -41,6 +44,7 @@ from LoRATrainerLib.training_data import Case
 from R2UNetSegmentLib.cascade_inputs import downsample, stage2_inputs, upsample_labels
 from R2UNetSegmentLib.inference import brain_box, labels_from, normalise, predict_full
 from R2UNetSegmentLib.losses import HybridLoss
+from R2UNetSegmentLib.presence import with_flags
 from R2UNetSegmentLib.r2unet_bundle import load_r2unet_models
 from R2UNetSegmentLib.training import CLASSES, MAX_POS_WEIGHT, TUMOUR_FRACTION, patch_batch, stage1_labels
 from SAMBACore import adapters
@@ -87,12 +91,15 @@ class UnetLoraSettings:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
-def _prepared(case: Case, cascade, device: str) -> dict:
-    """A case as the network sees it: normalised, cropped to the brain's box; for stage 2 with the
-    upsampled labels of the bundle's stage 1 (`cascade`), computed as inference computes them."""
+def _prepared(case: Case, cascade, device: str, flags: bool) -> dict:
+    """A case as the network sees it: normalised, cropped to the brain's box, with the four presence
+    flags when the bundle was trained with them (`flags`; the training cases hold all four contrasts);
+    for stage 2 with the upsampled labels of the bundle's stage 1 (`cascade`), computed as inference
+    computes them."""
     image = normalise(np.stack([case.images[m] for m in MODALITIES]))
     box = brain_box(image)
-    prepared = {"name": case.name, "image": np.ascontiguousarray(image[(slice(None),) + box]),
+    image = image[(slice(None),) + box]
+    prepared = {"name": case.name, "image": np.ascontiguousarray(with_flags(image, MODALITIES) if flags else image),
                 "labels": np.ascontiguousarray(case.labels[box])}
     if cascade is not None:
         low = stage1_labels(cascade.stage1, downsample(prepared["image"], cascade.factor), device)
@@ -121,11 +128,8 @@ def validation_dice(model: nn.Module, cases: list[dict], world: World = World())
 
 
 def _check_data(models, train_cases: list[Case], val_cases: list[Case], base) -> None:
-    if getattr(models, "presence_flags", False):  # its inputs carry 4 flag channels this trainer does not make
-        raise InputError(f"The bundle {base} was trained with presence flags (any set of contrasts), which U-Net "
-                         "adapters do not support yet: adapt a four-contrast bundle (such as phantom-r2unet).")
-    if models.in_channels != len(MODALITIES) or models.classes != CLASSES:
-        raise InputError(f"The bundle {base} takes {models.in_channels} channel(s) and predicts {models.classes} "
+    if models.contrast_channels != len(MODALITIES) or models.classes != CLASSES:
+        raise InputError(f"The bundle {base} takes {models.contrast_channels} image channel(s) and predicts {models.classes} "
                          f"classes, but BraTS cases give {len(MODALITIES)} channels and {CLASSES} classes: choose a "
                          "bundle trained on BraTS cases (such as phantom-r2unet).")
     for cases, what in ((train_cases, "training"), (val_cases, "validation")):
@@ -163,8 +167,8 @@ def train_unet_lora(
     _check_data(models, train_cases, val_cases, base)
     cascade = models.cascade if component == "cascade_stage2" else None
     model = cascade.stage2 if cascade else getattr(models, component)
-    train = [_prepared(c, cascade, device) for c in train_cases]
-    val = [_prepared(c, cascade, device) for c in val_cases]
+    train = [_prepared(c, cascade, device, models.presence_flags) for c in train_cases]
+    val = [_prepared(c, cascade, device, models.presence_flags) for c in val_cases]
     say(f"{component}: {len(train)} training case(s), {len(val)} validation case(s)")
 
     model.requires_grad_(False)
