@@ -54,6 +54,11 @@ def ijk_to_ras(volume_node) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
+def voxel_mm3(volume_node) -> float:
+    """The volume of one voxel of the node's grid, in mm^3."""
+    return float(np.prod(volume_node.GetSpacing()))
+
+
 def _vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
     matrix = vtk.vtkMatrix4x4()
     for r in range(4):

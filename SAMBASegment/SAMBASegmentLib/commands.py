@@ -49,8 +49,6 @@ def _roi_ijk(reference, values: str):
 def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, prompt: str, args, device,
                   preview: Path | None = None) -> dict[str, float]:
     """One case folder -> its .seg.nrrd (and agreement map); returns the sub-region volumes in mL."""
-    import numpy as np
-
     from SAMBACore import bridge
     from SAMBACore.brats import MODALITIES, find_case_files, segments_for
     from SAMBASegmentLib.contrasts import WITHOUT_T1CE, describe
@@ -70,7 +68,7 @@ def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, 
         print(f"[{fraction:4.0%}] {message}", flush=True)
 
     result = run_samba(images, models, prompt=prompt, mode=args.mode, roi=roi, device=device, progress=report,
-                       preset=args.preset, voxel_mm3=float(np.prod(reference.GetSpacing())))
+                       preset=args.preset, voxel_mm3=bridge.voxel_mm3(reference))
     print(f"Contrasts: {describe(result.contrasts)}")
     if result.whole_tumour_only:
         print(f"Warning: {WITHOUT_T1CE}", file=sys.stderr, flush=True)

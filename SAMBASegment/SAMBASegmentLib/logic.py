@@ -103,8 +103,7 @@ def arrays_from_nodes(nodes: dict) -> tuple[dict[str, np.ndarray], list[str]]:
             check_image(f"{node.GetName()} resampled onto {reference.GetName()}", array)
             array = zero_background(array)
         images[m] = array
-    voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
-    skull = skull_strip_warning({nodes[m].GetName(): images[m] for m in images}, voxel_ml)
+    skull = skull_strip_warning({nodes[m].GetName(): images[m] for m in images}, bridge.voxel_mm3(reference) / 1000.0)
     return images, warnings + ([skull] if skull else [])
 
 
@@ -165,7 +164,7 @@ class SAMBASegmentCore:
         key = "|".join(f"{m}:{nodes[m].GetID()}@{nodes[m].GetImageData().GetMTime()}" for m in images)
         return Request(images, method, bundle, prompt, mode, roi, mask, device, key, preset, sam_file,
                        sam_type if sam_file else None, warnings=warnings,
-                       voxel_mm3=float(np.prod(reference.GetSpacing())))
+                       voxel_mm3=bridge.voxel_mm3(reference))
 
     def compute(self, request: Request, progress: Progress | None = None) -> SambaResult:
         if request.method == "threshold":
