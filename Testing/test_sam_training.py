@@ -1,6 +1,7 @@
 """SAM fine-tuning: jittered boxes stay valid, samples match the phantom, and a small SAM learns."""
 
 import numpy as np
+import pytest
 import torch
 
 from SAMBACore.metrics import binary_metrics
@@ -79,6 +80,19 @@ def test_decoder_only_training_leaves_the_encoders_untouched():
     sam_training.train_sam(sam, _blob_slices(rng, 8), steps=3, batch=4, lr=1e-3)
     assert all(torch.equal(v, sam.image_encoder.state_dict()[k]) for k, v in encoder.items())
     assert any(not torch.equal(v, sam.mask_decoder.state_dict()[k]) for k, v in decoder.items())
+
+
+def test_head_only_training_changes_only_the_decoders_output_layers():
+    rng = np.random.default_rng(3)
+    sam = build_sam(TINY)
+    before = {k: v.clone() for k, v in sam.state_dict().items()}
+    sam_training.train_sam(sam, _blob_slices(rng, 8), steps=3, batch=4, lr=1e-3, train_encoder=False, head_only=True)
+    changed = {k for k, v in sam.state_dict().items() if not torch.equal(v, before[k])}
+    head = tuple(f"mask_decoder.{name}." for name in sam_training.DECODER_HEAD)
+    assert changed and all(k.startswith(head) for k in changed), sorted(changed)
+    assert any(k.startswith("mask_decoder.output_upscaling.") for k in changed)
+    with pytest.raises(ValueError, match="encoder must be frozen"):
+        sam_training.train_sam(sam, _blob_slices(rng, 4), steps=1, train_encoder=True, head_only=True)
 
 
 def _nested_blob_slices(rng, n, size=(40, 56)):

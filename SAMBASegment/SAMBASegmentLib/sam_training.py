@@ -24,6 +24,10 @@ from SAMBASegmentLib.sam_runner import decode_logits, encode_slices, input_size,
 from SAMBASegmentLib.slices import VIEWS, normalise_slices, view_slices
 
 MAX_JITTER = 19  # pixels per side, as the paper
+# The mask decoder's "head": what turns the decoder's tokens into mask pixels. Training only these
+# (~0.2M of LiteMedSAM's 4M decoder parameters) adapts the outline to new data while the two-way
+# transformer keeps what pretraining learned, and a bundle stores under 1 MB of them.
+DECODER_HEAD = ("output_upscaling", "output_hypernetworks_mlps")
 
 
 @dataclass
@@ -79,19 +83,25 @@ def train_sam(
     jitter: int = MAX_JITTER,
     seed: int = 0,
     progress: Callable[[int, float], None] | None = None,
+    head_only: bool = False,
 ) -> list[float]:
     """Adam on Dice loss; returns the loss per step. `progress(step, loss)` may raise to cancel.
 
     train_encoder False: only the mask decoder learns (image and prompt encoders frozen) and the
     embeddings are computed once. True: the image encoder and decoder learn (for the small SAM
     trained from scratch); the prompt encoder stays frozen as in the paper. BatchNorm layers stay in
-    eval mode either way.
+    eval mode either way. head_only (with a frozen encoder): only the decoder's DECODER_HEAD learns.
     """
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     for name, module in (("image_encoder", sam.image_encoder), ("prompt_encoder", sam.prompt_encoder)):
         module.requires_grad_(name == "image_encoder" and train_encoder)
-    sam.mask_decoder.requires_grad_(True)
+    sam.mask_decoder.requires_grad_(not head_only)
+    if head_only:
+        if train_encoder:
+            raise ValueError("head_only trains part of the decoder: the encoder must be frozen (train_encoder False).")
+        for name in DECODER_HEAD:
+            getattr(sam.mask_decoder, name).requires_grad_(True)
     trainable = [p for p in sam.parameters() if p.requires_grad]
     optimiser = torch.optim.Adam(trainable, lr=lr)
     loss_fn = DiceLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)

@@ -20,6 +20,7 @@ from SAMBASegmentLib import localizer, sam_training, simulated_votes, voting
 from SAMBASegmentLib.pipeline import run_samba
 from SAMBASegmentLib.sam_model import SMALL_DEFAULT, build_sam
 from SAMBASegmentLib.samba_bundle import backbone_state_dict, load_samba_models, trained_on_backbone
+from SAMBASegmentLib.slices import VIEWS
 
 Progress = Callable[[str], None]
 
@@ -117,10 +118,12 @@ def backbone_config(name: str) -> dict:
 
 def train_sam(data_dir, bundle_dir, steps: int = 2000, seed: int = 0, batch: int = 8, lr: float = 3e-4,
               train_encoder: bool = True, multimask: bool = False, sam_config: dict | None = None,
-              device: str = "cpu", command: str = "", log: Progress = print, backbone: str | None = None):
+              device: str = "cpu", command: str = "", log: Progress = print, backbone: str | None = None,
+              head_only: bool = False, views=VIEWS, modalities=MODALITIES):
     """The small SAM from scratch (train_encoder True) or, with an existing 'sam' in the bundle, its decoder.
     `backbone` (litemedsam): start a new sam component from that pretrained backbone (replacing one the
-    bundle had); with steps 0 it is used as it was pretrained."""
+    bundle had); with steps 0 it is used as it was pretrained. `head_only`: only the decoder's output
+    layers learn (sam_training.DECODER_HEAD); `views` and `modalities`: the slices trained on."""
     cases = _load_cases(data_dir, log) if steps else []
     torch.manual_seed(seed)
     if backbone:
@@ -138,8 +141,10 @@ def train_sam(data_dir, bundle_dir, steps: int = 2000, seed: int = 0, batch: int
         if sam_config.get("backbone"):  # fine-tune from the pretrained weights, not from scratch
             sam.load_state_dict(backbone_state_dict(sam_config["backbone"]))
     sam.to(device)
-    samples = [s for images, labels in cases for s in sam_training.samples_from_case(images, labels, multimask=multimask)]
-    log(f"training SAM ({'encoder and decoder' if train_encoder else 'decoder'}) on {len(samples)} slices, {steps} steps")
+    samples = [s for images, labels in cases for s in sam_training.samples_from_case(images, labels, views, modalities,
+                                                                                         multimask=multimask)]
+    part = "encoder and decoder" if train_encoder else "decoder's output layers" if head_only else "decoder"
+    log(f"training SAM ({part}) on {len(samples)} slices, {steps} steps")
 
     def report(step, loss):
         if step % 50 == 0 or step == steps - 1:
@@ -147,9 +152,10 @@ def train_sam(data_dir, bundle_dir, steps: int = 2000, seed: int = 0, batch: int
 
     if steps:
         sam_training.train_sam(sam, samples, steps, batch=batch, lr=lr, train_encoder=train_encoder,
-                               multimask=multimask, seed=seed, progress=report)
+                               multimask=multimask, seed=seed, progress=report, head_only=head_only)
     record = {"command": command, "cases": len(cases), "slices": len(samples), "steps": steps, "seed": seed,
-              "batch": batch, "lr": lr, "trained": "encoder+decoder" if train_encoder else "decoder",
+              "batch": batch, "lr": lr, "trained": "encoder+decoder" if train_encoder else "decoder head" if head_only else "decoder",
+              "views": list(views), "modalities": list(modalities),
               "mode": "samba-mc" if multimask else "samba", "box_jitter_px": sam_training.MAX_JITTER}
     if not steps:
         record["trained"] = "nothing: the backbone as it was pretrained"
