@@ -116,7 +116,7 @@ def test_contrast_dropout_zeroes_t1_t2_flair_never_t1ce():
 
 
 def test_contrast_curves_keep_the_order_of_intensities_and_the_brains_level():
-    from SAMBASegmentLib.contrast_curves import apply_contrast_curves
+    from SAMBACore.contrast_curves import apply_contrast_curves
 
     rng = np.random.default_rng(0)
     inputs, _ = _nested_case(rng, shape=(24, 24, 24))

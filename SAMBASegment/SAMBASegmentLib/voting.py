@@ -20,7 +20,7 @@ from monai.networks.nets import UNet
 from scipy import ndimage
 
 from SAMBACore.brats import ET, MODALITIES, NETC, SNFH, region_masks
-from SAMBASegmentLib.contrast_curves import apply_contrast_curves
+from SAMBACore.contrast_curves import apply_contrast_curves
 from SAMBASegmentLib.simulated_votes import drop_contrasts
 
 CONFIG = {"channels": [20, 40, 64], "strides": [2, 2], "num_res_units": 1, "roi": [96, 96, 96]}

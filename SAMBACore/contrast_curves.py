@@ -1,5 +1,5 @@
-"""Random contrast curves for training the voting net: each image's intensities passed through a
-random monotone curve, so that the phantoms' contrast ratios stop being a cue.
+"""Random contrast curves for training (SAMBA's voting net, the U-Nets and the cascade): each image's
+intensities passed through a random monotone curve, so that the phantoms' contrast ratios stop being a cue.
 
 On phantoms the enhancing tumour sits 2-4 interquartile ranges above healthy brain on T1CE and
 edema far above necrosis on FLAIR; on real BraTS scans (../shared/real-dev) enhancing tumour is
@@ -8,7 +8,7 @@ ratios under-calls the core on real scans (docs/results.md). A monotone curve ke
 sub-regions (which tissue is brighter than which) and changes by how much: MONAI's
 RandHistogramShift (random control points on the intensity range, interpolated, non-decreasing),
 the intensity augmentation of nnU-Net's and SynthSeg's family. The brain's mean and standard
-deviation are put back, as the net was given z-scored images; voxels outside the brain stay 0.
+deviation are put back, as the nets are given z-scored images; voxels outside the brain stay 0.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ MIN_BRAIN_VOXELS = 10  # a patch (nearly) outside the brain is left as it is
 
 
 def apply_contrast_curves(inputs: np.ndarray, rng: np.random.Generator, probability: float) -> np.ndarray:
-    """Voting inputs (images first, then votes) with each image channel, with `probability`, passed
+    """Inputs (the four images first, then anything else: votes, flags) with each image channel, with `probability`, passed
     through a random monotone curve; `inputs` itself when `probability` is 0, else a float32 copy."""
     if probability <= 0:
         return inputs
