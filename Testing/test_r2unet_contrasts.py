@@ -53,6 +53,18 @@ def test_drop_contrasts_keeps_a_non_empty_proper_subset_as_often_as_asked():
     assert presence.drop_contrasts(rng, MODALITIES, 0.0) == MODALITIES
 
 
+def test_site_subsets_make_half_of_the_drops_a_set_real_sites_have():
+    rng = np.random.default_rng(0)
+    kept = [presence.drop_contrasts(rng, MODALITIES, 1.0, site_subsets=True) for _ in range(4000)]
+    share = np.mean([k in presence.SITE_SUBSETS for k in kept])
+    # Half are a site's set; of the other half's uniform subsets, 4 of 14 are too: 0.5 + 0.5 * 4 / 14 = 0.64.
+    assert 0.60 < share < 0.68, share
+    assert np.mean([k == ("flair",) for k in kept]) > 0.14  # FLAIR alone: 1/8 + 1/28, not 1/14
+    assert len(set(kept)) == 14 and all(set(k) < set(MODALITIES) for k in kept)
+    without_flair = [presence.drop_contrasts(rng, ("t1", "t1ce", "t2"), 1.0, site_subsets=True) for _ in range(200)]
+    assert ("t1ce", "t2") in without_flair and all(k and "flair" not in k for k in without_flair)
+
+
 def test_with_flags_zeroes_the_missing_channels_and_flags_the_present():
     image = np.arange(4 * 2 * 3, dtype=np.float32).reshape(4, 2, 3) + 1
     out = presence.with_flags(image, ("t1ce", "flair"))
@@ -76,6 +88,32 @@ def test_patches_carry_flags_that_match_the_zeroed_channels(tiny_cases):
             assert not patch[:4][flags == 0].any() and all(patch[c].any() for c in np.flatnonzero(flags))
             seen.add(tuple(flags))
     assert (1, 1, 1, 1) in seen and len(seen) > 3
+
+
+def test_contrast_curves_change_the_kept_contrasts_and_leave_the_zeros_and_flags(tiny_cases):
+    cases = training.load_cases(tiny_cases, quiet, allow_missing=True)
+    plain = training.patch_batch(cases, "image", "labels", (8, 8, 8), 1, tumour_fraction=1.0, contrast_dropout=0.5)
+    curved = training.patch_batch(cases, "image", "labels", (8, 8, 8), 1, tumour_fraction=1.0, contrast_dropout=0.5,
+                                  augment=training.Augment(contrast_curves=1.0))
+    changed = 0
+    for seed in range(8):
+        (x, y), (x_curved, y_curved) = plain(np.random.default_rng(seed)), curved(np.random.default_rng(seed))
+        assert torch.equal(y, y_curved)  # the curves come last: the same patch, the same contrasts kept
+        assert torch.equal(x[:, 4:], x_curved[:, 4:]) and torch.equal(x[:, :4] == 0, x_curved[:, :4] == 0)
+        changed += not torch.allclose(x[:, :4], x_curved[:, :4], atol=1e-2)
+    assert changed >= 6
+
+
+def test_cascade_training_records_its_augmentation(tiny_cases, tmp_path):
+    import json
+
+    out = tmp_path / "bundle"
+    training.train_cascade(tiny_cases, out, steps=2, stage1_steps=2, patch=16, factor=0.5,
+                           stage1_config={**FLAGGED}, stage2_config={**FLAGGED, "in_channels": 12},
+                           augment=training.Augment(contrast_curves=0.8, site_subsets=True), log=quiet)
+    record = json.loads((out / "manifest.json").read_text())["training"]
+    for stage in ("cascade_stage1", "cascade_stage2"):
+        assert record[stage]["contrast_curves"].startswith("p 0.8") and "flair; t1+flair" in record[stage]["site_subsets"]
 
 
 def test_upsampled_window_is_the_window_of_the_upsampled_labels():

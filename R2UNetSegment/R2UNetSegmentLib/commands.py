@@ -139,7 +139,8 @@ def _train(args) -> int:
     command = "slicer-samba " + " ".join(sys.argv[1:])
     common = {"steps": args.steps, "patch": args.patch, "batch": args.batch, "lr": args.lr, "seed": args.seed,
               "device": choose_device(args.device), "command": command, "schedule": args.lr_schedule,
-              "contrast_dropout": args.contrast_dropout}
+              "contrast_dropout": args.contrast_dropout,
+              "augment": training.Augment(args.contrast_curves, args.site_subsets)}
     widths = {"widths": args.widths} if args.widths else {}
     if args.component == "cascade":
         stage2 = {"widths": args.stage2_widths} if args.stage2_widths else {}
@@ -227,6 +228,13 @@ def register(commands, train, bench) -> None:
                             help="share of samples that lose a random subset of their contrasts (missing ones zero, "
                             "plus four presence-flag channels), so that the model serves any set of contrasts; cases "
                             "may lack contrasts (default 0.5)")
+        parser.add_argument("--site-subsets", action="store_true",
+                            help="half of the contrast drops keep a set real sites often have (FLAIR; T1+FLAIR; "
+                            "T1CE+FLAIR; T1CE+T2) instead of any subset")
+        parser.add_argument("--contrast-curves", type=float, default=0.0, metavar="P",
+                            help="with probability P per image, a random monotone intensity curve (the order of the "
+                            "tissues kept, their contrast changed), so that the phantoms' contrast ratios stop being "
+                            "a cue (default 0: off)")
         parser.add_argument("--presence-flags", action=argparse.BooleanOptionalAction, default=True,
                             help="train with presence flags and contrast dropout, for any set of contrasts (default); "
                             "--no-presence-flags: the four contrasts only, every case needs all four (bundles before)")

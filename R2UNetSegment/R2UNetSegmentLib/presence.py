@@ -21,6 +21,10 @@ from SAMBACore.contrasts import NAMES, contrasts_present
 from SAMBACore.inputs import InputError
 
 CONTRAST_DROPOUT = 0.5  # share of training samples that lose some of their contrasts
+# The sets real sites often have (issue 14): low-field sites skip T1CE (the agent costs money) or
+# T2, and many public cases carry only FLAIR and one T1. Uniform dropout keeps FLAIR alone in 1 of
+# 14 dropped samples; drop_contrasts(..., site_subsets=True) keeps one of these in half of them.
+SITE_SUBSETS = (("flair",), ("t1", "flair"), ("t1ce", "flair"), ("t1ce", "t2"))
 
 
 def has_flags(network) -> bool:
@@ -45,12 +49,19 @@ def with_flags(image: np.ndarray, present) -> np.ndarray:
     return out
 
 
-def drop_contrasts(rng: np.random.Generator, present, probability: float = CONTRAST_DROPOUT) -> tuple[str, ...]:
+def drop_contrasts(rng: np.random.Generator, present, probability: float = CONTRAST_DROPOUT,
+                   site_subsets: bool = False) -> tuple[str, ...]:
     """The contrasts a training sample keeps: all of `present`, or with `probability` a random
-    non-empty proper subset of them (each equally likely)."""
+    non-empty proper subset of them (each equally likely); with `site_subsets`, half of those drops
+    keep one of SITE_SUBSETS (of those `present` holds) instead."""
     present = tuple(present)
     if len(present) < 2 or rng.random() >= probability:
         return present
+    if site_subsets:
+        sites = [s for s in SITE_SUBSETS if set(s) < set(present)]
+        if sites and rng.random() < 0.5:
+            site = sites[rng.integers(len(sites))]
+            return tuple(m for m in present if m in site)
     while True:
         keep = rng.random(len(present)) < 0.5
         if 0 < keep.sum() < len(present):

@@ -6,7 +6,9 @@ replaces its component(s) in the bundle and records in the manifest how they wer
 What every run does: images z-scored per channel with inference.normalise (as at inference),
 for a config with "presence_flags" (the defaults) contrast dropout: cases may lack contrasts, a
 missing or dropped channel is zero and four presence-flag channels say which are there
-(presence.py; each sample drops a random subset with probability `contrast_dropout`), random patches of which two thirds are centred on a tumour voxel, the hybrid loss (Dice + weighted
+(presence.py; each sample drops a random subset with probability `contrast_dropout`), optionally
+random contrast curves and drops favouring the sites' sets of contrasts (Augment), random patches of
+which two thirds are centred on a tumour voxel, the hybrid loss (Dice + weighted
 BCE on one-hot targets; the Dice includes the background because a patch can be tumour-free),
 Adam. The batch of step s is drawn from a generator seeded with (seed, s), so a run depends on
 nothing but the seed and the step: that is what makes resuming exact.
@@ -26,6 +28,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +37,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from SAMBACore.brats import MODALITIES, find_training_cases, read_case
+from SAMBACore.contrast_curves import apply_contrast_curves
 
 from .cascade_inputs import downsample, stage2_inputs, upsample_labels
 from .losses import HybridLoss
-from .presence import CONTRAST_DROPOUT, drop_contrasts, stack, with_flags
+from .presence import CONTRAST_DROPOUT, SITE_SUBSETS, drop_contrasts, stack, with_flags
 from .r2unet_bundle import DEFAULT_FACTOR, build_model, save_r2unet_bundle
 
 Log = Callable[[str], None]
@@ -58,6 +62,26 @@ TUMOUR_FRACTION = 2 / 3
 # with ~1% tumour a weight of 100 moves the best probability of an uncertain voxel far towards
 # tumour, and a briefly trained stage 1 on whole volumes called ten times the tumour it should.
 MAX_POS_WEIGHT = 10.0
+
+
+@dataclass(frozen=True)
+class Augment:
+    """What a run does beyond random patches and contrast dropout; off by default, so that the runs
+    made before these existed are reproduced (and their checkpoints resumed)."""
+
+    contrast_curves: float = 0.0  # per image, the probability of a random monotone curve (SAMBACore.contrast_curves)
+    site_subsets: bool = False  # half of the contrast drops keep one of presence.SITE_SUBSETS
+
+    def record(self) -> dict:
+        """The manifest's (and the checkpoint signature's) entries for what is on."""
+        out = {}
+        if self.contrast_curves:
+            out["contrast_curves"] = (f"p {self.contrast_curves:g} per image: a random monotone intensity curve "
+                                      "(MONAI RandHistogramShift), the brain's mean and spread kept")
+        if self.site_subsets:
+            out["site_subsets"] = ("half of the contrast drops keep one of "
+                                   + "; ".join("+".join(s) for s in SITE_SUBSETS))
+        return out
 
 
 # ---------------------------------------------------------------- data
@@ -114,11 +138,14 @@ def random_patch(rng: np.random.Generator, shape, patch, labels: np.ndarray, tum
 
 
 def patch_batch(cases: list[dict], image_key: str, label_key: str, patch, batch: int, extra: Callable | None = None,
-                tumour_fraction: float = TUMOUR_FRACTION, contrast_dropout: float | None = None):
+                tumour_fraction: float = TUMOUR_FRACTION, contrast_dropout: float | None = None,
+                augment: Augment | None = None):
     """A sampler rng -> (x, y) of `batch` random patches (random_patch); `extra(case, where, image_patch)`
     may add channels. contrast_dropout (a probability; None: no presence flags, the four channels as
     they are): each patch keeps presence.drop_contrasts of its case's contrasts, the others zeroed,
-    and gets the four presence flags (presence.with_flags); `extra` then sees the kept ones as case["kept"]."""
+    and gets the four presence flags (presence.with_flags); `extra` then sees the kept ones as case["kept"].
+    `augment`: random contrast curves on the four images, drops favouring the sites' subsets."""
+    augment = augment or Augment()
 
     def sample(rng):
         xs, ys = [], []
@@ -128,8 +155,10 @@ def patch_batch(cases: list[dict], image_key: str, label_key: str, patch, batch:
             where = random_patch(rng, labels.shape, patch, labels, tumour_fraction)
             image = case[image_key][(slice(None),) + where]
             if contrast_dropout is not None:
-                kept = drop_contrasts(rng, case["present"], contrast_dropout)
+                kept = drop_contrasts(rng, case["present"], contrast_dropout, augment.site_subsets)
                 image, case = with_flags(image, kept), {**case, "kept": kept}
+            # Last, so the patch and its contrasts are those of a run without curves; zeroed channels stay zero.
+            image = apply_contrast_curves(image, rng, augment.contrast_curves)
             xs.append(extra(case, where, image) if extra else image)
             ys.append(labels[where][None])
         # Patches of one batch share a size only when every case is at least `patch` large.
@@ -326,19 +355,21 @@ def _dropout(config: dict, contrast_dropout: float, extra_channels: int = 0) -> 
 
 
 def _train_patchwise(component, config, data_dir, bundle_dir, steps, patch, batch, lr, seed, device, command,
-                     log, resume, progress, checkpoint_every, schedule, contrast_dropout):
+                     log, resume, progress, checkpoint_every, schedule, contrast_dropout, augment):
     dropout = _dropout(config, contrast_dropout)
+    augment = augment or Augment()
     cases = load_cases(data_dir, log, allow_missing=dropout is not None)
     torch.manual_seed(seed)
     model = build_model("r2unet" if component == "r2unet" else "unet3d", config)
-    signature = _signature(config, cases, patch=patch, batch=batch, **({"dropout": dropout} if dropout is not None else {}))
-    sample = patch_batch(cases, "image", "labels", (patch,) * 3, batch, contrast_dropout=dropout)
+    signature = _signature(config, cases, patch=patch, batch=batch, **({"dropout": dropout} if dropout is not None else {}),
+                           **augment.record())
+    sample = patch_batch(cases, "image", "labels", (patch,) * 3, batch, contrast_dropout=dropout, augment=augment)
     log(f"{component}: {sum(p.numel() for p in model.parameters()):,} parameters, {steps} steps of "
         f"{batch} x {patch}^3 patches")
     losses = fit(model, sample, steps, lr, seed, device, HybridLoss(True, max_pos_weight=MAX_POS_WEIGHT), component,
                  bundle_dir, signature, resume, checkpoint_every, log, progress, schedule)
     record = _record(command, cases, schedule=schedule, dropout=dropout, steps=steps, patch=patch, patches=PATCHES,
-                     batch=batch, lr=lr, seed=seed, final_loss=float(np.mean(losses[-20:])))
+                     batch=batch, lr=lr, seed=seed, final_loss=float(np.mean(losses[-20:])), **augment.record())
     _save_keeping_checkpoints(bundle_dir, [component], components={component: (model, config)},
                               training={component: record})
     return model
@@ -347,19 +378,20 @@ def _train_patchwise(component, config, data_dir, bundle_dir, steps, patch, batc
 def train_unet(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch: int = 2, lr: float = 3e-4,
                seed: int = 0, device: str = "cpu", command: str = "", log: Log = print, resume: bool = True,
                progress: Progress | None = None, config: dict | None = None, checkpoint_every: int = 25,
-               schedule: str = "constant", contrast_dropout: float = CONTRAST_DROPOUT):
+               schedule: str = "constant", contrast_dropout: float = CONTRAST_DROPOUT, augment: Augment | None = None):
     """The plain 3D U-Net (for full-volume and patch-wise inference) into component "unet"."""
     return _train_patchwise("unet", dict(config or UNET_CONFIG), data_dir, bundle_dir, steps, patch, batch, lr, seed,
-                            device, command, log, resume, progress, checkpoint_every, schedule, contrast_dropout)
+                            device, command, log, resume, progress, checkpoint_every, schedule, contrast_dropout, augment)
 
 
 def train_r2unet(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch: int = 2, lr: float = 3e-4,
                  seed: int = 0, device: str = "cpu", command: str = "", log: Log = print, resume: bool = True,
                  progress: Progress | None = None, config: dict | None = None, checkpoint_every: int = 25,
-                 schedule: str = "constant", contrast_dropout: float = CONTRAST_DROPOUT):
+                 schedule: str = "constant", contrast_dropout: float = CONTRAST_DROPOUT, augment: Augment | None = None):
     """The (attention) R2U-Net into component "r2unet"."""
     return _train_patchwise("r2unet", dict(config or R2UNET_CONFIG), data_dir, bundle_dir, steps, patch, batch, lr,
-                            seed, device, command, log, resume, progress, checkpoint_every, schedule, contrast_dropout)
+                            seed, device, command, log, resume, progress, checkpoint_every, schedule, contrast_dropout,
+                            augment)
 
 
 def stage1_labels(stage1, low_image: np.ndarray, device: str = "cpu") -> np.ndarray:
@@ -386,7 +418,7 @@ def train_cascade(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch
                   seed: int = 0, device: str = "cpu", command: str = "", log: Log = print, resume: bool = True,
                   progress: Progress | None = None, stage1_steps: int | None = None, factor: float = DEFAULT_FACTOR,
                   stage1_config: dict | None = None, stage2_config: dict | None = None, checkpoint_every: int = 25,
-                  schedule: str = "constant", contrast_dropout: float = CONTRAST_DROPOUT):
+                  schedule: str = "constant", contrast_dropout: float = CONTRAST_DROPOUT, augment: Augment | None = None):
     """The two-stage cascade into components "cascade_stage1" and "cascade_stage2".
 
     Stage 1 learns on whole down-sampled volumes (Dice without background: each holds tumour).
@@ -394,8 +426,10 @@ def train_cascade(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch
     *trained* stage 1, upsampled, exactly what it gets at inference: so it learns to correct
     stage 1's real mistakes, not to copy a perfect low-resolution truth. With presence flags, stage 1's
     labels are computed for every subset of each case's contrasts, and a stage-2 patch gets those of
-    the contrasts it kept.
+    the contrasts it kept. `augment` applies to both stages (stage 2's stage-1 labels are computed
+    on the images as they are, as at inference).
     """
+    augment = augment or Augment()
     stage1_steps = steps if stage1_steps is None else stage1_steps
     config1 = dict(stage1_config or STAGE1_CONFIG)
     config2 = {**(stage2_config or STAGE2_CONFIG), "factor": factor}
@@ -403,7 +437,7 @@ def train_cascade(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch
     if _dropout(config2, contrast_dropout, CLASSES) != dropout:
         raise ValueError("the cascade's two stages must both have presence flags, or neither")
     cases = load_cases(data_dir, log, factor=factor, allow_missing=dropout is not None)
-    flagged = {"dropout": dropout} if dropout is not None else {}
+    flagged = {**({"dropout": dropout} if dropout is not None else {}), **augment.record()}
 
     def stage_progress(offset):
         if progress is None:
@@ -415,7 +449,8 @@ def train_cascade(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch
     low_shape = np.max([c["low_labels"].shape for c in cases], axis=0)
     log(f"cascade_stage1: {sum(p.numel() for p in stage1.parameters()):,} parameters, {stage1_steps} steps of "
         f"{batch} whole volumes down-sampled by {factor} ({' x '.join(map(str, low_shape))})")
-    sample1 = patch_batch(cases, "low_image", "low_labels", tuple(low_shape), batch, contrast_dropout=dropout)
+    sample1 = patch_batch(cases, "low_image", "low_labels", tuple(low_shape), batch, contrast_dropout=dropout,
+                          augment=augment)
     signature1 = _signature(config1, cases, batch=batch, factor=factor, **flagged)
     losses1 = fit(stage1, sample1, stage1_steps, lr, seed, device, HybridLoss(False, max_pos_weight=MAX_POS_WEIGHT),
                   "cascade_stage1", bundle_dir, signature1, resume, checkpoint_every, log, stage_progress(0), schedule)
@@ -443,14 +478,16 @@ def train_cascade(data_dir, bundle_dir, steps: int = 400, patch: int = 64, batch
     stage2 = build_model("unet3d", config2)
     log(f"cascade_stage2: {sum(p.numel() for p in stage2.parameters()):,} parameters, {steps} steps of "
         f"{batch} x {patch}^3 patches")
-    sample2 = patch_batch(cases, "image", "labels", (patch,) * 3, batch, extra=with_stage1, contrast_dropout=dropout)
+    sample2 = patch_batch(cases, "image", "labels", (patch,) * 3, batch, extra=with_stage1, contrast_dropout=dropout,
+                          augment=augment)
     # Stage 2 depends on stage 1's weights: a retrained stage 1 invalidates its checkpoint.
     stage1_digest = hashlib.sha256(b"".join(v.cpu().numpy().tobytes() for v in stage1.state_dict().values())).hexdigest()
     signature2 = _signature(config2, cases, patch=patch, batch=batch, stage1=stage1_digest, **flagged)
     losses2 = fit(stage2, sample2, steps, lr, seed, device, HybridLoss(True, max_pos_weight=MAX_POS_WEIGHT),
                   "cascade_stage2", bundle_dir, signature2, resume, checkpoint_every, log, stage_progress(1), schedule)
 
-    common = {"batch": batch, "lr": lr, "seed": seed, "factor": factor, "schedule": schedule, "dropout": dropout}
+    common = {"batch": batch, "lr": lr, "seed": seed, "factor": factor, "schedule": schedule, "dropout": dropout,
+              **augment.record()}
     training = {
         "cascade_stage1": _record(command, cases, steps=stage1_steps, input="whole volume down-sampled by factor "
                                   "(trilinear), cropped to the brain; labels by averaging one-hot maps", background=False,
