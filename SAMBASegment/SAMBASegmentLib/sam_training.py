@@ -24,6 +24,7 @@ from SAMBASegmentLib.sam_runner import decode_logits, encode_slices, input_size,
 from SAMBASegmentLib.slices import VIEWS, normalise_slices, view_slices
 
 MAX_JITTER = 19  # pixels per side, as the paper
+ENCODE_PART = 64  # slices encoded per call when caching embeddings
 # The mask decoder's "head": what turns the decoder's tokens into mask pixels. Training only these
 # (~0.2M of LiteMedSAM's 4M decoder parameters) adapts the outline to new data while the two-way
 # transformer keeps what pretraining learned, and a bundle stores under 1 MB of them.
@@ -111,8 +112,12 @@ def train_sam(
         sam.eval()
         cached = {}
         for group in groups:
-            embeddings = encode_slices(sam, np.stack([samples[i].image for i in group]))
-            cached.update({i: embeddings[k] for k, i in enumerate(group)})
+            # In parts: one call for a whole group held its embeddings up to three times at once (20 GB
+            # for LiteMedSAM on 1,122 slices, 4 MB each).
+            for start in range(0, len(group), ENCODE_PART):
+                part = group[start:start + ENCODE_PART]
+                embeddings = encode_slices(sam, np.stack([samples[i].image for i in part]))
+                cached.update({i: embeddings[k] for k, i in enumerate(part)})
     from SAMBACore.adapters import train_with_frozen_batch_norm  # imports peft: only when training
 
     # BatchNorms (LiteMedSAM's TinyViT; SAM's ViT has none) keep their pretrained statistics: a few
