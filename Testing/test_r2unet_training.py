@@ -244,6 +244,22 @@ def test_the_committed_phantom_bundle_loads_and_says_how_it_was_made():
     assert sum(f.stat().st_size for f in path.iterdir()) < 8 * 2**20, "a few MB at most"
 
 
+def test_the_committed_any_contrast_bundle_has_flags_and_says_what_it_was_trained_and_scored_on():
+    from R2UNetSegmentLib.presence import has_flags
+    from R2UNetSegmentLib.r2unet_bundle import resolve_bundle
+
+    path = resolve_bundle("phantom-cascade-any")
+    models = load_r2unet_models(path)
+    assert models.unet is None and models.r2unet is None and has_flags(models.cascade.stage1)
+    manifest = load_bundle(path).manifest
+    for record in (manifest["training"][stage] for stage in ("cascade_stage1", "cascade_stage2")):
+        assert record["cases"] == 40 and "seeds 110-129" in record["data"] and "--site-subsets" in record["command"]
+        held_out = {f"PHANTOM-{seed:05d}-000" for seed in list(range(30000, 30010)) + list(range(40000, 40010))}
+        assert not held_out & set(record["case_names"])  # never scored on its own training data
+    assert {"heldout_v1_cascade", "heldout_v1_cascade_flair", "heldout_v3_cascade"} <= set(manifest["metrics"])
+    assert sum(f.stat().st_size for f in path.iterdir()) < 4 * 2**20
+
+
 def test_patch_batch_centres_the_asked_share_of_patches_on_tumour():
     labels = np.zeros((40, 40, 40), np.uint8)
     labels[5:9, 5:9, 5:9] = 2  # a small tumour in one corner: a random patch rarely holds it

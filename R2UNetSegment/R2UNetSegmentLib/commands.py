@@ -162,13 +162,15 @@ def register(commands, train, bench) -> None:
     r2unet = commands.add_parser("r2unet", help="segment a BraTS case folder or one image with the U-Net, R2U-Net "
                                  "or U-Net cascade, inside a memory budget")
     r2unet.add_argument("input", type=Path, help="BraTS case folder (any of the four images: a bundle trained with "
-                        "presence flags (train ... does so by default) takes any set, the bundled phantom-r2unet all "
-                        "four only; without T1CE only the whole tumour is produced), a single image file, or a folder "
-                        "of case folders (batch: every case, one after the other); MRI must be skull-stripped "
-                        "(the brain only, one value around it), as BraTS images are")
+                        "presence flags takes any set (the bundled phantom-cascade-any, or your own: train ... does "
+                        "so by default), the bundled phantom-r2unet all four only; without T1CE only the whole "
+                        "tumour is produced), a single image file, or a folder of case folders (batch: every case, "
+                        "one after the other); MRI must be skull-stripped (the brain only, one value around it), as "
+                        "BraTS images are")
     r2unet.add_argument("-o", "--output", type=Path, required=True,
                         help="the .seg.nrrd to write; for a batch, the folder to write CASE.seg.nrrd files into")
-    r2unet.add_argument("--bundle", default="phantom-r2unet", help="bundle folder or bundled name (default phantom-r2unet)")
+    r2unet.add_argument("--bundle", default="phantom-r2unet", help="bundle folder or bundled name: phantom-r2unet "
+                        "(default; four contrasts) or phantom-cascade-any (a cascade for any set of contrasts)")
     r2unet.add_argument("--model", choices=("unet", "r2unet"), default="unet", help="network for full and patch modes")
     r2unet.add_argument("--mode", choices=MODES, default="auto", help="auto: the cheapest mode within the budget")
     r2unet.add_argument("--memory-budget", help="peak memory --mode auto may use, e.g. 512MB, 2GB, 1.5G "

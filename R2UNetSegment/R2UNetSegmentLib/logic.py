@@ -157,6 +157,8 @@ class R2UNetSegmentCore:
                              "trained for this input.")
         if models.adapted:
             mode = _mode_using(models.adapted, model, mode, adapter)
+        if mode == "auto" and getattr(models, model) is None and models.cascade is not None:
+            mode = "cascade"  # a cascade-only bundle (phantom-cascade-any): auto has no other choice
         if mode == "cascade" and models.cascade is None:
             raise InputError(f"The bundle {bundle} has no cascade; choose mode full, patch or auto.")
         if mode != "cascade" and getattr(models, model) is None:

@@ -20,6 +20,8 @@ from SAMBACore.brats import MODALITIES
 from SAMBACore.contrasts import NAMES, contrasts_present
 from SAMBACore.inputs import InputError
 
+ANY_CONTRAST_BUNDLE = "phantom-cascade-any"  # the bundled cascade trained with presence flags
+
 CONTRAST_DROPOUT = 0.5  # share of training samples that lose some of their contrasts
 # The sets real sites often have (issue 14): low-field sites skip T1CE (the agent costs money) or
 # T2, and many public cases carry only FLAIR and one T1. Uniform dropout keeps FLAIR alone in 1 of
@@ -74,6 +76,6 @@ def check_contrasts(network, present, bundle: str = "the bundle") -> None:
     if missing and not has_flags(network):
         raise InputError(
             f"Missing {', '.join(NAMES[m] for m in missing)}: this network of {bundle} was trained on the four "
-            "contrasts (T1, T1CE, T2, FLAIR) and takes only all four channels. Load the missing contrast(s), or choose a "
-            "bundle trained with contrast dropout (presence flags: slicer-samba train unet|r2unet|cascade does so by "
-            "default).")
+            "contrasts (T1, T1CE, T2, FLAIR) and takes only all four channels. Load the missing contrast(s), or "
+            f"choose a bundle trained with contrast dropout, such as the bundled {ANY_CONTRAST_BUNDLE} (or your own: "
+            "slicer-samba train unet|r2unet|cascade does so by default).")

@@ -32,6 +32,7 @@ from SAMBACore.bundles import (
     save_bundle,
 )
 
+from .presence import ANY_CONTRAST_BUNDLE
 from .r2unet import R2UNet
 from .unet3d import UNet3D
 
@@ -182,7 +183,8 @@ def save_r2unet_bundle(path, components: dict[str, tuple[nn.Module, dict]], mani
 
 # Bundles shipped with the module, by name. A path given instead of a name is used as it is.
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "Resources" / "Bundles"
-BUNDLED = ("phantom-r2unet",)
+# phantom-cascade-any: the cascade for cases without all four contrasts (scripts/train_cascade_any.sh).
+BUNDLED = ("phantom-r2unet", ANY_CONTRAST_BUNDLE)
 
 
 def resolve_bundle(name_or_path) -> Path:
