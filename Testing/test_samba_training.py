@@ -80,6 +80,15 @@ def test_the_command_trains_the_decoder_head_on_the_slices_asked_for(data, tmp_p
     assert record["slices"] == axial_tumour_slices and record["lr"] == 1e-3
 
 
+def test_a_wrong_view_name_is_refused_before_anything_is_read(tmp_path, capsys):
+    from SAMBACore.cli import main
+
+    for component in ("sam", "yolo"):
+        assert main(["train", component, str(tmp_path / "absent"), "-o", str(tmp_path / "b"), "--views", "axial,top"]) == 2
+        assert "Unknown view(s) top: choose from axial, coronal, sagittal" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
 def test_voting_net_on_simulated_votes_with_contrast_dropout(data, tmp_path):
     """No SAM needed: the votes come from the truth; the record and config say how it was trained."""
     bundle_dir = tmp_path / "simulated"

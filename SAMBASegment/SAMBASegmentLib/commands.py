@@ -13,6 +13,7 @@ from pathlib import Path
 from SAMBACore.bundle_names import BUNDLED, DEFAULT_BUNDLE, SMALL_BUNDLE
 
 DEVICES = ("auto", "cpu", "cuda")
+VIEW_NAMES = ("axial", "coronal", "sagittal")  # slices.VIEWS, here without importing numpy
 CONTRASTS = ("t1", "t1ce", "t2", "flair")  # SAMBACore.brats.MODALITIES, here without importing numpy
 BUNDLE_HELP = f"bundle folder or bundled name ({', '.join(BUNDLED)}; default {DEFAULT_BUNDLE})"
 BENCH_BUNDLE_HELP = f"bundle folder or bundled name (default {SMALL_BUNDLE})"
@@ -127,9 +128,13 @@ def _segment(args) -> int:
     return segment_cases(args.case_dir, args.output, segment_case, args.volumes, batch)
 
 
-def _names(text: str) -> tuple[str, ...]:
-    """'axial, coronal' -> ('axial', 'coronal')."""
-    return tuple(name.strip() for name in text.split(",") if name.strip())
+def _views(text: str) -> tuple[str, ...]:
+    """--views axial,coronal -> ("axial", "coronal"), checked before anything is loaded."""
+    chosen = tuple(name.strip() for name in text.lower().split(",") if name.strip())
+    unknown = [view for view in chosen if view not in VIEW_NAMES]
+    if unknown or not chosen:  # worded as bench.bench_samba's own check
+        raise ValueError(f"Unknown view(s) {', '.join(unknown) or '(none given)'}: choose from {', '.join(VIEW_NAMES)}.")
+    return chosen
 
 
 def _train(args) -> int:
@@ -140,13 +145,13 @@ def _train(args) -> int:
     command = "slicer-samba " + " ".join(sys.argv[1:])
     common = dict(seed=args.seed, device=device, command=command)
     if args.component == "yolo":
-        training.train_yolo(args.data_dir, args.output, epochs=args.epochs, views=_names(args.views),
+        training.train_yolo(args.data_dir, args.output, epochs=args.epochs, views=_views(args.views),
                             start_from=args.start_from, **common)
     elif args.component == "sam":
         frozen_encoder = args.decoder_only or args.head_only
         training.train_sam(args.data_dir, args.output, steps=args.steps, train_encoder=not frozen_encoder,
                            multimask=args.mode == "samba-mc", backbone=args.backbone, head_only=args.head_only,
-                           views=_names(args.views), modalities=_contrasts(args.modalities), lr=args.lr, **common)
+                           views=_views(args.views), modalities=_contrasts(args.modalities), lr=args.lr, **common)
     else:
         config = {"whole_tumour": "votes"} if args.whole_tumour == "votes" else None
         training.train_voting(args.data_dir, args.output, steps=args.steps, preset=args.preset, votes=args.votes,
@@ -229,7 +234,7 @@ def _bench(args) -> int:
     from SAMBACore.device import choose_device
     from SAMBASegmentLib.bench import bench_samba, format_report
 
-    views = _names(args.views)
+    views = _views(args.views)
     report = bench_samba(args.bundle, seed=args.seed, lowres=args.lowres, views=views, device=choose_device(args.device),
                          sam_type=args.sam, max_slices=args.max_slices, log=lambda line: print(line, flush=True))
     print(format_report(report))
@@ -251,7 +256,7 @@ def _bench_yolo(args) -> int:
     from SAMBASegmentLib.samba_bundle import load_localizer, resolve_bundle
 
     yolo = load_localizer(resolve_bundle(args.bundle))
-    views = _names(args.views)
+    views = _views(args.views)
     cases, skipped = find_training_cases(args.data_dir, allow_missing=True)
     for reason in skipped:
         print(f"skipped {reason}")
