@@ -68,3 +68,10 @@ def score_cases(data_dir, segment: SegmentCase, log: Callable[[str], None] = pri
         "mean_seconds": float(np.mean([c["seconds"] for c in per_case])) if per_case else float("nan"),
         "per_case": per_case,
     }
+
+
+def format_means(report: dict) -> str:
+    """The report's mean per region, one line: Dice and HD95, voxel-wise and lesion-wise, and the time."""
+    return (", ".join(f"{r} Dice {v['dice']:.3f} HD95 {v['hd95']:.1f} mm (lesion-wise {v['lesion_dice']:.3f} / "
+                      f"{v['lesion_hd95']:.1f} mm)" for r, v in report["mean"].items())
+            + f"; {report['mean_seconds']:.0f} s per case")

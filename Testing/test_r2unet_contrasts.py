@@ -244,3 +244,23 @@ def test_evaluate_scores_only_the_whole_tumour_without_t1ce(flagged_bundle, tiny
     assert {c["contrasts"] for c in report["per_case"]} == {"T2, FLAIR (no T1, T1CE)"}
     four = evaluate(models, tiny_cases, mode="full", patch_size=32, log=quiet)
     assert set(four["mean"]) == {"ET", "TC", "WT"}
+
+
+def test_r2unet_evaluate_command_scores_a_subset(flagged_bundle, tiny_cases, capsys):
+    """`slicer-samba r2unet-evaluate` gives the API's scores, and a clear message for a bundle that is not there."""
+    import json
+
+    from R2UNetSegmentLib.evaluation import evaluate
+
+    argv = ["r2unet-evaluate", str(tiny_cases), "--bundle", str(flagged_bundle), "--mode", "full", "--patch-size", "32",
+            "--contrasts", "t2,flair", "--device", "cpu", "--json"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Mean over 3 case(s), mode full, contrasts t2,flair: WT Dice" in out
+    report = json.loads(out.strip().splitlines()[-1])
+    api = evaluate(load_r2unet_models(flagged_bundle), tiny_cases, mode="full", patch_size=32, log=quiet,
+                   contrasts=("t2", "flair"))
+    assert set(report["mean"]) == {"WT"}
+    assert report["mean"]["WT"]["dice"] == pytest.approx(api["mean"]["WT"]["dice"], abs=1e-6)
+    assert main(["r2unet-evaluate", str(tiny_cases), "--bundle", str(tiny_cases / "no-such-bundle")]) == 2
+    assert "no-such-bundle" in capsys.readouterr().err

@@ -114,6 +114,33 @@ def _r2unet(args) -> int:
     return segment_cases(args.input, args.output, segment_case, args.volumes, batch)
 
 
+def _evaluate(args) -> int:
+    import json
+
+    from R2UNetSegmentLib.evaluation import evaluate
+    from R2UNetSegmentLib.r2unet_bundle import load_r2unet_models, resolve_bundle
+    from SAMBACore.device import choose_device
+    from SAMBACore.evaluation import format_means
+    from SAMBACore.preview import case_preview_writer
+
+    contrasts = _contrasts(args.contrasts)
+    device = choose_device(args.device)
+    models = load_r2unet_models(resolve_bundle(args.bundle), device, adapter=args.adapter)
+    on_case = case_preview_writer(args.preview, f"R2U-Net Segment ({args.bundle}, {args.mode})")
+    report = evaluate(models, args.data_dir, mode=args.mode, model=args.model, patch_size=args.patch_size,
+                      device=device, log=lambda line: print(line, flush=True), contrasts=contrasts, on_case=on_case)
+    report["bundle"] = str(args.bundle)
+    print(f"Mean over {report['cases']} case(s), mode {args.mode}, contrasts {report['contrasts']}: "
+          + format_means(report))
+    if args.json:
+        print(json.dumps(report))
+    if report["unreadable"]:
+        print(f"{len(report['unreadable'])} case(s) could not be read and were not scored "
+              f"({', '.join(report['unreadable'])}): see the messages above.", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _widths(text: str) -> list[int]:
     try:
         widths = [int(w) for w in text.split(",")]
@@ -189,6 +216,28 @@ def register(commands, train, bench) -> None:
                         "sagittal slices through the lesion with the segment outlines and volumes (and the truth's "
                         "outlines when the case folder has a seg file); for a batch, a folder for CASE.png files")
     r2unet.set_defaults(run=_r2unet)
+
+    evaluate = commands.add_parser("r2unet-evaluate", help="score an R2U-Net Segment bundle on labelled BraTS cases "
+                                   "(Dice, HD95 per region, voxel-wise and BraTS 2023 lesion-wise), any contrasts")
+    evaluate.add_argument("data_dir", type=Path, help="folder of BraTS case folders, each with its seg file (cases may "
+                          "have different sets of contrasts)")
+    evaluate.add_argument("--bundle", default="phantom-r2unet", help="bundle folder or bundled name: phantom-r2unet "
+                          "(default; four contrasts) or phantom-cascade-any (a cascade for any set of contrasts)")
+    evaluate.add_argument("--mode", choices=MODES, default="cascade", help="cascade (default), full, patch, or auto "
+                          "(the cheapest within the memory free now, as r2unet does)")
+    evaluate.add_argument("--model", choices=("unet", "r2unet"), default="unet", help="network for full and patch modes")
+    evaluate.add_argument("--patch-size", type=int, default=64, help="patch edge in voxels (default 64; the result "
+                          "does not depend on it)")
+    evaluate.add_argument("--device", choices=DEVICES, default="auto")
+    evaluate.add_argument("--adapter", type=Path, metavar="DIR", help="a LoRA adapter folder for one of the bundle's "
+                          "networks, merged in before use")
+    evaluate.add_argument("--contrasts", metavar="LIST", help="use only these contrasts of each case, e.g. flair or "
+                          "t1ce,t2 (to measure a case without the others; without t1ce only the whole tumour is "
+                          "produced and scored). Default: every contrast a case has")
+    evaluate.add_argument("--json", action="store_true", help="also print the full report as one JSON line")
+    evaluate.add_argument("--preview", type=Path, metavar="DIR", help="also write a preview picture of each case, "
+                          "result and truth side by side, as DIR/CASE.png")
+    evaluate.set_defaults(run=_evaluate)
 
     def bench_memory(args):
         from R2UNetSegmentLib.bench_memory import run_command

@@ -13,12 +13,13 @@ from .r2unet_bundle import R2UNetModels
 
 
 def evaluate(models: R2UNetModels, data_dir, mode: str = "cascade", model: str = "unet", patch_size: int = 64,
-             device: str = "cpu", log: Callable[[str], None] = print, contrasts=None) -> dict:
+             device: str = "cpu", log: Callable[[str], None] = print, contrasts=None, on_case=None) -> dict:
     """Segment every case of data_dir in `mode` (full, patch, cascade, auto) and score it against its truth.
 
     Cases may have any set of the four contrasts; `contrasts` uses only those (the others left out),
     to measure a subset. Without T1CE only the whole tumour is produced, and only WT is scored. A
-    network without presence flags refuses a case that lacks a contrast (InputError)."""
+    network without presence flags refuses a case that lacks a contrast (InputError). on_case: as for
+    score_cases (a preview picture of each case)."""
     from .inference import normalise, segment
 
     def segment_case(images, truth, files):
@@ -30,6 +31,6 @@ def evaluate(models: R2UNetModels, data_dir, mode: str = "cascade", model: str =
             labels = internal_labels_of((labels > 0).astype("uint8"), regions)
         return labels, {"mode": mode_used, "contrasts": describe(present), "regions": regions}
 
-    scores = score_cases(data_dir, segment_case, log, allow_missing=True, contrasts=contrasts)
+    scores = score_cases(data_dir, segment_case, log, on_case=on_case, allow_missing=True, contrasts=contrasts)
     return {"mode": mode, "model": "cascade" if mode == "cascade" else model,
             "contrasts": ",".join(contrasts) if contrasts else "as found", **scores}

@@ -185,6 +185,7 @@ def _picked(args) -> dict:
 def _evaluate(args) -> int:
     contrasts = _contrasts(args.contrasts)
     from SAMBACore.device import choose_device
+    from SAMBACore.evaluation import format_means
     from SAMBASegmentLib.evaluation import evaluate
     from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
 
@@ -205,10 +206,7 @@ def _evaluate(args) -> int:
     report["adapter"] = str(args.adapter) if args.adapter else None
     report["picked_sam"] = models.picked_sam
     print(f"Mean over {report['cases']} case(s), {args.prompt} prompts, {args.mode}, preset {report['preset']}, "
-          f"contrasts {report['contrasts']}: "
-          + ", ".join(f"{r} Dice {v['dice']:.3f} HD95 {v['hd95']:.1f} mm (lesion-wise {v['lesion_dice']:.3f} / "
-                      f"{v['lesion_hd95']:.1f} mm)" for r, v in report["mean"].items())
-          + f"; {report['mean_seconds']:.0f} s per case")
+          f"contrasts {report['contrasts']}: " + format_means(report))
     if args.record:
         from SAMBACore.bundles import record_metrics
 
