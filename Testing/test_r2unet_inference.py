@@ -7,6 +7,7 @@ from R2UNetSegmentLib.bench_memory import prepare_rss_measurement
 from R2UNetSegmentLib.cascade_inputs import downsample, upsample_labels
 from R2UNetSegmentLib.inference import (
     brain_box,
+    brain_mask,
     Cascade,
     normalise,
     predict_cascade,
@@ -184,3 +185,21 @@ def test_brain_box_is_the_box_of_voxels_non_zero_in_any_channel():
     image[1, 7, 9, 1] = -2.0  # another channel widens the box, a negative value counts
     assert brain_box(image) == (slice(2, 8), slice(3, 10), slice(1, 7))
     assert brain_box(np.zeros((1, 3, 4, 5))) == (slice(0, 3), slice(0, 4), slice(0, 5))
+
+
+def test_nothing_is_labelled_outside_the_brain():
+    """A network that calls every voxel tumour (as the cascade did with empty space on a real FLAIR-only
+    case) gets labels inside the brain only; a zero voxel enclosed by brain counts as brain."""
+    model = UNet3D(1, 3, (4, 8)).eval()
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0.0, 0.0, 5.0]))  # class 2 everywhere
+    z, y, x = np.ogrid[:16, :20, :24]
+    brain = (z - 8) ** 2 / 36 + (y - 10) ** 2 / 64 + (x - 12) ** 2 / 81 <= 1  # an ellipsoid: its box's corners are empty
+    image = np.where(brain, 1.0, 0.0).astype(np.float32)[None]
+    image[0, 8, 10, 12] = 0.0  # inside the brain
+    np.testing.assert_array_equal(brain_mask(image), brain)
+    for mode in ("full", "patch"):
+        labels, probs, _ = segment(image, model=model, mode=mode, patch_size=8, probabilities=True)
+        np.testing.assert_array_equal(labels, np.where(brain, 2, 0))
+        assert (probs[0][~brain] == 1).all() and (probs[2][brain] > 0.95).all()

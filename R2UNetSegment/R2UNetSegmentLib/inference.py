@@ -80,6 +80,22 @@ def brain_box(image: np.ndarray) -> tuple[slice, ...]:
     return tuple(box)
 
 
+def brain_mask(image: np.ndarray) -> np.ndarray:
+    """Where some channel of a normalised (C, *S) image is not background (0), holes filled.
+
+    Normalising makes the background 0, which is also the brain's mean: a network that sees one
+    contrast cannot tell empty space from average tissue, and the cascade called slabs of empty
+    space at the top of the brain's box tumour (a real FLAIR-only case: two thirds of its whole
+    tumour). Tumour is inside the (skull-stripped) brain, so labels outside it are background.
+    Holes are filled so that a voxel inside the brain that happens to be 0 is not left out."""
+    from scipy import ndimage
+
+    inside = np.zeros(image.shape[1:], bool)
+    for channel in image:  # channel by channel, as brain_box
+        inside |= channel != 0
+    return ndimage.binary_fill_holes(inside)
+
+
 def _check_image(model: nn.Module, image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     dims = spatial_dims(model)
@@ -262,7 +278,8 @@ def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, pat
             progress=None, probabilities=False, present=None):
     """(labels uint8 (*S), probabilities (K, *S) or None, mode used) for a normalised (C, *S) image.
 
-    The networks run on the brain's bounding box (brain_box) only; outside it is background.
+    The networks run on the brain's bounding box (brain_box) only; outside it, and outside the brain
+    itself within it (brain_mask), is background.
     The whole-grid probabilities are made only when asked for (probabilities=True): at K float32
     per voxel they would be the largest array of a cascade run.
 
@@ -278,6 +295,7 @@ def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, pat
         model, cascade = usable_networks(model, cascade, present)
     box = (slice(None),) + brain_box(image)
     inside = image[box]
+    brain = brain_mask(inside)  # before the presence flags, which are 1 everywhere
     plan = plan_for(_input_shape(image, model, cascade), model, cascade, mode, budget_bytes, patch_size, device)
     inside = network_input(cascade.stage1 if plan.mode == "cascade" else model, inside, present)
     if progress:
@@ -289,12 +307,15 @@ def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, pat
     else:
         inner = predict_cascade(cascade, inside, plan.patch_size, device=device, progress=progress)
     labels = np.zeros(image.shape[1:], np.uint8)  # outside the brain: background (0)
-    labels[box[1:]] = labels_from(inner)
+    labels[box[1:]] = np.where(brain, labels_from(inner), 0)
     probs = None
     if probabilities:
-        probs = np.zeros((inner.shape[0],) + image.shape[1:], np.float32)
+        background = np.zeros(inner.shape[0], np.float32)  # what a voxel outside the brain gets
         if inner.shape[0] > 1:
-            probs[0] = 1.0
+            background[0] = 1.0
+        probs = np.empty((inner.shape[0],) + image.shape[1:], np.float32)
+        probs[:] = background.reshape((-1,) + (1,) * brain.ndim)
+        inner[:, ~brain] = background[:, None]
         probs[box] = inner
     if progress:
         progress(1.0, "done")
