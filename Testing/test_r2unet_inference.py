@@ -8,6 +8,7 @@ from R2UNetSegmentLib.cascade_inputs import downsample, upsample_labels
 from R2UNetSegmentLib.inference import (
     brain_box,
     brain_mask,
+    drop_small_pieces,
     Cascade,
     normalise,
     predict_cascade,
@@ -203,3 +204,31 @@ def test_nothing_is_labelled_outside_the_brain():
         labels, probs, _ = segment(image, model=model, mode=mode, patch_size=8, probabilities=True)
         np.testing.assert_array_equal(labels, np.where(brain, 2, 0))
         assert (probs[0][~brain] == 1).all() and (probs[2][brain] > 0.95).all()
+
+
+def test_a_cascade_drops_pieces_smaller_than_its_fraction_of_the_largest():
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:10, 2:10, 2:10] = 2  # 512 voxels, with a core
+    labels[4:6, 4:6, 4:6] = 1
+    labels[14:17, 14:17, 14:17] = 3  # 27 voxels: 5% of the largest
+    labels[14:18, 2:6, 14:18] = 2  # 64 voxels: 12.5%
+    np.testing.assert_array_equal(drop_small_pieces(labels, 0.0), labels)
+    kept = drop_small_pieces(labels, 0.1)
+    assert (kept[14:17, 14:17, 14:17] == 0).all()
+    np.testing.assert_array_equal(kept[:12], labels[:12])
+    np.testing.assert_array_equal(kept[14:18, 2:6, 14:18], labels[14:18, 2:6, 14:18])
+
+    def everywhere(in_channels, label):  # a network that calls every voxel `label`
+        net = UNet3D(in_channels, 3, (4, 8)).eval()
+        with torch.no_grad():
+            net.head.weight.zero_()
+            net.head.bias.copy_(torch.tensor([0.0, 0.0, 0.0]).index_fill_(0, torch.tensor(label), 5.0))
+        return net
+
+    image = np.zeros((1, 24, 24, 24), np.float32)
+    image[0, 2:14, 2:14, 2:14] = 1.0  # a large piece of brain and a small one (the labels cover the brain)
+    image[0, 18:21, 18:21, 18:21] = 1.0
+    for fraction, small in ((0.0, 2), (0.1, 0)):
+        cascade = Cascade(everywhere(1, 1), everywhere(4, 2), factor=0.5, min_piece_fraction=fraction)
+        labels, _, _ = segment(image, cascade=cascade, mode="cascade", patch_size=16)
+        assert (labels[2:14, 2:14, 2:14] == 2).all() and (labels[18:21, 18:21, 18:21] == small).all()

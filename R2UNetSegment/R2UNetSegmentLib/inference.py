@@ -39,6 +39,7 @@ class Cascade:
     stage1: nn.Module  # in: C image channels at low resolution; out: K classes
     stage2: nn.Module  # in: C + K channels (image + one-hot upsampled stage-1 labels); out: K
     factor: float = 0.3
+    min_piece_fraction: float = 0.0  # drop_small_pieces on its labels; chosen per bundle on held-out phantoms
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
@@ -94,6 +95,24 @@ def brain_mask(image: np.ndarray) -> np.ndarray:
     for channel in image:  # channel by channel, as brain_box
         inside |= channel != 0
     return ndimage.binary_fill_holes(inside)
+
+
+def drop_small_pieces(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """`labels` with every 26-connected piece of tumour (any label) smaller than `fraction` of the largest
+    made background: the cascade leaves small false pieces away from the tumour on real scans (bright
+    vessels on T1CE, periventricular FLAIR), which BraTS 2023's lesion-wise Dice counts as false lesions."""
+    from scipy import ndimage
+
+    if fraction <= 0:
+        return labels
+    pieces, count = ndimage.label(labels > 0, np.ones((3,) * labels.ndim, bool))
+    if count < 2:
+        return labels
+    sizes = np.bincount(pieces.ravel())
+    sizes[0] = 0
+    small = sizes < fraction * sizes.max()
+    small[0] = False
+    return np.where(small[pieces], 0, labels).astype(labels.dtype)
 
 
 def _check_image(model: nn.Module, image: np.ndarray) -> np.ndarray:
@@ -279,7 +298,8 @@ def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, pat
     """(labels uint8 (*S), probabilities (K, *S) or None, mode used) for a normalised (C, *S) image.
 
     The networks run on the brain's bounding box (brain_box) only; outside it, and outside the brain
-    itself within it (brain_mask), is background.
+    itself within it (brain_mask), is background. A cascade with min_piece_fraction drops the small
+    pieces of its labels (drop_small_pieces).
     The whole-grid probabilities are made only when asked for (probabilities=True): at K float32
     per voxel they would be the largest array of a cascade run.
 
@@ -308,6 +328,8 @@ def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, pat
         inner = predict_cascade(cascade, inside, plan.patch_size, device=device, progress=progress)
     labels = np.zeros(image.shape[1:], np.uint8)  # outside the brain: background (0)
     labels[box[1:]] = np.where(brain, labels_from(inner), 0)
+    if plan.mode == "cascade" and cascade.min_piece_fraction > 0:
+        labels[box[1:]] = drop_small_pieces(labels[box[1:]], cascade.min_piece_fraction)
     probs = None
     if probabilities:
         background = np.zeros(inner.shape[0], np.float32)  # what a voxel outside the brain gets

@@ -71,12 +71,13 @@ class R2UNetModels:
 
 
 def build_model(kind: str, config: dict) -> nn.Module:
-    """A network from its component kind and config. "factor" is not a network argument and is ignored;
+    """A network from its component kind and config. "factor" and "min_piece_fraction" (the cascade's, on its
+    stage 2) are not network arguments and are ignored;
     "presence_flags" (trained with contrast dropout, presence.py) is kept as the attribute `presence_flags`."""
     if kind not in BUILDERS:
         raise BundleError(f"unknown model kind '{kind}' (known: {', '.join(BUILDERS)}); use a bundle made for R2UNetSegment")
     flags = bool(config.get("presence_flags", False))
-    config = {k: v for k, v in config.items() if k not in ("factor", "presence_flags")}
+    config = {k: v for k, v in config.items() if k not in ("factor", "presence_flags", "min_piece_fraction")}
     if "widths" in config:
         config["widths"] = tuple(config["widths"])
     try:
@@ -142,8 +143,9 @@ def load_r2unet_models(path, device: str = "cpu", adapter=None) -> R2UNetModels:
     r2unet = load("r2unet") if "r2unet" in names else None
     cascade = None
     if "cascade_stage1" in names:
-        factor = float(names["cascade_stage2"].config.get("factor", DEFAULT_FACTOR))
-        cascade = Cascade(load("cascade_stage1"), load("cascade_stage2"), factor)
+        stage2 = names["cascade_stage2"].config
+        cascade = Cascade(load("cascade_stage1"), load("cascade_stage2"), float(stage2.get("factor", DEFAULT_FACTOR)),
+                          float(stage2.get("min_piece_fraction", 0.0)))
     first = next(n for n in ("unet", "r2unet", "cascade_stage1") if n in names)
     config = names[first].config
     return R2UNetModels(unet, r2unet, cascade, bundle, int(config["in_channels"]), int(config["out_channels"]),
