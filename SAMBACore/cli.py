@@ -115,14 +115,15 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--seed", type=int, default=0, help="seed of the first case; case i uses seed + i (default 0)")
     phantom.add_argument("--lowres", action="store_true", help="mimic low-field scans: thick slices, more noise")
     phantom.add_argument("--naming", choices=("2023", "2021"), default="2023", help="BraTS file naming and labels")
-    phantom.add_argument("--randomise", nargs="?", const="v2", choices=("v2", "v3"), default=False, metavar="VERSION",
+    phantom.add_argument("--randomise", nargs="?", const="v2", choices=("v2", "v3", "v4"), default=False, metavar="VERSION",
                          help="domain-randomised cases (SynthSeg-style): random anatomy deformation, ventricle size and "
                               "mass effect; 1-3 irregular tumours, 1-150 mL, with or without necrosis, enhancement or "
                               "edema; random tissue intensities in physiological order, gamma, bias, noise; 1-7 mm "
                               "slices along any axis, blur, ghosting; int16, float or z-scored values (--lowres ignored). "
                               "VERSION v2 (the default) or v3: the same cases with enhancement down to 1.15x brain on "
                               "T1CE, necrosis that may look like edema except on T1CE, non-enhancing tumour darker on "
-                              "T1 and brighter on T2 than edema")
+                              "T1 and brighter on T2 than edema; v4: v3's cases with what is not tumour but looks like it (periventricular "
+                              "and white-matter FLAIR hyperintensities, enhancing surface vessels and choroid plexus)")
     phantom.set_defaults(run=_phantom)
 
     demo = commands.add_parser("demo", help="make a phantom case, segment it with SAMBA, write the .seg.nrrd and score it")

@@ -226,7 +226,8 @@ def write_case(out_dir, case_id: str, seed: int, lowres: bool = False, naming: s
     """Write one case as BraTS NIfTI files into out_dir/case_id; returns that folder.
 
     randomise: the domain-randomised generator (phantom_v2) instead of this one, True or "v2", or
-    "v3" (v2 with fainter enhancement and harder cores, see phantom_v2.contrast); `lowres` is then
+    "v3" (v2 with fainter enhancement and harder cores, see phantom_v2.contrast) or "v4" (v3 with non-tumour
+    look-alikes, phantom_v2.lookalikes); `lowres` is then
     ignored (v2 draws its own slice thickness). The default stays this generator so that earlier
     results reproduce."""
     import SimpleITK as sitk

@@ -146,4 +146,25 @@ def test_v3_same_cases_harder_contrasts(cases):
     assert v3.params["generator"] == "v3" and np.array_equal(v3.labels, cases[6].labels)
     assert not np.array_equal(v3.images["t1ce"], cases[6].images["t1ce"])
     with pytest.raises(ValueError, match="v2"):
-        make_case_v2(6, "v4")
+        make_case_v2(6, "v5")
+
+
+def test_v4_is_v3_with_lookalikes_labelled_background():
+    """v4: the same case as v3 (labels, tumour) with non-tumour look-alikes painted in outside the tumour:
+    hyperintensities brighter than white matter on FLAIR, vessels brighter than it on T1CE."""
+    from SAMBACore.phantom_v2 import lookalikes
+
+    v3, v4 = make_case_v2(6, "v3"), make_case_v2(6, "v4")
+    assert v4.params["generator"] == "v4" and np.array_equal(v4.labels, v3.labels)
+    look = v4.params["lookalikes"]
+    assert look["ml"]["wmh"] > 0.3 and look["ml"]["vessel"] > 0.3, look  # this seed draws both kinds (0.6 and 1.5 mL)
+    wm = v3.tissues == 3
+    for key, brighter in (("flair", "wmh"), ("t1ce", "vessel")):
+        changed = (np.abs(v4.images[key].astype(np.float32) - v3.images[key].astype(np.float32)) > 0) & (v3.labels == 0)
+        assert changed.sum() > 500, key
+        gain = v4.images[key][changed].astype(np.float32) - v3.images[key][changed].astype(np.float32)
+        scale = v3.images[key][wm].astype(np.float32).std()
+        assert np.percentile(gain, 99) > 0.5 * scale, (key, brighter)  # some look-alike voxels clearly brighter
+    values = lookalikes.values(lookalikes.draw(np.random.default_rng(0)), draw_design(6, "v3")["values"])
+    tissue = draw_design(6, "v3")["values"]
+    assert values["flair"]["wmh"] > tissue["flair"]["wm"] and values["t1ce"]["vessel"] > tissue["t1ce"]["wm"]

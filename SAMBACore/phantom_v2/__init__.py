@@ -12,6 +12,8 @@ z-scored values). What was drawn is in `PhantomCase.params`.
 Two random streams per seed: the design (every scalar and discrete choice, `draw_design`,
 cheap enough to survey hundreds of seeds) and the realisation (noise fields, shapes, noise).
 `make_case_v2(seed)` is bit-identical per seed. The ground truth stays on the 1 mm BraTS grid.
+Versions v3 (harder tumour contrasts, contrast.py) and v4 (v3 plus non-tumour look-alikes labelled
+background, lookalikes.py) are the same cases with those changes.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import numpy as np
 
 from ..brats import ET, MODALITIES, NETC, SNFH
 from ..phantom import SHAPE, PhantomCase
-from . import acquisition, anatomy, contrast, lesions
+from . import acquisition, anatomy, contrast, lesions, lookalikes
 
-VERSIONS = ("v2", "v3")
+VERSIONS = ("v2", "v3", "v4")
 _TO_LABEL = np.array([0, SNFH, ET, NETC, NETC], np.uint8)  # generator codes -> internal labels
 
 
@@ -59,7 +61,14 @@ def make_case_v2(seed: int, version: str = "v2") -> PhantomCase:
     own_ml = [lesions.paint(rng, lesion, tissues, codes) for lesion in plan]
     codes[~tissues.brain] = 0
 
-    painter = contrast.Painter(rng, tissues, codes)
+    soft, look = {}, None
+    if version == "v4":  # their own stream: the case is otherwise its v3 case, draw for draw
+        look_rng = np.random.default_rng([seed, 2])
+        look = lookalikes.draw(look_rng)
+        soft = lookalikes.maps(look_rng, look, tissues, tissues.vent_sdf, codes)
+        for key, extra in lookalikes.values(look, design["values"]).items():
+            design["values"][key] = {**design["values"][key], **extra}
+    painter = contrast.Painter(rng, tissues, codes, soft)
     n_total = int(np.prod(SHAPE))
     images, scales, offsets, backgrounds = {}, {}, {}, {}
     for key in MODALITIES:
@@ -75,8 +84,10 @@ def make_case_v2(seed: int, version: str = "v2") -> PhantomCase:
     tissue_map = np.zeros(SHAPE, np.uint8)  # dominant healthy tissue: 1 CSF, 2 GM, 3 WM
     dominant = 1 + np.argmax(np.stack([tissues.csf, tissues.gm, tissues.wm]), axis=0).astype(np.uint8)
     tissue_map[tissues.box] = np.where(tissues.brain, dominant, 0)
-    return PhantomCase(images=images, labels=labels, params=_params(seed, version, design, own_ml, labels, shift, scales, offsets, backgrounds),
-                       tissues=tissue_map)
+    params = _params(seed, version, design, own_ml, labels, shift, scales, offsets, backgrounds)
+    if look is not None:
+        params["lookalikes"] = {**look, "ml": {name: round(float(m.sum()) / 1000, 3) for name, m in soft.items()}}
+    return PhantomCase(images=images, labels=labels, params=params, tissues=tissue_map)
 
 
 def _params(seed, version, design, own_ml, labels, shift, scales, offsets, backgrounds) -> dict:

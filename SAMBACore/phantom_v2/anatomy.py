@@ -168,6 +168,7 @@ class Tissues:
     gm: np.ndarray
     wm: np.ndarray
     brain: np.ndarray  # bool
+    vent_sdf: np.ndarray | None = None  # mm from the (grown) ventricles' wall, negative inside
 
 
 def warp_tissues(src_nodes: np.ndarray, grow: float) -> Tissues:
@@ -189,4 +190,4 @@ def warp_tissues(src_nodes: np.ndarray, grow: float) -> Tissues:
         to_wm = np.clip(sdf - grow + 0.5, 0, 1) * (sdf < 0.5)
         wm, csf = wm + csf * to_wm, csf * (1 - to_wm)
     brain = (csf + gm + wm) > 0.5
-    return Tissues(box, csf, gm, wm, brain)
+    return Tissues(box, csf, gm, wm, brain, sdf - np.float32(grow))

@@ -9,6 +9,8 @@ them; what is kept is the order that defines the tissues and the BraTS sub-regio
   non-enhancing tumour  as dark on T1CE as on T1 (relative to WM), bright on T2 / FLAIR
 Margins are wide enough that thick slices, bias and noise do not undo the order.
 
+Version "v4" is v3 with non-tumour look-alikes painted in (lookalikes.py).
+
 Version "v3" (same draws, so the same seed gives the same anatomy and tumours) widens what v2
 made too easy, after looking at real BraTS cases: enhancement as faint as 1.15x the brighter of
 GM and WM on T1CE (v2: 1.5x and up), necrosis that can look like edema on T1 (only the enhancing
@@ -32,7 +34,7 @@ def draw_values(rng: np.random.Generator, version: str = "v2") -> dict[str, dict
     """{modality: {tissue: mean signal}} on an arbitrary 0-3.2 scale; version "v3" as in the module's
     docstring (the same number of draws as "v2", in the same order)."""
     u = rng.uniform
-    v3 = version == "v3"
+    v3 = version in ("v3", "v4")  # v4: v3's values, plus look-alikes drawn elsewhere (lookalikes.py)
     # Darkest tissue, then two steps up: contrast from faint (low field) to strong, never none.
     v = {key: dict(zip(HEALTHY_ORDER[key], np.cumsum([u(0.05, 0.4), u(0.06, 0.4), u(0.06, 0.4)]))) for key in MODALITIES}
     t1, ce, t2, fl = (v[k] for k in MODALITIES)
@@ -54,8 +56,9 @@ def draw_values(rng: np.random.Generator, version: str = "v2") -> dict[str, dict
 class Painter:
     """Per-case pieces shared by the four contrasts: textures and soft tumour maps."""
 
-    def __init__(self, rng: np.random.Generator, tissues, codes: np.ndarray):
+    def __init__(self, rng: np.random.Generator, tissues, codes: np.ndarray, lookalikes: dict | None = None):
         self.tissues = tissues
+        self.lookalikes = lookalikes or {}  # soft maps by name (lookalikes.maps); v4 only
         shape = codes.shape
         # Anatomy has structure at several scales; the same texture shows in every contrast.
         self.texture = [fields.smooth_field(rng, shape, rng.uniform(1.5, 3.5)), fields.smooth_field(rng, shape, rng.uniform(6, 14))]
@@ -73,6 +76,8 @@ class Painter:
     def paint(self, rng: np.random.Generator, values: dict[str, float]) -> np.ndarray:
         tis = self.tissues
         img = tis.csf * np.float32(values["csf"]) + tis.gm * np.float32(values["gm"]) + tis.wm * np.float32(values["wm"])
+        for name, soft in self.lookalikes.items():  # before the texture, which they share with the tissue
+            img = img * (1 - soft) + soft * np.float32(values[name])
         a, b = rng.uniform(0.01, 0.06, 2)
         img *= 1 + np.float32(a) * self.texture[0] + np.float32(b) * self.texture[1]
         if self.box is not None:
