@@ -75,3 +75,18 @@ def format_means(report: dict) -> str:
     return (", ".join(f"{r} Dice {v['dice']:.3f} HD95 {v['hd95']:.1f} mm (lesion-wise {v['lesion_dice']:.3f} / "
                       f"{v['lesion_hd95']:.1f} mm)" for r, v in report["mean"].items())
             + f"; {report['mean_seconds']:.0f} s per case")
+
+
+def report_end(report: dict, as_json: bool) -> int:
+    """The end of an evaluate command: the report as one JSON line if asked, and exit status 2 (with the
+    cases named on stderr) when some case could not be read."""
+    import json
+    import sys
+
+    if as_json:
+        print(json.dumps(report))
+    if report["unreadable"]:
+        print(f"{len(report['unreadable'])} case(s) could not be read and were not scored "
+              f"({', '.join(report['unreadable'])}): see the messages above.", file=sys.stderr)
+        return 2
+    return 0

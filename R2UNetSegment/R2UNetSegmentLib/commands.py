@@ -115,12 +115,10 @@ def _r2unet(args) -> int:
 
 
 def _evaluate(args) -> int:
-    import json
-
     from R2UNetSegmentLib.evaluation import evaluate
     from R2UNetSegmentLib.r2unet_bundle import load_r2unet_models, resolve_bundle
     from SAMBACore.device import choose_device
-    from SAMBACore.evaluation import format_means
+    from SAMBACore.evaluation import format_means, report_end
     from SAMBACore.preview import case_preview_writer
 
     contrasts = _contrasts(args.contrasts)
@@ -132,13 +130,7 @@ def _evaluate(args) -> int:
     report["bundle"] = str(args.bundle)
     print(f"Mean over {report['cases']} case(s), mode {args.mode}, contrasts {report['contrasts']}: "
           + format_means(report))
-    if args.json:
-        print(json.dumps(report))
-    if report["unreadable"]:
-        print(f"{len(report['unreadable'])} case(s) could not be read and were not scored "
-              f"({', '.join(report['unreadable'])}): see the messages above.", file=sys.stderr)
-        return 2
-    return 0
+    return report_end(report, args.json)
 
 
 def _widths(text: str) -> list[int]:

@@ -185,7 +185,7 @@ def _picked(args) -> dict:
 def _evaluate(args) -> int:
     contrasts = _contrasts(args.contrasts)
     from SAMBACore.device import choose_device
-    from SAMBACore.evaluation import format_means
+    from SAMBACore.evaluation import format_means, report_end
     from SAMBASegmentLib.evaluation import evaluate
     from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
 
@@ -219,13 +219,7 @@ def _evaluate(args) -> int:
 
         title = f"{args.bundle}, {args.prompt} boxes, {args.mode}: Dice per region, one dot per case ({report['cases']})"
         print(f"Dice plot: {plot_dice(report['per_case'], args.plot, title)}")
-    if args.json:
-        print(json.dumps(report))
-    if report["unreadable"]:
-        print(f"{len(report['unreadable'])} case(s) could not be read and were not scored "
-              f"({', '.join(report['unreadable'])}): see the messages above.", file=sys.stderr)
-        return 2
-    return 0
+    return report_end(report, args.json)
 
 
 def _bench(args) -> int:
