@@ -39,7 +39,7 @@ class Cascade:
     stage1: nn.Module  # in: C image channels at low resolution; out: K classes
     stage2: nn.Module  # in: C + K channels (image + one-hot upsampled stage-1 labels); out: K
     factor: float = 0.3
-    min_piece_fraction: float = 0.0  # drop_small_pieces on its labels; chosen per bundle on held-out phantoms
+    min_piece_fraction: float = 0.0  # drop_small_pieces on its labels; chosen per bundle on tuning phantoms
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
