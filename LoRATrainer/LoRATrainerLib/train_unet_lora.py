@@ -42,7 +42,7 @@ from LoRATrainerLib import checkpoints
 from LoRATrainerLib.distributed import World, sum_over_ranks, wrap
 from LoRATrainerLib.training_data import Case
 from R2UNetSegmentLib.cascade_inputs import downsample, stage2_inputs, upsample_labels
-from R2UNetSegmentLib.inference import brain_box, labels_from, normalise, predict_full
+from R2UNetSegmentLib.inference import brain_box, brain_mask, labels_from, normalise, predict_full
 from R2UNetSegmentLib.losses import HybridLoss
 from R2UNetSegmentLib.presence import with_flags
 from R2UNetSegmentLib.r2unet_bundle import load_r2unet_models
@@ -100,7 +100,8 @@ def _prepared(case: Case, cascade, device: str, flags: bool) -> dict:
     box = brain_box(image)
     image = image[(slice(None),) + box]
     prepared = {"name": case.name, "image": np.ascontiguousarray(with_flags(image, MODALITIES) if flags else image),
-                "labels": np.ascontiguousarray(case.labels[box])}
+                "labels": np.ascontiguousarray(case.labels[box]),
+                "brain": brain_mask(image)}  # segment() labels nothing outside it; neither does validation
     if cascade is not None:
         low = stage1_labels(cascade.stage1, downsample(prepared["image"], cascade.factor), device)
         prepared["stage1"] = upsample_labels(low, prepared["image"].shape[1:])
@@ -119,7 +120,7 @@ def validation_dice(model: nn.Module, cases: list[dict], world: World = World())
     counts = [0.0, 0.0]  # 2 * intersection, |prediction| + |truth|
     for case in cases[world.rank::world.size]:
         image = _network_input(case, (...,), case["image"])
-        predicted = region_masks(labels_from(predict_full(model, image, world.device)))["WT"]
+        predicted = region_masks(labels_from(predict_full(model, image, world.device)))["WT"] & case["brain"]
         truth = region_masks(case["labels"])["WT"]
         counts[0] += 2.0 * np.logical_and(predicted, truth).sum()
         counts[1] += float(predicted.sum() + truth.sum())
