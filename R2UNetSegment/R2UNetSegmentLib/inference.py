@@ -63,15 +63,21 @@ def normalise(image: np.ndarray) -> np.ndarray:
     return out
 
 
+def _non_zero(image: np.ndarray) -> np.ndarray:
+    """Voxels non-zero in some channel of a (C, *S) image (the normalised brain)."""
+    inside = np.zeros(image.shape[1:], bool)
+    for channel in image:  # channel by channel: no image-sized temporaries (memory-bounded modes)
+        inside |= channel != 0
+    return inside
+
+
 def brain_box(image: np.ndarray) -> tuple[slice, ...]:
     """The bounding box of the voxels non-zero in some channel (the skull-stripped brain).
 
     Training draws every patch inside it, so the networks never learned what a large empty
     border looks like (stage 1 of the cascade called much of it tumour); inference runs inside
     it too, and the border is background. An all-zero image gives the whole grid."""
-    inside = np.zeros(image.shape[1:], bool)
-    for channel in image:  # channel by channel: no image-sized temporaries (memory-bounded modes)
-        inside |= channel != 0
+    inside = _non_zero(image)
     if not inside.any():
         return tuple(slice(0, size) for size in image.shape[1:])
     box = []
@@ -91,10 +97,7 @@ def brain_mask(image: np.ndarray) -> np.ndarray:
     Holes are filled so that a voxel inside the brain that happens to be 0 is not left out."""
     from scipy import ndimage
 
-    inside = np.zeros(image.shape[1:], bool)
-    for channel in image:  # channel by channel, as brain_box
-        inside |= channel != 0
-    return ndimage.binary_fill_holes(inside)
+    return ndimage.binary_fill_holes(_non_zero(image))
 
 
 def drop_small_pieces(labels: np.ndarray, fraction: float) -> np.ndarray:
