@@ -38,6 +38,7 @@ def test_components_accumulate_in_one_bundle(data, tmp_path):
     bundle = load_bundle(bundle_dir)
     assert set(bundle.components) == {"sam", "yolo", "voting"}
     record = json.loads((bundle_dir / "manifest.json").read_text())["training"]
+    assert record["yolo"]["validation_cases"] == [sorted(p.name for p in data.iterdir())[1]]  # chose, not trained
     assert record["sam"]["command"] == "test sam" and record["sam"]["steps"] == 2 and record["sam"]["cases"] == 2
     assert record["yolo"]["epochs"] == 1 and record["voting"]["votes_from"] == "yolo boxes"
     assert any("reading 2 case(s)" in line for line in log)
@@ -134,6 +135,39 @@ def test_a_second_voting_net_joins_the_first_as_an_ensemble(data, tmp_path):
         assert not torch.allclose(kept(x), added(x))  # two different nets, not one copied
 
 
+def test_the_voting_ensemble_fine_tuned_on_a_sites_cases_starts_from_its_members(data, tmp_path):
+    """--fine-tune trains the bundle's own members further (a little, at a low learning rate), keeps
+    how they were made, names the cases it used, and drops the bundle's metrics (no longer its own)."""
+    bundle_dir = tmp_path / "site"
+    small = {"whole_tumour": "votes", "channels": [4, 8, 16]}
+    training.train_voting(data, bundle_dir, steps=2, patch=32, votes="simulated", config=small,
+                          command="first", log=lambda s: None)
+    training.train_voting(data, bundle_dir, steps=2, patch=32, votes="simulated", seed=1, add_member=True,
+                          command="second", log=lambda s: None)
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["metrics"] = {"phantoms": {"mean": {"WT": {"dice": 0.9}}}}
+    (bundle_dir / "manifest.json").write_text(json.dumps(manifest))
+    before = training._voting_members(bundle_dir)["states"]
+    with pytest.raises(ValueError, match="Choose one of add a member and fine-tune"):
+        training.train_voting(data, bundle_dir, steps=1, votes="simulated", add_member=True, fine_tune=True,
+                              log=lambda s: None)
+    training.train_voting(data, bundle_dir, steps=3, patch=32, votes="simulated", lr=3e-4, fine_tune=True,
+                          command="site", log=lambda s: None)
+
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    record = manifest["training"]["voting"]
+    assert [m["command"] for m in record["members"]] == ["first", "second"]
+    assert record["fine_tuned"][0]["command"] == "site"
+    assert record["fine_tuned"][0]["cases_used"] == sorted(p.name for p in data.iterdir())
+    assert manifest["components"]["voting"]["config"]["members"] == 2 and manifest["metrics"] == {}
+    after = training._voting_members(bundle_dir)["states"]
+    fresh = training.voting.build_voting_net({**training.voting.CONFIG, **small}).state_dict()
+    for old, new in zip(before, after):
+        moved = sum(float((old[k] - new[k]).norm()) for k in old)
+        far = sum(float((old[k] - fresh[k]).norm()) for k in old)
+        assert 0 < moved < 0.05 * far  # trained further, not replaced
+
+
 def test_yolo_fine_tuned_from_a_bundle_starts_from_its_weights(data, tmp_path):
     """--start-from: one epoch moves the weights a little from the bundle's, while training from
     scratch ends far from them; a bundle without a YOLO is refused, naming what it has."""
@@ -157,3 +191,12 @@ def test_yolo_fine_tuned_from_a_bundle_starts_from_its_weights(data, tmp_path):
     training.train_sam(data, tmp_path / "no-yolo", steps=1, batch=2, sam_config=TINY_SAM, log=lambda s: None)
     with pytest.raises(BundleError, match="has no YOLO localizer to start from"):
         training.train_yolo(data, tmp_path / "x", start_from=str(tmp_path / "no-yolo"), **kwargs)
+
+
+def test_yolo_holds_out_every_n_th_case_for_validation_or_none():
+    from SAMBASegmentLib.localizer import validation_case
+
+    assert [i for i in range(5) if validation_case(i, 5)] == [1, 3]  # the default, as the bundled YOLOs
+    assert [i for i in range(10) if validation_case(i, 10, val_every=5)] == [4, 9]
+    assert not any(validation_case(i, 5, val_every=0) for i in range(5))
+    assert not validation_case(0, 1)  # one case: it trains, and validation reuses its slices

@@ -146,7 +146,7 @@ def _train(args) -> int:
     common = dict(seed=args.seed, device=device, command=command)
     if args.component == "yolo":
         training.train_yolo(args.data_dir, args.output, epochs=args.epochs, views=_views(args.views),
-                            start_from=args.start_from, **common)
+                            start_from=args.start_from, val_every=args.val_every, **common)
     elif args.component == "sam":
         frozen_encoder = args.decoder_only or args.head_only
         training.train_sam(args.data_dir, args.output, steps=args.steps, train_encoder=not frozen_encoder,
@@ -156,7 +156,7 @@ def _train(args) -> int:
         config = {"whole_tumour": "votes"} if args.whole_tumour == "votes" else None
         training.train_voting(args.data_dir, args.output, steps=args.steps, preset=args.preset, votes=args.votes,
                               drop_contrasts=args.drop_contrasts, contrast_curves=args.contrast_curves,
-                              config=config, add_member=args.add_member, **common)
+                              config=config, add_member=args.add_member, fine_tune=args.fine_tune, lr=args.lr, **common)
     print(f"Bundle updated: {args.output} ({args.component})")
     return 0
 
@@ -357,6 +357,9 @@ def register(commands, train, bench) -> None:
     yolo.add_argument("--views", default="axial,coronal,sagittal",
                       help="the views whose slices it learns from (default all three; axial alone is what preset "
                            "fast prompts, at a third of the training time)")
+    yolo.add_argument("--val-every", type=int, default=2, metavar="N",
+                      help="hold out every N-th case for validation, which picks the epoch kept (default 2, as the "
+                           "bundled YOLOs were trained; 0: none held out, every case trained on)")
     yolo.add_argument("--start-from", metavar="BUNDLE", help="fine-tune this bundle's YOLO (folder or bundled name) "
                       "instead of training from scratch")
     sam = training_parser("sam", "box-prompted SAM (the whole small model, or the mask decoder only)")
@@ -392,6 +395,11 @@ def register(commands, train, bench) -> None:
     voting_parser.add_argument("--add-member", action="store_true",
                                help="keep the bundle's voting net(s) and add this one: their outputs are averaged "
                                     "(an ensemble of nets trained on different data or augmentation)")
+    voting_parser.add_argument("--fine-tune", action="store_true",
+                               help="go on training the bundle's voting net(s) on these cases instead of a new net: "
+                                    "for a site's own labelled or corrected cases (use a lower --lr, e.g. 3e-4); the "
+                                    "manifest lists the cases' names")
+    voting_parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     voting_parser.add_argument("--whole-tumour", choices=("net", "votes"), default="net",
                                help="net (default): the net's whole tumour; votes: the votes' majority, the net "
                                     "only splitting it (for a SAM that knows real tumours better than the net)")

@@ -46,18 +46,23 @@ def detector_state_dict(yolo) -> dict:
     return {k: v.detach().float().contiguous().clone() for k, v in yolo.model.state_dict().items()}
 
 
-def export_dataset(cases: list[tuple[np.ndarray, np.ndarray]], out_dir, seed: int = 0, views=("axial", "coronal", "sagittal")) -> Path:
-    """Write a YOLO dataset from (flair volume, whole-tumour mask) pairs; returns its data.yaml.
+def validation_case(index: int, count: int, val_every: int = 2) -> bool:
+    """Whether case `index` of `count` is held out for validation: every `val_every`-th (the 2nd,
+    4th, ... by default), none with one case or `val_every` 0 (validation then reuses the training
+    slices). ultralytics keeps the epoch that validates best, so these cases choose, not train."""
+    return val_every > 0 and count > 1 and index % val_every == val_every - 1
 
-    Every other case goes to validation when there are at least two, so training can report
-    mAP on slices it has not seen.
-    """
+
+def export_dataset(cases: list[tuple[np.ndarray, np.ndarray]], out_dir, seed: int = 0, views=("axial", "coronal", "sagittal"),
+                   val_every: int = 2) -> Path:
+    """Write a YOLO dataset from (flair volume, whole-tumour mask) pairs; returns its data.yaml.
+    Cases for validation (validation_case) let training report mAP on slices it has not seen."""
     from PIL import Image
 
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     for index, (flair, whole) in enumerate(cases):
-        split = "val" if len(cases) > 1 and index % 2 == 1 else "train"
+        split = "val" if validation_case(index, len(cases), val_every) else "train"
         (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
         (out_dir / "labels" / split).mkdir(parents=True, exist_ok=True)
         for view in views:

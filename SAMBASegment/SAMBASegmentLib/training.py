@@ -39,11 +39,16 @@ BASE_MANIFEST = {
 
 
 def _load_cases(data_dir, log: Progress):
+    return [case[1:] for case in _load_named_cases(data_dir, log)]
+
+
+def _load_named_cases(data_dir, log: Progress):
+    """[(case folder name, images, labels)] of the usable cases in `data_dir`."""
     cases, skipped = find_training_cases(data_dir)
     for reason in skipped:
         log(f"skipped {reason}")
     log(f"reading {len(cases)} case(s) from {data_dir}")
-    return [read_case(files)[:2] for files in cases]
+    return [(next(iter(files.values())).parent.name, *read_case(files)[:2]) for files in cases]
 
 
 def _update_bundle(bundle_dir, name: str, kind: str, config: dict, state: dict, record: dict, manifest: dict | None = None):
@@ -57,6 +62,7 @@ def _update_bundle(bundle_dir, name: str, kind: str, config: dict, state: dict, 
     else:
         base, states, components = dict(manifest or BASE_MANIFEST), {}, {}
     base["training"] = {**base.get("training", {}), name: record}
+    base["metrics"] = {}  # measured with the component as it was: no longer this bundle's
     base["components"] = {**components, name: {"kind": kind, "config": config}}
     states[name] = state
     return save_bundle(bundle_dir, base, states)
@@ -81,8 +87,10 @@ def copy_component(source, bundle_dir, name: str, half: bool = False, config: di
 
 
 def train_yolo(data_dir, bundle_dir, epochs: int = 30, seed: int = 0, batch: int = 16, device: str = "cpu",
-               views=("axial", "coronal", "sagittal"), start_from=None, command: str = "", log: Progress = print):
-    """`start_from`: a bundle (folder or bundled name) whose YOLO is fine-tuned instead of training from scratch."""
+               views=("axial", "coronal", "sagittal"), start_from=None, command: str = "", log: Progress = print,
+               val_every: int = 2):
+    """`start_from`: a bundle (folder or bundled name) whose YOLO is fine-tuned instead of training from scratch.
+    `val_every`: every how many cases one is held out for validation (localizer.validation_case)."""
     start, started_from = None, None
     if start_from is not None:
         from SAMBASegmentLib.samba_bundle import resolve_bundle
@@ -93,15 +101,19 @@ def train_yolo(data_dir, bundle_dir, epochs: int = 30, seed: int = 0, batch: int
                               f"(it has {', '.join(origin.components)}).")
         start = load_state_dict(origin, "yolo")
         started_from = f"{origin.manifest.get('name', origin.path.name)} (yolo sha256 {origin.component('yolo').sha256})"
-    cases = _load_cases(data_dir, log)
+    named = _load_named_cases(data_dir, log)
+    cases = [case[1:] for case in named]
+    held_out = [name for index, (name, _, _) in enumerate(named) if localizer.validation_case(index, len(named), val_every)]
     with tempfile.TemporaryDirectory() as work:
         log("exporting FLAIR slices and whole-tumour boxes")
         data = localizer.export_dataset([(images["flair"], region_masks(labels)["WT"]) for images, labels in cases],
-                                        Path(work) / "dataset", seed=seed, views=views)
+                                        Path(work) / "dataset", seed=seed, views=views, val_every=val_every)
         log(f"{'fine-tuning' if start else 'training'} YOLOv8n for {epochs} epoch(s)")
         yolo = localizer.train_detector(data, epochs, Path(work) / "runs", batch=batch, seed=seed, device=device,
                                         start=start)
-    record = {"command": command, "cases": len(cases), "epochs": epochs, "seed": seed, "views": list(views),
+    # "cases" counts them all; those in "validation_cases" only chose the epoch kept, the others were trained on.
+    record = {"command": command, "cases": len(cases), "validation_cases": held_out or "none (validated on the training slices)",
+              "epochs": epochs, "seed": seed, "views": list(views),
               "imgsz": localizer.CONFIG["imgsz"], **({"started_from": started_from} if start else {})}
     return _update_bundle(bundle_dir, "yolo", "yolo", localizer.CONFIG, localizer.detector_state_dict(yolo), record)
 
@@ -195,16 +207,22 @@ def _simulated_sample(images, labels, rng) -> tuple[np.ndarray, np.ndarray]:
 def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: int = 64, batch: int = 2,
                  lr: float = 3e-3, device: str = "cpu", command: str = "", log: Progress = print, preset: str = "auto",
                  votes: str = "sam", drop_contrasts: float = 0.0, contrast_curves: float = 0.0,
-                 config: dict | None = None, add_member: bool = False):
+                 config: dict | None = None, add_member: bool = False, fine_tune: bool = False):
     """The voting net on the votes of the bundle's SAM (`votes` sam), or on votes simulated from the
     true whole tumour (simulated: no SAM run, see simulated_votes.py), with contrast dropout `drop_contrasts`
     and random contrast curves `contrast_curves` (contrast_curves.py).
     `config` adds entries to the component's config (e.g. {"whole_tumour": "votes"}). `add_member`: keep
-    the bundle's voting net(s) and add the new one, their logits averaged (voting.VotingEnsemble)."""
-    earlier = _voting_members(bundle_dir) if add_member else None
+    the bundle's voting net(s) and add the new one, their logits averaged (voting.VotingEnsemble).
+    `fine_tune`: go on training the bundle's voting net(s) (every member, their averaged logits) on
+    these cases, for a site's own labelled or corrected cases; the manifest keeps how the nets were
+    first trained and adds this run with its cases' names."""
+    if add_member and fine_tune:
+        raise ValueError("Choose one of add a member and fine-tune: a new net, or the bundle's own trained further.")
+    earlier = _voting_members(bundle_dir) if add_member or fine_tune else None
     if votes not in VOTE_SOURCES:
         raise ValueError(f"Unknown vote source {votes!r}: choose one of {', '.join(VOTE_SOURCES)}.")
-    cases = _load_cases(data_dir, log)
+    named = _load_named_cases(data_dir, log)
+    cases = [case[1:] for case in named]
     samples, presets = [], set()
     if votes == "simulated":
         rng = np.random.default_rng(seed)
@@ -224,9 +242,12 @@ def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: i
         votes_from = "yolo boxes" if models.yolo is not None else "true whole-tumour boxes"
     # The net's shape: CONFIG, or the earlier members' (an ensemble's members share one), then `config`.
     config = {**voting.CONFIG, **(earlier["config"] if earlier else {}), **(config or {})}
-    config.pop("members", None)
+    if not fine_tune:
+        config.pop("members", None)
     torch.manual_seed(seed)
     net = voting.build_voting_net(config)
+    if fine_tune:
+        net.load_state_dict(voting.ensemble_state(earlier["states"]))
 
     def report(step, loss):
         if step % 50 == 0 or step == steps - 1:
@@ -245,8 +266,14 @@ def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: i
         record["contrast_curves"] = (f"p {contrast_curves} per image: a random monotone intensity curve "
                                      "(MONAI RandHistogramShift, 4-8 control points), brain mean and std kept")
     states = voting.member_states(net)
+    if fine_tune:
+        record["cases_used"] = [name for name, _, _ in named]
+        return _update_bundle(bundle_dir, "voting", "voting", config, voting.ensemble_state(states),
+                              {"members": earlier["records"], "fine_tuned": earlier["fine_tuned"] + [record]})
     if earlier is not None:
-        states, record = earlier["states"] + states, {"members": earlier["records"] + [record]}
+        # A fine-tuning run before is kept with the members it fine-tuned (all but this new one).
+        states, record = earlier["states"] + states, {"members": earlier["records"] + [record],
+                                                      **({"fine_tuned": earlier["fine_tuned"]} if earlier["fine_tuned"] else {})}
         config["members"] = len(states)
     return _update_bundle(bundle_dir, "voting", "voting", config, voting.ensemble_state(states), record)
 
@@ -256,7 +283,9 @@ def _voting_members(bundle_dir) -> dict:
     bundle = load_bundle(bundle_dir)
     if "voting" not in bundle.components:
         raise BundleError(f"{bundle_dir}: has no voting net to add a member to; train one without --add-member first.")
-    trained = bundle.manifest.get("training", {}).get("voting", {})
+    trained = dict(bundle.manifest.get("training", {}).get("voting", {}))
+    fine_tuned = trained.pop("fine_tuned", [])
     config = dict(bundle.component("voting").config)
     net = check_state_dict(voting.build_voting_net(config), load_state_dict(bundle, "voting"), "voting")
-    return {"states": voting.member_states(net), "config": config, "records": trained.get("members", [trained])}
+    return {"states": voting.member_states(net), "config": config, "records": trained.get("members", [trained]),
+            "fine_tuned": fine_tuned}
