@@ -13,14 +13,14 @@ from safetensors.torch import load_file
 from torch import nn
 
 from LoRATrainerLib.logic import LoRATrainerCore
-from LoRATrainerLib.train_unet_lora import UnetLoraSettings, train_unet_lora
+from LoRATrainerLib.train_unet_lora import UnetLoraSettings, train_unet_lora, validation_dice
 from LoRATrainerLib.training_data import cases_from_folder
 from R2UNetSegmentLib.inference import normalise, predict_cascade, segment
 from R2UNetSegmentLib.r2unet_bundle import BASE_MANIFEST, load_r2unet_models, save_r2unet_bundle
 from R2UNetSegmentLib.unet3d import UNet3D
 from SAMBACore import adapters
 from SAMBACore.background import Cancelled
-from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, find_case_files, read_case
+from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, SNFH, find_case_files, read_case
 from SAMBACore.cli import main
 from SAMBACore.inputs import InputError
 from test_r2unet_training import write_tiny_cases
@@ -241,3 +241,23 @@ def test_a_bundle_with_presence_flags_is_adapted_with_its_flags(cases, tmp_path)
                              UnetLoraSettings(component="cascade_stage2", epochs=1, steps_per_epoch=2, patch=16),
                              log=lambda m: None)
     assert stage2["training"]["component"] == "cascade_stage2" and (tmp_path / "stage2" / adapters.WEIGHTS).exists()
+
+
+def test_stage2_validation_drops_the_small_pieces_the_cascade_drops():
+    """Validation scores what segment() labels: with the cascade's min_piece_fraction a small piece of
+    the prediction is dropped. A 1x1 convolution stands in for the U-Net (a named stand-in): it labels
+    edema wherever its one input channel is 1, background elsewhere."""
+    net = nn.Conv3d(1, 4, 1)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.fill_(-10.0)
+        net.weight[0, 0], net.bias[0] = -10.0, 5.0
+        net.weight[SNFH, 0], net.bias[SNFH] = 10.0, -5.0
+    tumour = np.zeros((12, 12, 12), bool)
+    tumour[2:8, 2:8, 2:8] = True
+    predicted = tumour.copy()
+    predicted[10, 10, 10] = True  # a one-voxel piece away from the tumour
+    case = {"image": predicted[None].astype(np.float32), "labels": np.where(tumour, SNFH, 0).astype(np.uint8),
+            "brain": np.ones(tumour.shape, bool)}
+    assert validation_dice(net, [case]) == pytest.approx(2 * 216 / (217 + 216))
+    assert validation_dice(net, [{**case, "min_piece_fraction": 0.1}]) == 1.0

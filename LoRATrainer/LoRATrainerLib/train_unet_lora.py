@@ -42,7 +42,7 @@ from LoRATrainerLib import checkpoints
 from LoRATrainerLib.distributed import World, sum_over_ranks, wrap
 from LoRATrainerLib.training_data import Case
 from R2UNetSegmentLib.cascade_inputs import downsample, stage2_inputs, upsample_labels
-from R2UNetSegmentLib.inference import brain_box, brain_mask, labels_from, normalise, predict_full
+from R2UNetSegmentLib.inference import brain_box, brain_mask, drop_small_pieces, labels_from, normalise, predict_full
 from R2UNetSegmentLib.losses import HybridLoss
 from R2UNetSegmentLib.presence import with_flags
 from R2UNetSegmentLib.r2unet_bundle import load_r2unet_models
@@ -95,7 +95,7 @@ def _prepared(case: Case, cascade, device: str, flags: bool) -> dict:
     """A case as the network sees it: normalised, cropped to the brain's box, with the four presence
     flags when the bundle was trained with them (`flags`; the training cases hold all four contrasts);
     for stage 2 with the upsampled labels of the bundle's stage 1 (`cascade`), computed as inference
-    computes them."""
+    computes them, and the cascade's min_piece_fraction, which segment() applies to its labels."""
     image = normalise(np.stack([case.images[m] for m in MODALITIES]))
     box = brain_box(image)
     image = image[(slice(None),) + box]
@@ -105,6 +105,7 @@ def _prepared(case: Case, cascade, device: str, flags: bool) -> dict:
     if cascade is not None:
         low = stage1_labels(cascade.stage1, downsample(prepared["image"], cascade.factor), device)
         prepared["stage1"] = upsample_labels(low, prepared["image"].shape[1:])
+        prepared["min_piece_fraction"] = cascade.min_piece_fraction
     return prepared
 
 
@@ -120,7 +121,8 @@ def validation_dice(model: nn.Module, cases: list[dict], world: World = World())
     counts = [0.0, 0.0]  # 2 * intersection, |prediction| + |truth|
     for case in cases[world.rank::world.size]:
         image = _network_input(case, (...,), case["image"])
-        predicted = region_masks(labels_from(predict_full(model, image, world.device)))["WT"] & case["brain"]
+        labels = np.where(case["brain"], labels_from(predict_full(model, image, world.device)), 0)
+        predicted = region_masks(drop_small_pieces(labels, case.get("min_piece_fraction", 0.0)))["WT"]
         truth = region_masks(case["labels"])["WT"]
         counts[0] += 2.0 * np.logical_and(predicted, truth).sum()
         counts[1] += float(predicted.sum() + truth.sum())
