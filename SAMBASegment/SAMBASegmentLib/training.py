@@ -282,7 +282,8 @@ def _voting_members(bundle_dir) -> dict:
     """The voting net(s) of the bundle at `bundle_dir`: their states, config and training records."""
     bundle = load_bundle(bundle_dir)
     if "voting" not in bundle.components:
-        raise BundleError(f"{bundle_dir}: has no voting net to add a member to; train one without --add-member first.")
+        raise BundleError(f"{bundle_dir}: has no voting net to add a member to or to fine-tune; train one first, "
+                          "without --add-member or --fine-tune.")
     trained = dict(bundle.manifest.get("training", {}).get("voting", {}))
     fine_tuned = trained.pop("fine_tuned", [])
     config = dict(bundle.component("voting").config)
