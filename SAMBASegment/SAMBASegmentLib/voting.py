@@ -17,10 +17,10 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
-from scipy import ndimage
 
 from SAMBACore.brats import ET, MODALITIES, NETC, SNFH, region_masks
 from SAMBACore.contrast_curves import apply_contrast_curves
+from SAMBACore.pieces import small_pieces
 from SAMBASegmentLib.simulated_votes import drop_contrasts
 
 CONFIG = {"channels": [20, 40, 64], "strides": [2, 2], "num_res_units": 1, "roi": [96, 96, 96]}
@@ -106,13 +106,8 @@ MIN_CORE_MM3 = 50.0
 
 def drop_small_cores(labels: np.ndarray, voxel_mm3: float = 1.0, min_mm3: float = MIN_CORE_MM3) -> np.ndarray:
     """`labels` with each 26-connected piece of tumour core (NETC or ET) under `min_mm3` made edema."""
-    core = (labels == NETC) | (labels == ET)
-    pieces, count = ndimage.label(core, np.ones((3, 3, 3), bool))
-    if count == 0:
-        return labels
-    small = np.bincount(pieces.ravel()) * voxel_mm3 < min_mm3
-    small[0] = False
-    return np.where(small[pieces], SNFH, labels).astype(labels.dtype)
+    small = small_pieces((labels == NETC) | (labels == ET), lambda sizes: sizes * voxel_mm3 < min_mm3)
+    return np.where(small, SNFH, labels).astype(labels.dtype)
 
 
 def regions_to_labels(regions: np.ndarray) -> np.ndarray:
