@@ -33,7 +33,7 @@ def case():
 @pytest.fixture(scope="module")
 def models(reseed):
     reseed()  # conftest.py
-    return SambaModels(build_sam(TINY_SAM).eval(), None, voting.build_voting_net().eval())
+    return SambaModels(build_sam(TINY_SAM).eval(), None, voting.build_voting_net().eval(), region_tokens=True)
 
 
 def test_roi_prompt_gives_labels_and_agreement_on_the_input_grid(case, models):
@@ -92,8 +92,22 @@ def test_bundle_round_trip_gives_the_same_result(case, models, tmp_path):
 
 
 def test_binary_mode_needs_a_voting_network(case, models):
-    without_voting = SambaModels(models.sam, None, None)
+    without_voting = SambaModels(models.sam, None, None, region_tokens=True)
     with pytest.raises(ValueError, match="no voting network"):
         run_samba(case, without_voting, prompt="roi", roi=((3, 5, 4), (8, 14, 12)))
     result = run_samba(case, without_voting, prompt="roi", roi=((3, 5, 4), (8, 14, 12)), mode="samba-mc")
     assert result.labels.shape == case["flair"].shape
+
+
+def test_samba_mc_needs_a_sam_trained_for_region_tokens(case, models, tmp_path):
+    """A SAM whose extra mask tokens were never trained as WT, TC, ET (LiteMedSAM, an official SAM) is
+    refused in SAMBA-mc mode, with what to do; the bundle's manifest says which SAM was (train sam --mode)."""
+    untrained = SambaModels(models.sam, None, None)
+    with pytest.raises(ValueError, match="not trained for SAMBA-mc.*Use mode samba"):
+        run_samba(case, untrained, prompt="roi", roi=((3, 5, 4), (8, 14, 12)), mode="samba-mc")
+    with pytest.raises(ValueError, match="no voting network.*use a bundle with a voting network"):
+        run_samba(case, untrained, prompt="roi", roi=((3, 5, 4), (8, 14, 12)))
+    for mode, expected in (("samba-mc", True), ("samba", False)):
+        manifest = {**MANIFEST, "training": {"sam": {"mode": mode}}}
+        save_samba_bundle(tmp_path / mode, models, {"sam": TINY_SAM, "voting": voting.CONFIG}, manifest)
+        assert load_samba_models(tmp_path / mode).region_tokens is expected

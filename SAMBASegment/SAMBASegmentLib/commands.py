@@ -308,7 +308,7 @@ def register(commands, train, bench) -> None:
     segment.add_argument("--roi", help="box around the tumour, two opposite corners in RAS mm: --roi=R,A,S,R,A,S (the = keeps a leading minus sign from reading as an option)")
     segment.add_argument("--prompt", choices=("yolo", "yolo-boxes", "roi"), help="box source (default: roi if --roi, "
                          "else yolo). " + YOLO_PROMPT_HELP)
-    segment.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary SAM + voting, or multi-class SAM")
+    segment.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary SAM + voting, or multi-class SAM (samba-mc: only with a bundle whose SAM was trained for it, such as phantom-demo)")
     segment.add_argument("--device", choices=DEVICES, default="auto")
     segment.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help=PRESET_HELP)
     segment.add_argument("--agreement", type=Path, help="also write the per-voxel SAM agreement map (.nrrd or .nii.gz; "
@@ -329,7 +329,7 @@ def register(commands, train, bench) -> None:
     evaluate.add_argument("--prompt", choices=("yolo", "yolo-boxes", "roi"), default="yolo",
                           help="roi: the true tumour box grown by 5 voxels, standing in for a hand-drawn box. "
                           + YOLO_PROMPT_HELP)
-    evaluate.add_argument("--mode", choices=("samba", "samba-mc"), default="samba")
+    evaluate.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="as for segment")
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help=PRESET_HELP)
     evaluate.add_argument("--contrasts", metavar="LIST", help="use only these contrasts of each case, e.g. "

@@ -252,7 +252,13 @@ def run_samba(
         raise ValueError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
     if mode == "samba" and models.voting is None and not keep_votes:
         raise ValueError("This bundle has no voting network to split the tumour into sub-regions: "
-                         "use mode samba-mc, or a bundle with a voting network.")
+                         + ("use mode samba-mc, or " if models.region_tokens else "use ")
+                         + "a bundle with a voting network (slicer-samba train voting).")
+    if mode == "samba-mc" and not models.region_tokens:
+        which = "The SAM checkpoint you picked" if models.picked_sam else "This bundle's SAM"
+        raise ValueError(f"{which} was not trained for SAMBA-mc: its extra mask tokens are not the tumour's "
+                         "regions. Use mode samba, or a bundle whose SAM was trained with "
+                         "`slicer-samba train sam DATA -o BUNDLE --decoder-only --mode samba-mc` (phantom-demo's was).")
     preset = choose_preset(preset, models.sam, device)
     present = contrasts_present(images)  # raises when none is given
     pairs = usable_pairs(PRESETS[preset], present)

@@ -33,6 +33,10 @@ class SambaModels:
     whole_tumour_from_votes: bool = False
     # A SAM the user picked as a file instead of the bundle's (picked_sam.py): its file, type and sha256.
     picked_sam: dict | None = None
+    # SAM's three extra mask tokens were trained as WT, TC, ET (train sam --mode samba-mc), so SAMBA-mc
+    # mode may run. Otherwise they are the SAM's own ambiguity masks: LiteMedSAM's, read as regions, gave
+    # WT / TC / ET Dice 0.74 / 0.49 / 0.57 on the demo phantom where binary SAMBA gave 0.90 / 0.91 / 0.95.
+    region_tokens: bool = False
 
 
 def load_samba_models(path, device: str = "cpu", adapter=None, sam_file=None, sam_type: str | None = None) -> SambaModels:
@@ -70,8 +74,10 @@ def load_samba_models(path, device: str = "cpu", adapter=None, sam_file=None, sa
     if "voting" in components:
         net = check_state_dict(voting.build_voting_net(components["voting"].config), load_state_dict(bundle, "voting"), "voting")
     from_votes = "voting" in components and components["voting"].config.get("whole_tumour") == "votes"
+    trained = bundle.manifest.get("training", {}).get("sam")
+    region_tokens = picked is None and isinstance(trained, dict) and trained.get("mode") == "samba-mc"
     return SambaModels(sam.to(device).eval(), yolo, net.to(device).eval() if net is not None else None, bundle,
-                       from_votes, picked)
+                       from_votes, picked, region_tokens)
 
 
 def load_localizer(path):
