@@ -4,7 +4,7 @@ intensities passed through a random monotone curve, so that the phantoms' contra
 On phantoms the enhancing tumour sits 2-4 interquartile ranges above healthy brain on T1CE and
 edema far above necrosis on FLAIR; on real BraTS scans (../shared/real-dev) enhancing tumour is
 1.0-1.4 above, and necrosis about as bright as edema on FLAIR. A net trained on the phantoms'
-ratios under-calls the core on real scans (docs/results.md). A monotone curve keeps what defines the
+ratios under-calls the core on real scans (docs/tried.md). A monotone curve keeps what defines the
 sub-regions (which tissue is brighter than which) and changes by how much: MONAI's
 RandHistogramShift (random control points on the intensity range, interpolated, non-decreasing),
 the intensity augmentation of nnU-Net's and SynthSeg's family. The brain's mean and standard
