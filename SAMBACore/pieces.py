@@ -18,3 +18,11 @@ def small_pieces(mask: np.ndarray, too_small: Callable[[np.ndarray], np.ndarray]
         return np.zeros(mask.shape, bool)
     small = np.concatenate([[False], too_small(np.bincount(pieces.ravel())[1:])])
     return small[pieces]
+
+
+def largest_piece(mask: np.ndarray) -> np.ndarray:
+    """The voxels of `mask`'s largest 26-connected piece (all False for an empty mask)."""
+    pieces, count = ndimage.label(mask, np.ones((3,) * mask.ndim, bool))
+    if count == 0:
+        return np.zeros(mask.shape, bool)
+    return pieces == 1 + int(np.argmax(np.bincount(pieces.ravel())[1:]))

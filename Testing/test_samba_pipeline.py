@@ -76,6 +76,24 @@ def test_yolo_finding_nothing_is_an_empty_result_not_a_crash(case, models):
     assert result.boxes == {"axial": 0, "coronal": 0, "sagittal": 0}
 
 
+def test_cascade_prompt_is_a_drawn_roi_from_the_locator_and_finding_nothing_is_an_empty_result(case, models):
+    roi = ((3, 5, 4), (8, 14, 12))
+    asked = []
+
+    def locate(images, device, progress):
+        asked.append(sorted(m for m, image in images.items() if image is not None))
+        progress(1.0, "located")
+        return roi
+
+    drawn = run_samba(case, models, prompt="roi", roi=roi)
+    located = run_samba(case, models, prompt="cascade", roi=((0, 0, 0), (1, 1, 1)), locate=locate)
+    assert asked == [["flair", "t1", "t1ce", "t2"]]  # every contrast given, once; a roi passed in is ignored
+    np.testing.assert_array_equal(located.labels, drawn.labels)
+    assert located.boxes == drawn.boxes == {"axial": 6, "coronal": 10, "sagittal": 9}
+    nothing = run_samba(case, models, prompt="cascade", locate=lambda images, device, progress: None)
+    assert not nothing.tumour_found and nothing.boxes == {"axial": 0, "coronal": 0, "sagittal": 0}
+
+
 def test_bundle_round_trip_gives_the_same_result(case, models, tmp_path):
     configs = {"sam": TINY_SAM, "voting": voting.CONFIG}
     save_samba_bundle(tmp_path / "b", models, configs, MANIFEST)

@@ -19,7 +19,10 @@ BUNDLE_HELP = f"bundle folder or bundled name ({', '.join(BUNDLED)}; default {DE
 BENCH_BUNDLE_HELP = f"bundle folder or bundled name (default {SMALL_BUNDLE})"
 YOLO_PROMPT_HELP = ("yolo: YOLO's boxes on the FLAIR slices, only its strongest runs of overlapping boxes (a false box "
                     "rarely comes in a long, confident run), each run taken as one drawn box and prompted from its "
-                    "most confident box out; yolo-boxes: YOLO's own box on every slice it finds one, as the SAMBA paper")
+                    "most confident box out; yolo-boxes: YOLO's own box on every slice it finds one, as the SAMBA paper; "
+                    "cascade: R2U-Net Segment's cascade (phantom-cascade-any) finds the tumour in 3D and the box around "
+                    "it, grown by 5 voxels, is used as a drawn box (about 20 s more a case on a CPU)")
+PROMPT_CHOICES = ("yolo", "yolo-boxes", "cascade", "roi")  # pipeline.PROMPTS less mask, without importing torch
 ADAPTER_HELP = "a LoRA adapter folder for the bundle's SAM (slicer-samba train lora), merged in before use"
 PRESET_CHOICES = ("auto", "all", "balanced", "fast")  # pipeline.PRESET_CHOICES, here without importing torch
 PRESET_HELP = ("which contrasts and views SAM votes on: all (4 contrasts x 3 views, as the paper), balanced (FLAIR "
@@ -108,13 +111,15 @@ def _segment(args) -> int:
     check_outputs(args.case_dir, args.output, args.volumes, batch, preview=args.preview)
     if batch and args.roi:
         raise ValueError("--roi is one case's box: segment that case on its own (its folder), not the whole set.")
+    if args.roi and args.prompt not in (None, "roi"):
+        raise ValueError(f"--roi is a drawn box, for --prompt roi (the default with --roi), not --prompt {args.prompt}.")
     device = choose_device(args.device)
     started = time.perf_counter()
     models = load_samba_models(resolve_bundle(args.bundle), device, adapter=args.adapter, **_picked(args))
     print(f"Models loaded in {time.perf_counter() - started:.1f} s.", flush=True)
     if models.picked_sam:
         print("SAM: {type} from {file} (sha256 {sha256}), not the bundle's.".format(**models.picked_sam), flush=True)
-    prompt = args.prompt or ("roi" if args.roi else "yolo")
+    prompt = args.prompt or ("roi" if args.roi else "cascade")
     if models.yolo is None and prompt.startswith("yolo"):
         raise ValueError(NO_LOCALIZER)  # now, not once per case of a batch
     if batch and args.agreement:
@@ -306,8 +311,8 @@ def register(commands, train, bench) -> None:
     segment.add_argument("--adapter", type=Path, metavar="DIR", help=ADAPTER_HELP)
     _add_picked_sam(segment)
     segment.add_argument("--roi", help="box around the tumour, two opposite corners in RAS mm: --roi=R,A,S,R,A,S (the = keeps a leading minus sign from reading as an option)")
-    segment.add_argument("--prompt", choices=("yolo", "yolo-boxes", "roi"), help="box source (default: roi if --roi, "
-                         "else yolo). " + YOLO_PROMPT_HELP)
+    segment.add_argument("--prompt", choices=PROMPT_CHOICES, help="box source (default: roi if --roi, "
+                         "else cascade). " + YOLO_PROMPT_HELP)
     segment.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary SAM + voting, or multi-class SAM (samba-mc: only with a bundle whose SAM was trained for it, such as phantom-demo)")
     segment.add_argument("--device", choices=DEVICES, default="auto")
     segment.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help=PRESET_HELP)
@@ -326,7 +331,7 @@ def register(commands, train, bench) -> None:
     evaluate.add_argument("--bundle", default=DEFAULT_BUNDLE, help=BUNDLE_HELP)
     evaluate.add_argument("--adapter", type=Path, metavar="DIR", help=ADAPTER_HELP)
     _add_picked_sam(evaluate)
-    evaluate.add_argument("--prompt", choices=("yolo", "yolo-boxes", "roi"), default="yolo",
+    evaluate.add_argument("--prompt", choices=PROMPT_CHOICES, default="cascade",
                           help="roi: the true tumour box grown by 5 voxels, standing in for a hand-drawn box. "
                           + YOLO_PROMPT_HELP)
     evaluate.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="as for segment")

@@ -15,6 +15,7 @@ from SAMBACore.evaluation import score_cases
 from SAMBACore.image_files import read_image_information
 from SAMBASegmentLib.contrasts import describe
 from SAMBASegmentLib.pipeline import run_samba
+from SAMBASegmentLib.prompts import roi_around
 from SAMBASegmentLib.sam_runner import EmbeddingCache
 from SAMBASegmentLib.samba_bundle import SambaModels
 
@@ -26,11 +27,10 @@ def voxel_mm3(files: dict) -> float:
 
 def truth_roi(labels: np.ndarray, margin: int = 5):
     """The whole tumour's bounding box in (k, j, i), grown by `margin` voxels: a hand-drawn box."""
-    voxels = np.argwhere(region_masks(labels)["WT"])
-    return tuple(voxels.min(axis=0) - margin), tuple(voxels.max(axis=0) + margin)
+    return roi_around(region_masks(labels)["WT"], margin)
 
 
-def evaluate(models: SambaModels, data_dir, prompt: str = "yolo", mode: str = "samba", roi_margin: int = 5,
+def evaluate(models: SambaModels, data_dir, prompt: str = "cascade", mode: str = "samba", roi_margin: int = 5,
              device: str = "cpu", log: Callable[[str], None] = print, on_case=None, preset: str = "auto",
              contrasts=None) -> dict:
     """Scores per case and their means (SAMBACore.evaluation.score_cases). Cases may have any set of the

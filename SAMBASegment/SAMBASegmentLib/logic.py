@@ -120,7 +120,7 @@ class Request:
     images: dict[str, np.ndarray]
     method: str = "samba"
     bundle: str = DEFAULT_BUNDLE
-    prompt: str = "yolo"
+    prompt: str = "cascade"
     mode: str = "samba"
     roi: tuple | None = None  # ((k, j, i) min, (k, j, i) max), inclusive
     mask: np.ndarray | None = None
@@ -149,7 +149,7 @@ class SAMBASegmentCore:
             self.cache.clear()  # embeddings are the old encoder's: another bundle's would misread them
         return self._models[key]
 
-    def prepare(self, nodes: dict, method: str = "samba", bundle: str = DEFAULT_BUNDLE, prompt: str = "yolo",
+    def prepare(self, nodes: dict, method: str = "samba", bundle: str = DEFAULT_BUNDLE, prompt: str = "cascade",
                 mode: str = "samba", roi_node=None, prompt_segmentation=None, device: str = "cpu",
                 preset: str = "auto", sam_file: str | None = None, sam_type: str | None = None) -> Request:
         if method not in METHODS:

@@ -27,6 +27,7 @@ import numpy as np
 from SAMBACore.brats import MODALITIES, SNFH, only_whole_tumour
 from SAMBACore.memory import freed_memory_kept
 from SAMBASegmentLib import localizer, propagation, voting
+from SAMBASegmentLib.cascade_roi import cascade_roi
 from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast, regions_of, usable_pairs, whole_tumour_only
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask, boxes_from_roi
 from SAMBASegmentLib.propagation import Rois, propagate_stack, rois_of_runs
@@ -35,9 +36,10 @@ from SAMBASegmentLib.samba_bundle import SambaModels
 from SAMBASegmentLib.slices import VIEWS, from_view_slices, normalise_slices, slice_count, view_slices
 
 # yolo: YOLO's main runs, each an ROI prompted by propagation; yolo-boxes: YOLO's own top box on
-# every slice (the paper's prompts, and this project's before the runs; kept to reproduce them).
-PROMPTS = ("yolo", "yolo-boxes", "roi", "mask")
-PROPAGATED = ("yolo", "roi")
+# every slice (the paper's prompts, and this project's before the runs; kept to reproduce them);
+# cascade: the box around the U-Net cascade's tumour (cascade_roi), prompted like a drawn ROI.
+PROMPTS = ("yolo", "yolo-boxes", "cascade", "roi", "mask")
+PROPAGATED = ("yolo", "cascade", "roi")
 MODES = ("samba", "samba-mc")
 ALL_VOTES = tuple((m, v) for m in MODALITIES for v in VIEWS)  # vote m * 3 + v: modality-major
 # Which (modality, view) pairs SAM runs on; the votes not run are filled in (fill_missing_votes).
@@ -106,6 +108,8 @@ def prompt_boxes(models: SambaModels, images: dict[str, np.ndarray], view: str, 
         if prompt == "yolo-boxes":
             return yolo_boxes(models.yolo, images, view, device)
         return yolo_rois(models.yolo, images, view, device)
+    if prompt == "cascade":  # roi: the cascade's (run_samba), None where it found no tumour
+        return boxes_from_roi(roi[0], roi[1], _shape(images), view) if roi is not None else {}
     if prompt == "roi":
         if roi is None:
             raise ValueError("The ROI prompt needs a box: place a markups ROI around the tumour (--roi on the command line).")
@@ -229,7 +233,7 @@ def fuse_votes(images: dict[str, np.ndarray], votes: np.ndarray, models: SambaMo
 def run_samba(
     images: dict[str, np.ndarray],
     models: SambaModels,
-    prompt: str = "yolo",
+    prompt: str = "cascade",
     mode: str = "samba",
     roi=None,
     mask: np.ndarray | None = None,
@@ -240,6 +244,7 @@ def run_samba(
     keep_votes: bool = False,
     preset: str = "auto",
     voxel_mm3: float = 1.0,
+    locate: Callable | None = None,
 ) -> SambaResult:
     """Segment one case. `roi` is ((k, j, i) min, (k, j, i) max) voxel corners, inclusive.
 
@@ -247,6 +252,7 @@ def run_samba(
     with another ROI only encodes slices it has not seen. `progress(fraction, message)` may raise
     Cancelled. `preset`: which modalities and views SAM runs on (PRESETS; auto: choose_preset).
     `voxel_mm3`: the volume of one voxel, for the smallest tumour-core piece kept (voting.drop_small_cores).
+    `locate(images, device, progress)`: the ROI for the cascade prompt (default cascade_roi.cascade_roi).
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
@@ -267,6 +273,9 @@ def run_samba(
     seconds: dict[str, float] = {}
 
     started = time.perf_counter()
+    if prompt == "cascade":
+        report(0.0, "Finding the tumour in 3D (U-Net cascade)")
+        roi = (locate or cascade_roi)(images, device, lambda fraction, message: report(0.05 * fraction, message))
     boxes = {}
     for v, view in enumerate(VIEWS):
         report(v / len(VIEWS) * 0.1, f"{view}: finding the tumour on each slice")

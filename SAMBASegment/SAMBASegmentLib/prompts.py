@@ -40,6 +40,15 @@ def boxes_from_mask(mask: np.ndarray, view: str, margin: int = 0) -> Boxes:
     return {int(n): box_of_mask(stack[n], margin) for n in touched}
 
 
+def roi_around(mask: np.ndarray, margin: int = 0):
+    """The (k, j, i) min and max corners (inclusive) of a 3D mask's bounding box grown by `margin`
+    voxels, as an ROI prompt takes them (boxes_from_roi clips them to the volume); None if empty."""
+    voxels = np.argwhere(mask)
+    if voxels.size == 0:
+        return None
+    return tuple(voxels.min(axis=0) - margin), tuple(voxels.max(axis=0) + margin)
+
+
 def boxes_from_roi(ijk_min, ijk_max, shape, view: str) -> Boxes:
     """A box drawn by the user (an axis-aligned ROI in voxel indices, inclusive, (k, j, i) order)
     projected onto every slice of `view` it crosses."""

@@ -1,0 +1,40 @@
+"""The tumour's 3D box found by R2U-Net Segment's cascade: an ROI drawn automatically for SAMBA.
+
+YOLO boxes each slice on its own and, trained on phantoms, boxes real tumours loosely (on one real
+case twice the tumour's width, docs/tried.md), and a loose box makes LiteMedSAM outline whatever the
+box holds. The cascade sees the whole volume in 3D: even where its outline is poor, the box around
+it is close to the tumour's (3D-box IoU 0.73-0.82 on the three real cases). Its whole tumour's
+largest piece, grown by a drawn ROI's margin, then prompts SAM exactly as a radiologist's box does.
+The cascade is any-contrast (presence flags), so this works on whatever contrasts SAMBA is given.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from SAMBACore.pieces import largest_piece
+from SAMBASegmentLib.prompts import roi_around
+
+BUNDLE = "phantom-cascade-any"  # R2U-Net Segment's bundle for any set of contrasts
+MARGIN = 5  # voxels: the drawn-ROI stand-in's (evaluation.truth_roi), not tuned for this
+PATCH = 128  # the cascade's full-resolution patch edge, as measured (docs/results.md)
+
+
+def cascade_whole_tumour(images: dict[str, np.ndarray], device: str = "cpu", progress=None) -> np.ndarray:
+    """The cascade's whole tumour (bool, (K, J, I)) on the contrasts given (None or absent: missing)."""
+    # R2U-Net Segment's package, imported here only: SAMBA without this prompt does not need it.
+    from R2UNetSegmentLib import inference
+    from R2UNetSegmentLib.presence import stack
+    from R2UNetSegmentLib.r2unet_bundle import load_r2unet_models, resolve_bundle
+
+    models = load_r2unet_models(resolve_bundle(BUNDLE), device)
+    image, present = stack(images)
+    labels, _, _ = inference.segment(inference.normalise(image), cascade=models.cascade, mode="cascade",
+                                     patch_size=PATCH, device=device, progress=progress, present=present)
+    return labels > 0
+
+
+def cascade_roi(images: dict[str, np.ndarray], device: str = "cpu", progress=None):
+    """((k, j, i) min, (k, j, i) max) around the cascade's largest piece of tumour, grown by MARGIN;
+    None when the cascade finds no tumour."""
+    return roi_around(largest_piece(cascade_whole_tumour(images, device, progress)), MARGIN)
