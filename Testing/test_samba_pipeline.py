@@ -94,6 +94,21 @@ def test_cascade_prompt_is_a_drawn_roi_from_the_locator_and_finding_nothing_is_a
     assert not nothing.tumour_found and nothing.boxes == {"axial": 0, "coronal": 0, "sagittal": 0}
 
 
+def test_one_box_prompts_drop_pieces_under_a_tenth_of_the_tumour(case, models, monkeypatch):
+    from SAMBASegmentLib import pipeline
+
+    fused = np.zeros(case["flair"].shape, np.uint8)
+    fused[3:8, 5:12, 4:10] = 2  # the tumour: 210 voxels
+    fused[10, 18, 16] = 1  # a speck apart from it: 1 voxel
+    monkeypatch.setattr(pipeline, "fuse_votes", lambda *args: (fused.copy(), fused.astype(np.float32)))
+    roi = ((3, 5, 4), (8, 14, 12))
+    for prompt in ("roi", "cascade"):
+        result = run_samba(case, models, prompt=prompt, roi=roi, locate=lambda images, device, progress: roi)
+        assert result.labels.sum() == fused.sum() - 1 and not result.labels[10, 18, 16], prompt
+    kept = run_samba(case, models, prompt="mask", mask=fused > 0)  # several boxes, several lesions: kept
+    assert kept.labels[10, 18, 16] == 1
+
+
 def test_bundle_round_trip_gives_the_same_result(case, models, tmp_path):
     configs = {"sam": TINY_SAM, "voting": voting.CONFIG}
     save_samba_bundle(tmp_path / "b", models, configs, MANIFEST)

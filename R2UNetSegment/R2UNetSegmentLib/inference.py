@@ -101,15 +101,11 @@ def brain_mask(image: np.ndarray) -> np.ndarray:
 
 
 def drop_small_pieces(labels: np.ndarray, fraction: float) -> np.ndarray:
-    """`labels` with every 26-connected piece of tumour (any label) smaller than `fraction` of the largest
-    made background: the cascade leaves small false pieces away from the tumour on real scans (bright
-    vessels on T1CE, periventricular FLAIR), which BraTS 2023's lesion-wise Dice counts as false lesions."""
-    from SAMBACore.pieces import small_pieces  # scipy: loaded when a cascade needs it, as in brain_mask
+    """SAMBACore.pieces.drop_small_pieces: the cascade leaves small false pieces away from the tumour on
+    real scans (bright vessels on T1CE, periventricular FLAIR)."""
+    from SAMBACore.pieces import drop_small_pieces as drop  # scipy: loaded when a cascade needs it, as in brain_mask
 
-    if fraction <= 0:
-        return labels
-    small = small_pieces(labels > 0, lambda sizes: sizes < fraction * sizes.max())
-    return np.where(small, 0, labels).astype(labels.dtype)
+    return drop(labels, fraction)
 
 
 def _check_image(model: nn.Module, image: np.ndarray) -> np.ndarray:
