@@ -17,7 +17,7 @@ from SAMBASegmentLib.prompts import roi_around
 
 BUNDLE = "phantom-cascade-any"  # R2U-Net Segment's bundle for any set of contrasts
 MARGIN = 5  # voxels: the drawn-ROI stand-in's (evaluation.truth_roi), not tuned for this
-PATCH = 128  # the cascade's full-resolution patch edge, as measured (docs/results.md)
+PATCH = 128  # the cascade's full-resolution patch edge in every measurement of this prompt (about 3.8 GB peak)
 
 
 def cascade_whole_tumour(images: dict[str, np.ndarray], device: str = "cpu", progress=None) -> np.ndarray:
