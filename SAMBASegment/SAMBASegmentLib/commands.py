@@ -17,7 +17,7 @@ VIEW_NAMES = ("axial", "coronal", "sagittal")  # slices.VIEWS, here without impo
 CONTRASTS = ("t1", "t1ce", "t2", "flair")  # SAMBACore.brats.MODALITIES, here without importing numpy
 BUNDLE_HELP = f"bundle folder or bundled name ({', '.join(BUNDLED)}; default {DEFAULT_BUNDLE})"
 BENCH_BUNDLE_HELP = f"bundle folder or bundled name (default {SMALL_BUNDLE})"
-YOLO_PROMPT_HELP = ("yolo: YOLO's boxes on the FLAIR slices, only its strongest runs of overlapping boxes (a false box "
+PROMPT_HELP = ("yolo: YOLO's boxes on the FLAIR slices, only its strongest runs of overlapping boxes (a false box "
                     "rarely comes in a long, confident run), each run taken as one drawn box and prompted from its "
                     "most confident box out; yolo-boxes: YOLO's own box on every slice it finds one, as the SAMBA paper; "
                     "cascade: R2U-Net Segment's cascade (phantom-cascade-any) finds the tumour in 3D and the box around "
@@ -312,7 +312,7 @@ def register(commands, train, bench) -> None:
     _add_picked_sam(segment)
     segment.add_argument("--roi", help="box around the tumour, two opposite corners in RAS mm: --roi=R,A,S,R,A,S (the = keeps a leading minus sign from reading as an option)")
     segment.add_argument("--prompt", choices=PROMPT_CHOICES, help="box source (default: roi if --roi, "
-                         "else cascade). " + YOLO_PROMPT_HELP)
+                         "else cascade). " + PROMPT_HELP)
     segment.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary SAM + voting, or multi-class SAM (samba-mc: only with a bundle whose SAM was trained for it, such as phantom-demo)")
     segment.add_argument("--device", choices=DEVICES, default="auto")
     segment.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help=PRESET_HELP)
@@ -333,7 +333,7 @@ def register(commands, train, bench) -> None:
     _add_picked_sam(evaluate)
     evaluate.add_argument("--prompt", choices=PROMPT_CHOICES, default="cascade",
                           help="roi: the true tumour box grown by 5 voxels, standing in for a hand-drawn box. "
-                          + YOLO_PROMPT_HELP)
+                          + PROMPT_HELP)
     evaluate.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="as for segment")
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help=PRESET_HELP)
