@@ -19,7 +19,7 @@ from SAMBACore import bridge, cli
 from SAMBACore.brats import LABEL_SEGMENTS, MODALITIES, case_file_name, region_masks
 from SAMBACore.inputs import InputError
 from SAMBACore.phantom import ORIGIN, make_case
-from SAMBASegmentLib import localizer, voting
+from SAMBASegmentLib import localizer, logic, voting
 from SAMBASegmentLib.logic import SAMBASegmentCore, arrays_from_nodes
 from SAMBASegmentLib.sam_model import build_sam
 from SAMBASegmentLib.sam_runner import SamOutOfMemory
@@ -308,3 +308,22 @@ def test_another_bundle_encodes_again_instead_of_reusing_the_first_ones_embeddin
     assert core.cache.misses > 0 and core.cache.hits == 0, "the other bundle's encoder encoded every slice itself"
     fresh = run(SAMBASegmentCore(), other)
     np.testing.assert_array_equal(switched.agreement, fresh.agreement)
+
+
+def test_a_second_apply_on_the_same_volumes_reuses_the_3d_unets_box(nodes, tiny_bundle, monkeypatch):
+    """The cascade prompt's ROI is found once per set of volumes: a second Apply (another preset, say)
+    skips the 3D U-Net; volumes that changed are located again."""
+    calls = []
+
+    def counted_cascade_roi(images, device, progress):  # the 3D U-Net's box itself: test_cascade_roi.py
+        calls.append(sorted(images))
+        return (3, 6, 4), (12, 20, 15)
+
+    monkeypatch.setattr(logic, "cascade_roi", counted_cascade_roi)
+    core = SAMBASegmentCore()
+    for preset in ("fast", "balanced"):
+        core.compute(core.prepare(nodes, bundle=str(tiny_bundle), prompt="cascade", preset=preset))
+    assert len(calls) == 1, "the second Apply on the same volumes ran the 3D U-Net again"
+    nodes["flair"].GetImageData().Modified()  # the FLAIR volume was edited
+    core.compute(core.prepare(nodes, bundle=str(tiny_bundle), prompt="cascade", preset="fast"))
+    assert len(calls) == 2, "an edited volume must be located again"

@@ -22,6 +22,7 @@ from SAMBACore.brats import (ALL_REGIONS, LABEL_SEGMENTS, MODALITIES, REGION_SEG
 from SAMBACore.bundle_names import DEFAULT_BUNDLE
 from SAMBACore.inputs import InputError, check_image, geometry_differences, skull_strip_warning, zero_background
 from SAMBACore.metrics import volumes_ml
+from SAMBASegmentLib.cascade_roi import cascade_roi
 from SAMBASegmentLib.contrasts import WITHOUT_T1CE, given
 from SAMBASegmentLib.pipeline import SambaResult, run_samba
 from SAMBASegmentLib.sam_runner import EmbeddingCache
@@ -135,11 +136,21 @@ class Request:
 
 
 class SAMBASegmentCore:
-    """Keeps loaded models and SAM's slice embeddings between runs, so a second Apply is fast."""
+    """Keeps loaded models, SAM's slice embeddings and the 3D U-Net's box between runs, so a second
+    Apply on the same volumes is fast."""
 
     def __init__(self):
         self._models: dict[tuple, SambaModels] = {}
         self.cache = EmbeddingCache()
+        self._located: dict[tuple, tuple] = {}  # (volume_key, device) -> the cascade prompt's ROI
+
+    def locate(self, volume_key: str, device: str, images, progress):
+        """cascade_roi for these volumes, run once: a second Apply (another preset or mode) skips the
+        3D U-Net (about 15 s on a CPU). One set of volumes is remembered, as for the models."""
+        key = (volume_key, device)
+        if key not in self._located:
+            self._located = {key: cascade_roi(images, device, progress)}
+        return self._located[key]
 
     def models(self, bundle: str, device: str, sam_file: str | None = None, sam_type: str | None = None) -> SambaModels:
         key = (str(resolve_bundle(bundle)), device, sam_file, sam_type)
@@ -176,7 +187,8 @@ class SAMBASegmentCore:
         models = self.models(request.bundle, request.device, request.sam_file, request.sam_type)
         return run_samba(request.images, models, prompt=request.prompt, mode=request.mode, roi=request.roi,
                          mask=request.mask, cache=self.cache, volume_key=request.volume_key,
-                         device=request.device, progress=progress, preset=request.preset, voxel_mm3=request.voxel_mm3)
+                         device=request.device, progress=progress, preset=request.preset, voxel_mm3=request.voxel_mm3,
+                         locate=lambda images, device, report: self.locate(request.volume_key, device, images, report))
 
     def finish(self, scene, result: SambaResult, reference, output=None, name: str = "Tumour segmentation",
                agreement: bool = False, volume_table: bool = False) -> Outputs:
