@@ -2,7 +2,9 @@
 # The measurements the issues ask for on a GPU, in one run: SAMBA's whole-case time with the demo
 # SAM and with a randomly initialised ViT-B (target under 20 s), LoRA against full fine-tuning
 # of ViT-B (peak memory ratio at most 0.5) and of the U-Net, and full / patch / cascade inference
-# memory (the allocator's peak; cascade at most 0.25 of full, Dice within 0.02).
+# memory (the allocator's peak; cascade at most 0.25 of full, Dice within 0.02); then litemedsam-samba's
+# presets on the real cases (REAL_DEV, default ../shared/real-dev): Dice and seconds a case for each
+# prompt and preset, in OUT_DIR/presets.log (what `--preset auto` should mean on a GPU).
 # Each report is one line of OUT_DIR/measurements.jsonl ({"name": ..., "report": {...}}); the
 # terminal output goes to OUT_DIR/measurements.log. About 10 minutes on one H100.
 # Usage: scripts/gpu_measurements.sh [OUT_DIR]
@@ -45,4 +47,9 @@ measure lora-sam-vit-b-checkpointing lora --model sam-vit-b --batch 2 --checkpoi
 measure lora-unet lora --model unet --batch 2
 measure memory-64 memory --bundle phantom-r2unet
 measure memory-32 memory --bundle phantom-r2unet --patch-size 32 --modes full,cascade
+if [[ presets =~ $only ]]; then
+  echo "== presets: scripts/time_litemedsam_presets.py" | tee -a "$out/measurements.log"
+  "$python" scripts/time_litemedsam_presets.py "${REAL_DEV:-../shared/real-dev}" --device "$device" > "$out/presets.log" 2>&1 \
+    || { echo "!! presets failed (see presets.log)" | tee -a "$out/measurements.log"; failed=1; }
+fi
 exit $failed
