@@ -42,7 +42,7 @@ class LoRATrainer(ScriptedLoadableModule):
             "bundle) or on every convolution of the chosen U-Net (base bundle phantom-r2unet or another R2U-Net "
             "bundle). Train on a folder of BraTS cases, or on the segmentations in the scene (results you "
             "corrected). A SAM adapter trains on the slices SAMBA Segment's default preset segments with the "
-            "base on this device (FLAIR axial for litemedsam-samba on a CPU, all contrasts and views on a GPU), "
+            "base on this device (FLAIR axial for litemedsam-samba on a CPU; FLAIR and T1CE, axial and coronal, on a GPU), "
             "unless you list views and contrasts in the Model section. "
             "Loss and validation Dice appear in a plot view after each epoch; Save writes adapter.safetensors and "
             "adapter.json, which SAMBA Segment or R2U-Net Segment (and `slicer-samba segment|r2unet --adapter`) "

@@ -205,13 +205,15 @@ def test_a_corrected_segmentation_in_the_scene_becomes_a_training_case(scene, ca
 
 def test_left_out_views_and_contrasts_default_to_what_the_default_preset_segments():
     """An adapter learns the slices it will see: LiteMedSAM on a CPU segments FLAIR axially (preset
-    fast), so that is all it trains on; on a GPU, and the small SAM anywhere, all twelve stacks."""
+    fast), so that is all it trains on; on a GPU FLAIR and T1CE, axial and coronal (preset balanced's); the
+    small SAM anywhere all twelve stacks."""
     from LoRATrainerLib.train_lora import default_stacks
 
     small, lite = build_sam(TINY), build_sam({"type": "litemedsam"})  # the structure decides; weights unused
     every = {"modalities": MODALITIES, "views": ("axial", "coronal", "sagittal")}
     assert default_stacks(lite, "cpu") == {"modalities": ("flair",), "views": ("axial",)}
-    assert default_stacks(lite, "cuda") == every and default_stacks(small, "cpu") == every
+    assert default_stacks(lite, "cuda") == {"modalities": ("flair", "t1ce"), "views": ("axial", "coronal")}
+    assert default_stacks(small, "cpu") == every
     assert LoraSettings().views is None and LoraSettings().modalities is None
 
 

@@ -161,13 +161,17 @@ def test_the_balanced_preset_runs_only_its_stacks_and_reports_agreement_over_the
         run_samba(images, models, prompt="roi", roi=((3, 5, 4), (8, 14, 12)), preset="quick")
 
 
-def test_auto_preset_is_all_for_the_small_sam_or_a_gpu_and_fast_for_a_64_by_64_encoder_on_a_cpu():
+def test_auto_preset_is_all_for_the_small_sam_and_for_a_64_by_64_encoder_fast_or_balanced_on_a_gpu_with_one_box():
     small = build_sam(TINY_SAM)
     with torch.device("meta"):
         big = build_sam({"type": "vit_b"})  # 64 x 64 embedding, like LiteMedSAM's
     assert choose_preset("auto", small, "cpu") == "all"
+    assert choose_preset("auto", small, "cuda", "yolo") == "all"
     assert choose_preset("auto", big, "cpu") == "fast"
-    assert choose_preset("auto", big, "cuda") == "all"
+    assert choose_preset("auto", big, "cpu", "roi") == "fast"
+    assert choose_preset("auto", big, "cuda") == "balanced"  # the default prompt, the 3D U-Net's box
+    assert choose_preset("auto", big, "cuda", "roi") == "balanced"
+    assert choose_preset("auto", big, "cuda", "yolo") == "fast"
     assert choose_preset("all", big, "cpu") == "all"
 
 

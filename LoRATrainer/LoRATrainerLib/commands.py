@@ -139,7 +139,7 @@ def register(commands, train, bench) -> None:
                       "anywhere in the brain (default 0.67; lower teaches fewer false positives)")
     lora.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
     stacks = ("(default: those SAMBA Segment's default preset runs with the base on the device: flair and axial "
-              "for litemedsam-samba on a CPU, all on a GPU or for phantom-demo)")
+              "for litemedsam-samba on a CPU, flair,t1ce and axial,coronal on a GPU, all for phantom-demo)")
     lora.add_argument("--views", help=f"SAM: comma-separated slice views to train on {stacks}")
     lora.add_argument("--modalities", help=f"SAM: comma-separated contrasts ({','.join(MODALITIES)}) to train on {stacks}")
     held_out = lora.add_mutually_exclusive_group()

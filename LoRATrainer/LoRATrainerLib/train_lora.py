@@ -94,7 +94,8 @@ def stacks_from_text(views: str | None, modalities: str | None) -> dict[str, tup
 def default_stacks(sam, device) -> dict[str, tuple[str, ...]]:
     """The views and modalities that SAMBA Segment's default preset runs with this SAM on this device
     (pipeline.choose_preset): an adapter learns the slices it will see. LiteMedSAM on a CPU: FLAIR
-    axial only; on a GPU, or the small phantom SAM: all four contrasts in all three views."""
+    axial only; on a GPU FLAIR and T1CE, axial and coronal (the preset balanced's); the small phantom SAM:
+    all four contrasts in all three views."""
     from SAMBASegmentLib.pipeline import PRESETS, choose_preset
 
     pairs = PRESETS[choose_preset("auto", sam, str(device))]

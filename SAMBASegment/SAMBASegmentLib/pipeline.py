@@ -132,15 +132,22 @@ def prompt_boxes(models: SambaModels, images: dict[str, np.ndarray], view: str, 
 PRESET_CHOICES = ("auto", *PRESETS)
 
 
-def choose_preset(preset: str, sam, device: str) -> str:
-    """auto: every vote on a GPU, or with a SAM whose encoder is cheap on a CPU (the small phantom
-    SAM's 16 x 16 embedding); 'fast' for a 64 x 64-embedding encoder (LiteMedSAM, ViT) on a CPU."""
+def choose_preset(preset: str, sam, device: str, prompt: str = "cascade") -> str:
+    """auto: every vote with a SAM whose encoder is cheap (the small phantom SAM's 16 x 16 embedding; its
+    voting net learned from its 12 votes). For a 64 x 64-embedding encoder (LiteMedSAM, ViT): 'fast' on a
+    CPU (about a second a slice); on a GPU 'balanced' with one box around the tumour (ONE_BOX prompts),
+    'fast' with YOLO's per-slice prompts. Measured on the three real cases, litemedsam-samba
+    (docs/results.md): with the 3D U-Net's box 'balanced' was better than 'fast' on each (and with a drawn
+    box), 'all' worse than both (its T1 and T2 votes, where LiteMedSAM sees the tumour poorly, shrink the
+    whole tumour); with YOLO's prompts 'balanced' was worse than 'fast'."""
     if preset not in PRESET_CHOICES:
         raise ValueError(f"Unknown preset {preset!r}: choose one of {', '.join(PRESET_CHOICES)}.")
     if preset != "auto":
         return preset
     height, width = sam.prompt_encoder.image_embedding_size
-    return "all" if str(device).startswith("cuda") or height * width < 4096 else "fast"
+    if height * width < 4096:
+        return "all"
+    return "balanced" if str(device).startswith("cuda") and prompt in ONE_BOX else "fast"
 
 
 def fill_missing_votes(votes: np.ndarray, computed: tuple[tuple[str, str], ...]) -> np.ndarray:
@@ -273,7 +280,7 @@ def run_samba(
         raise ValueError(f"{which} was not trained for SAMBA-mc: its extra mask tokens are not the tumour's "
                          "regions. Use mode samba, or a bundle whose SAM was trained with "
                          "`slicer-samba train sam DATA -o BUNDLE --decoder-only --mode samba-mc` (phantom-demo's was).")
-    preset = choose_preset(preset, models.sam, device)
+    preset = choose_preset(preset, models.sam, device, prompt)
     present = contrasts_present(images)  # raises when none is given
     pairs = usable_pairs(PRESETS[preset], present)
     report = progress or (lambda fraction, message: None)
