@@ -25,11 +25,11 @@ PROMPT_HELP = ("yolo: YOLO's boxes on the FLAIR slices, only its strongest runs 
 PROMPT_CHOICES = ("yolo", "yolo-boxes", "cascade", "roi")  # pipeline.PROMPTS less mask, without importing torch
 ADAPTER_HELP = "a LoRA adapter folder for the bundle's SAM (slicer-samba train lora), merged in before use"
 PRESET_CHOICES = ("auto", "all", "balanced", "fast")  # pipeline.PRESET_CHOICES, here without importing torch
-PRESET_HELP = ("which contrasts and views SAM votes on: all (4 contrasts x 3 views, as the paper), balanced (FLAIR "
-               "axial and coronal, T1CE axial; with the cascade or roi prompt better than fast on real scans, at 2-3x its "
-               "time; with yolo prompts worse), fast (FLAIR axial: for LiteMedSAM on a CPU), auto (default: all with the small phantom "
-               "SAM; with LiteMedSAM balanced on a GPU with the cascade or roi prompt, fast otherwise; all was worse than "
-               "both on real scans)")
+PRESET_HELP = ("which contrasts and views SAM votes on: all (4 contrasts x 3 views, as the paper), balanced "
+               "(FLAIR axial and coronal, T1CE axial; with the cascade or roi prompt better than fast on real scans, "
+               "at 2-3x its time; with yolo prompts worse), fast (FLAIR axial: for LiteMedSAM on a CPU), auto "
+               "(default: all with the small phantom SAM; with LiteMedSAM balanced on a GPU with the cascade or "
+               "roi prompt, fast otherwise; all was worse than both on real scans)")
 
 
 def _roi_numbers(values: str) -> list[float]:
