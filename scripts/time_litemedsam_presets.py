@@ -63,7 +63,7 @@ def main(argv=None):
                 dice, seconds = run_once(models, images, truth, prompt, preset, args.device)
                 rows.append({"case": name, "prompt": prompt, "preset": preset, "dice": dice, "seconds": round(seconds, 2)})
                 print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{'prompt':8} {'preset':9} " + " ".join(f"{n[-12:]:>24}" for n, *_ in cases) + "   mean WT  mean s")
+    print(f"\n{'prompt':8} {'preset':9} " + " ".join(f"{n:>24}" for n, *_ in cases) + "   mean WT  mean s")
     for prompt in args.prompts.split(","):
         for preset in args.presets.split(","):
             mine = [r for r in rows if r["prompt"] == prompt and r["preset"] == preset]
