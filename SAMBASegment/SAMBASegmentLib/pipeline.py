@@ -28,7 +28,7 @@ from SAMBACore.brats import MODALITIES, SNFH, only_whole_tumour
 from SAMBACore.memory import freed_memory_kept
 from SAMBACore.pieces import drop_small_pieces
 from SAMBASegmentLib import localizer, propagation, voting
-from SAMBASegmentLib.cascade_roi import cascade_roi
+from SAMBASegmentLib.cascade_roi import cascade_boxes, cascade_roi
 from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast, regions_of, usable_pairs, whole_tumour_only
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask, boxes_from_roi
 from SAMBASegmentLib.propagation import Rois, propagate_stack, rois_of_runs
@@ -117,7 +117,7 @@ def prompt_boxes(models: SambaModels, images: dict[str, np.ndarray], view: str, 
             return yolo_boxes(models.yolo, images, view, device)
         return yolo_rois(models.yolo, images, view, device)
     if prompt == "cascade":  # roi: the cascade's (run_samba), None where it found no tumour
-        return boxes_from_roi(roi[0], roi[1], _shape(images), view) if roi is not None else {}
+        return cascade_boxes(roi, _shape(images), view) if roi is not None else {}
     if prompt == "roi":
         if roi is None:
             raise ValueError("The ROI prompt needs a box: place a markups ROI around the tumour (--roi on the command line).")
