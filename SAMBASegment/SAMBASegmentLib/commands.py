@@ -21,7 +21,8 @@ PROMPT_HELP = ("yolo: YOLO's boxes on the FLAIR slices, only its strongest runs 
                     "rarely comes in a long, confident run), each run taken as one drawn box and prompted from its "
                     "most confident box out; yolo-boxes: YOLO's own box on every slice it finds one, as the SAMBA paper; "
                     "cascade: R2U-Net Segment's cascade (phantom-cascade-any) finds the tumour in 3D and the box around "
-                    "it, grown by 5 voxels, is used as a drawn box (about 20 s more a case on a CPU)")
+                    "it, grown by 5 voxels, is used as a drawn box, its 5 extra slices at each end kept only while the "
+                    "tumour narrows (about 20 s more a case on a CPU)")
 PROMPT_CHOICES = ("yolo", "yolo-boxes", "cascade", "roi")  # pipeline.PROMPTS less mask, without importing torch
 ADAPTER_HELP = "a LoRA adapter folder for the bundle's SAM (slicer-samba train lora), merged in before use"
 PRESET_CHOICES = ("auto", "all", "balanced", "fast")  # pipeline.PRESET_CHOICES, here without importing torch
