@@ -8,7 +8,7 @@ largest piece, grown by a drawn ROI's margin, then prompts SAM exactly as a radi
 The cascade is any-contrast (presence flags), so this works on whatever contrasts SAMBA is given.
 
 The margin is there for the tumour the cascade missed at its ends, not for more of the ROI to fill:
-LiteMedSAM outlines something in every box it is given, so on the held-out tuning phantoms the masks ran
+LiteMedSAM outlines something in every box it is given, so on the tuning phantoms the masks ran
 on to the ROI's last slice, 5 past the tumour. So the margin's slices are reach, as past a YOLO run's
 ends (propagation.py): a mask there is kept only while the tumour tapers (docs/results.md).
 """

@@ -12,7 +12,8 @@ The boxes may hold several ROIs (YOLO's runs, rois_of_runs): each run is propaga
 seed, YOLO's most confident box in it, as the run's union box can be far larger than the tumour when
 one of its boxes strays (a drawn ROI has no seeds and starts from its middle slice). Each ROI also
 reaches a few slices past the run's ends, for the tumour's ends YOLO missed; there a mask is kept
-only while it is smaller than its neighbour's (a tumour tapers towards its end).
+only while it is smaller than its neighbour's (a tumour tapers towards its end). The 3D U-Net's box
+has such a reach too: its margin (cascade_roi.cascade_boxes).
 """
 
 from __future__ import annotations
