@@ -76,20 +76,36 @@ def test_yolo_finding_nothing_is_an_empty_result_not_a_crash(case, models):
     assert result.boxes == {"axial": 0, "coronal": 0, "sagittal": 0}
 
 
-def test_cascade_prompt_is_a_drawn_roi_from_the_locator_and_finding_nothing_is_an_empty_result(case, models):
-    roi = ((3, 5, 4), (8, 14, 12))
-    asked = []
+def test_cascade_prompt_is_the_locators_box_its_margin_reach_and_finding_nothing_is_an_empty_result(case, models, monkeypatch):
+    """The locator's box is prompted like a drawn ROI, except that its MARGIN slices at each end are reach
+    (propagation keeps a mask there only while it narrows); a drawn box has no reach."""
+    from SAMBASegmentLib import pipeline
+    from SAMBASegmentLib.cascade_roi import MARGIN
+
+    piece = ((1, 3, 2), (5, 12, 10))  # what the cascade found, in a (12, 20, 18) case
+    roi = (tuple(v - MARGIN for v in piece[0]), tuple(v + MARGIN for v in piece[1]))
+    asked, prompted = [], []
 
     def locate(images, device, progress):
         asked.append(sorted(m for m, image in images.items() if image is not None))
         progress(1.0, "located")
         return roi
 
+    original = pipeline.propagate_stack
+
+    def spy(sam, slices, roi_boxes, *args, **kwargs):
+        prompted.append((len(roi_boxes), sorted(getattr(roi_boxes, "spans", roi_boxes))))
+        return original(sam, slices, roi_boxes, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "propagate_stack", spy)
     drawn = run_samba(case, models, prompt="roi", roi=roi)
+    drawn_calls = len(prompted)
     located = run_samba(case, models, prompt="cascade", roi=((0, 0, 0), (1, 1, 1)), locate=locate)
     assert asked == [["flair", "t1", "t1ce", "t2"]]  # every contrast given, once; a roi passed in is ignored
-    np.testing.assert_array_equal(located.labels, drawn.labels)
-    assert located.boxes == drawn.boxes == {"axial": 6, "coronal": 10, "sagittal": 9}
+    assert located.boxes == drawn.boxes == {"axial": 11, "coronal": 18, "sagittal": 16}  # clipped to the case
+    assert all(spans == list(range(n)) for n, spans in prompted[:drawn_calls]), "a drawn box: no reach"
+    own = {11: range(1, 6), 18: range(3, 13), 16: range(2, 11)}  # the piece's extent along each view's axis
+    assert prompted[drawn_calls:] and all(spans == list(own[n]) for n, spans in prompted[drawn_calls:])
     nothing = run_samba(case, models, prompt="cascade", locate=lambda images, device, progress: None)
     assert not nothing.tumour_found and nothing.boxes == {"axial": 0, "coronal": 0, "sagittal": 0}
 
