@@ -184,4 +184,9 @@ def test_evaluate_scores_every_case(tiny_bundle_and_case, run_main):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["cases"] == 1 and set(report["mean"]) == {"ET", "TC", "WT"}
-    assert 0 <= report["mean"]["WT"]["dice"] <= 1
+    assert 0 <= report["mean"]["WT"]["dice"] <= 1 and report["roi_margin"] == 5
+    tight = run_main("evaluate", str(case.parent), "--bundle", str(bundle), "--prompt", "roi", "--roi-margin", "0",
+                     "--preset", "fast", "--json")
+    assert tight.returncode == 0 and json.loads(tight.stdout.strip().splitlines()[-1])["roi_margin"] == 0
+    wrong = run_main("evaluate", str(case.parent), "--bundle", str(bundle), "--roi-margin", "3")
+    assert wrong.returncode == 2 and "--roi-margin grows the true box of --prompt roi" in wrong.stderr

@@ -191,9 +191,15 @@ def _picked(args) -> dict:
 
 def _evaluate(args) -> int:
     contrasts = _contrasts(args.contrasts)
+    if args.roi_margin is not None and args.prompt != "roi":
+        raise ValueError(f"--roi-margin grows the true box of --prompt roi; it means nothing with --prompt {args.prompt}.")
+    if args.roi_margin is not None and args.roi_margin < 0:
+        raise ValueError(f"--roi-margin is how many voxels the true box is grown by: 0 or more, not {args.roi_margin}.")
     from SAMBACore.device import choose_device
     from SAMBACore.evaluation import format_means, report_end
-    from SAMBASegmentLib.evaluation import evaluate
+    from SAMBASegmentLib.evaluation import ROI_MARGIN, evaluate
+
+    margin = ROI_MARGIN if args.roi_margin is None else args.roi_margin
     from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
 
     if args.record and args.adapter:
@@ -209,15 +215,16 @@ def _evaluate(args) -> int:
     models = load_samba_models(resolve_bundle(args.bundle), device, adapter=args.adapter, **_picked(args))
     on_case = case_preview_writer(args.preview, f"SAMBA ({args.bundle}, {args.prompt} boxes, {args.mode})")
     report = evaluate(models, args.data_dir, prompt=args.prompt, mode=args.mode, device=device, on_case=on_case,
-                      preset=args.preset, contrasts=contrasts)
+                      preset=args.preset, contrasts=contrasts, roi_margin=margin)
     report["adapter"] = str(args.adapter) if args.adapter else None
     report["picked_sam"] = models.picked_sam
-    print(f"Mean over {report['cases']} case(s), {args.prompt} prompts, {args.mode}, preset {report['preset']}, "
+    boxes = f"roi prompts (the true box + {margin} voxels)" if args.prompt == "roi" else f"{args.prompt} prompts"
+    print(f"Mean over {report['cases']} case(s), {boxes}, {args.mode}, preset {report['preset']}, "
           f"contrasts {report['contrasts']}: " + format_means(report))
     if args.record:
         from SAMBACore.bundles import record_metrics
 
-        summary = {k: report[k] for k in ("prompt", "mode", "preset", "cases", "mean", "mean_seconds")}
+        summary = {k: report[k] for k in ("prompt", "roi_margin", "mode", "preset", "cases", "mean", "mean_seconds")}
         summary["data"] = str(args.data_dir)
         record_metrics(resolve_bundle(args.bundle), args.record, summary)
         print(f"Recorded as metrics '{args.record}' in the bundle's manifest.")
@@ -334,8 +341,11 @@ def register(commands, train, bench) -> None:
     evaluate.add_argument("--adapter", type=Path, metavar="DIR", help=ADAPTER_HELP)
     _add_picked_sam(evaluate)
     evaluate.add_argument("--prompt", choices=PROMPT_CHOICES, default="cascade",
-                          help="roi: the true tumour box grown by 5 voxels, standing in for a hand-drawn box. "
-                          + PROMPT_HELP)
+                          help="roi: the true tumour box grown by --roi-margin voxels, standing in for a hand-drawn "
+                          "box. " + PROMPT_HELP)
+    evaluate.add_argument("--roi-margin", type=int, metavar="N", help="with --prompt roi: grow the true tumour box "
+                          "by N voxels (default 5; 0 is a box touching the tumour), to see how the result depends "
+                          "on how a box is drawn")
     evaluate.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="as for segment")
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help=PRESET_HELP)

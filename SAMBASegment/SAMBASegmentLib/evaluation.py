@@ -25,12 +25,15 @@ def voxel_mm3(files: dict) -> float:
     return float(np.prod(read_image_information(next(iter(files.values()))).GetSpacing()))
 
 
-def truth_roi(labels: np.ndarray, margin: int = 5):
+ROI_MARGIN = 5  # voxels around the true box: the stand-in for a hand-drawn box in every measurement
+
+
+def truth_roi(labels: np.ndarray, margin: int = ROI_MARGIN):
     """The whole tumour's bounding box in (k, j, i), grown by `margin` voxels: a hand-drawn box."""
     return roi_around(region_masks(labels)["WT"], margin)
 
 
-def evaluate(models: SambaModels, data_dir, prompt: str = "cascade", mode: str = "samba", roi_margin: int = 5,
+def evaluate(models: SambaModels, data_dir, prompt: str = "cascade", mode: str = "samba", roi_margin: int = ROI_MARGIN,
              device: str = "cpu", log: Callable[[str], None] = print, on_case=None, preset: str = "auto",
              contrasts=None) -> dict:
     """Scores per case and their means (SAMBACore.evaluation.score_cases). Cases may have any set of the
@@ -46,5 +49,5 @@ def evaluate(models: SambaModels, data_dir, prompt: str = "cascade", mode: str =
                                                                    "regions": result.regions}
 
     scores = score_cases(data_dir, segment, log, on_case, allow_missing=True, contrasts=contrasts)
-    return {"prompt": prompt, "mode": mode, "preset": ",".join(sorted(ran)),
+    return {"prompt": prompt, "mode": mode, "preset": ",".join(sorted(ran)), "roi_margin": roi_margin if prompt == "roi" else None,
             "contrasts": ",".join(contrasts) if contrasts else "as found", **scores}
