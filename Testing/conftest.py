@@ -11,6 +11,13 @@ import torch
 
 from SAMBACore import bridge
 
+# ultralytics binds its log handler to the sys.stdout of the moment it is first imported. Imported first
+# inside a test that captures output (capsys), that stream is closed after the test, and each later
+# ultralytics log line ("Overriding model.yaml nc=80 ...") prints a "Logging error" traceback into the
+# stderr of whichever test runs then, failing any test that reads its stderr (which test depends on the
+# order the tests run in). Imported here, the handler gets the stream pytest keeps open all session.
+import ultralytics  # noqa: E402,F401
+
 # Every test starts from this seed (torch, numpy's global RNG, Python's random). Override it to
 # measure how a test's numbers spread over seeds: SAMBA_TEST_SEED=3 pytest ...
 TEST_SEED = int(os.environ.get("SAMBA_TEST_SEED", "0"))
