@@ -12,8 +12,8 @@ import torch
 
 from SAMBACore.brats import ET, NETC, SNFH
 from SAMBASegmentLib import propagation, voting
-from SAMBASegmentLib.pipeline import ALL_VOTES, PRESETS, choose_preset, fill_missing_votes, run_samba
-from SAMBASegmentLib.cascade_roi import MARGIN, cascade_boxes
+from SAMBASegmentLib.pipeline import ALL_VOTES, PRESETS, choose_preset, fill_missing_votes, prompt_boxes, run_samba
+from SAMBASegmentLib.cascade_roi import MARGIN
 from SAMBASegmentLib.prompts import boxes_from_roi, roi_around
 from SAMBASegmentLib.sam_model import build_sam
 from SAMBASegmentLib.sam_runner import EmbeddingCache
@@ -126,23 +126,26 @@ def test_past_yolos_last_box_a_mask_is_kept_only_while_the_tumour_tapers(oracle)
     assert min(used) == 13 and max(used) == 26, "one slice tried past each end, then dropped"
 
 
-def test_the_cascade_boxs_margin_is_reach_where_a_mask_is_kept_only_while_the_tumour_tapers(oracle):
-    """The 3D U-Net's box is its tumour's box grown by MARGIN: those slices are reach, as past a YOLO run,
-    so SAM filling the box there (a mask as large as its neighbour's) is dropped, a tapering end kept."""
+@pytest.mark.parametrize("prompt, reach", [("cascade", MARGIN), ("roi", propagation.REACH)])
+def test_a_one_box_prompts_outer_slices_are_reach_where_a_mask_is_kept_only_while_the_tumour_tapers(oracle, prompt, reach):
+    """The 3D U-Net's box is its tumour's box grown by MARGIN, and a drawn box has a margin too: the outer
+    slices are reach, as past a YOLO run, so SAM filling the box there (a mask as large as its
+    neighbour's) is dropped, a tapering end kept."""
     state, cache = oracle
     shape = (40, 48, 48)
     piece = np.zeros(shape, bool)
-    piece[10:30, 18:30, 18:30] = True  # what the cascade found: slices 10-29
-    roi = roi_around(piece, MARGIN)
+    piece[10:30, 18:30, 18:30] = True  # the tumour's body: slices 10-29
+    roi = roi_around(piece, reach)
     sam_sees = np.zeros(shape, bool)
     sam_sees[:, 18:30, 18:30] = True  # SAM outlines the same square in every box it is given ...
-    for n, half in ((30, 5), (31, 4), (32, 3)):  # ... except where the tumour tapers past the cascade's end
+    for n, half in ((30, 5), (31, 4), (32, 3)):  # ... except where the tumour tapers past the body's end
         sam_sees[n] = False
         sam_sees[n, 24 - half : 24 + half, 24 - half : 24 + half] = True
     state["truth"] = sam_sees
-    rois = cascade_boxes(roi, shape, "axial")
+    images = {"flair": np.zeros(shape, np.float32)}
+    rois = prompt_boxes(None, images, "axial", prompt, roi)
     assert sorted(rois) == list(range(5, 35)) and rois.spans == set(range(10, 30))
-    assert cascade_boxes(roi, shape, "coronal").spans == set(range(18, 30)), "the view's own axis"
+    assert prompt_boxes(None, images, "coronal", prompt, roi).spans == set(range(18, 30)), "the view's own axis"
     masks, used = propagation.propagate_stack(None, np.zeros(shape + (3,), np.uint8), rois, cache, margin=3)
     assert sorted(np.flatnonzero(masks.any(axis=(1, 2)))) == list(range(10, 33)), "the taper kept, the fill dropped"
     assert min(used) == 9 and max(used) == 33, "one slice tried past each end, then dropped"

@@ -76,12 +76,13 @@ def test_yolo_finding_nothing_is_an_empty_result_not_a_crash(case, models):
     assert result.boxes == {"axial": 0, "coronal": 0, "sagittal": 0}
 
 
-def test_cascade_prompt_is_the_locators_box_its_margin_reach_and_finding_nothing_is_an_empty_result(case, models, monkeypatch):
-    """The locator's box is prompted like a drawn ROI, except that its MARGIN slices at each end are reach
-    (propagation keeps a mask there only while it narrows); a drawn box has no reach."""
-    from SAMBASegmentLib import pipeline
+def test_cascade_prompt_is_the_locators_box_prompted_as_a_drawn_one_and_finding_nothing_is_an_empty_result(case, models, monkeypatch):
+    """The locator's box is prompted like a drawn ROI: the MARGIN (= propagation.REACH) slices at each end
+    of either are reach (propagation keeps a mask there only while it narrows)."""
+    from SAMBASegmentLib import pipeline, propagation
     from SAMBASegmentLib.cascade_roi import MARGIN
 
+    assert MARGIN == propagation.REACH  # else a drawn box and the locator's would differ below
     piece = ((1, 3, 2), (5, 12, 10))  # what the cascade found, in a (12, 20, 18) case
     roi = (tuple(v - MARGIN for v in piece[0]), tuple(v + MARGIN for v in piece[1]))
     asked, prompted = [], []
@@ -103,8 +104,8 @@ def test_cascade_prompt_is_the_locators_box_its_margin_reach_and_finding_nothing
     located = run_samba(case, models, prompt="cascade", roi=((0, 0, 0), (1, 1, 1)), locate=locate)
     assert asked == [["flair", "t1", "t1ce", "t2"]]  # every contrast given, once; a roi passed in is ignored
     assert located.boxes == drawn.boxes == {"axial": 11, "coronal": 18, "sagittal": 16}  # clipped to the case
-    assert all(spans == list(range(n)) for n, spans in prompted[:drawn_calls]), "a drawn box: no reach"
     own = {11: range(1, 6), 18: range(3, 13), 16: range(2, 11)}  # the piece's extent along each view's axis
+    assert prompted[drawn_calls:] == prompted[:drawn_calls], "the same box: the same reach"
     assert prompted[drawn_calls:] and all(spans == list(own[n]) for n, spans in prompted[drawn_calls:])
     nothing = run_samba(case, models, prompt="cascade", locate=lambda images, device, progress: None)
     assert not nothing.tumour_found and nothing.boxes == {"axial": 0, "coronal": 0, "sagittal": 0}

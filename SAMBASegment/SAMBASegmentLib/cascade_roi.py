@@ -4,13 +4,14 @@ YOLO boxes each slice on its own and, trained on phantoms, boxes real tumours lo
 case twice the tumour's width, docs/tried.md), and a loose box makes LiteMedSAM outline whatever the
 box holds. The cascade sees the whole volume in 3D: even where its outline is poor, the box around
 it is close to the tumour's (3D-box IoU 0.73-0.82 on the three real cases). Its whole tumour's
-largest piece, grown by a drawn ROI's margin, then prompts SAM as a radiologist's box does (its margin as reach, below).
+largest piece, grown by a drawn ROI's margin, then prompts SAM as a radiologist's box does (propagation.rois_of_box).
 The cascade is any-contrast (presence flags), so this works on whatever contrasts SAMBA is given.
 
 The margin is there for the tumour the cascade missed at its ends, not for more of the ROI to fill:
 LiteMedSAM outlines something in every box it is given, so on the tuning phantoms the masks ran
 on to the ROI's last slice, 5 past the tumour. So the margin's slices are reach, as past a YOLO run's
-ends (propagation.py): a mask there is kept only while the tumour tapers (docs/results.md).
+ends and in a drawn box's outer slices (propagation.py): a mask there is kept only while the tumour tapers
+(docs/results.md).
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ from __future__ import annotations
 import numpy as np
 
 from SAMBACore.pieces import largest_piece
-from SAMBASegmentLib.prompts import boxes_from_roi, roi_around
-from SAMBASegmentLib.propagation import Rois
-from SAMBASegmentLib.slices import VIEWS
+from SAMBASegmentLib.prompts import roi_around
 
 BUNDLE = "phantom-cascade-any"  # R2U-Net Segment's bundle for any set of contrasts
-MARGIN = 5  # voxels: the drawn-ROI stand-in's (evaluation.truth_roi), not tuned for this
+MARGIN = 5  # voxels: the drawn-ROI stand-in's (evaluation.ROI_MARGIN), not tuned for this
 PATCH = 128  # the cascade's full-resolution patch edge in every measurement of this prompt (about 3.8 GB peak)
 
 
@@ -46,11 +45,3 @@ def cascade_roi(images: dict[str, np.ndarray], device: str = "cpu", progress=Non
     None when the cascade finds no tumour."""
     return roi_around(largest_piece(cascade_whole_tumour(images, device, progress)), MARGIN)
 
-
-def cascade_boxes(roi, shape, view: str) -> Rois:
-    """`roi` (cascade_roi's) projected onto the slices of `view`; the MARGIN slices at each of its ends
-    along the view's axis are reach (Rois.spans is the cascade's own extent)."""
-    boxes = boxes_from_roi(roi[0], roi[1], shape, view)
-    axis = VIEWS.index(view)
-    own = range(roi[0][axis] + MARGIN, roi[1][axis] - MARGIN + 1)
-    return Rois(boxes, spans={n for n in boxes if n in own})

@@ -28,17 +28,18 @@ from SAMBACore.brats import MODALITIES, SNFH, only_whole_tumour
 from SAMBACore.memory import freed_memory_kept
 from SAMBACore.pieces import drop_small_pieces
 from SAMBASegmentLib import localizer, propagation, voting
-from SAMBASegmentLib.cascade_roi import cascade_boxes, cascade_roi
+from SAMBASegmentLib.cascade_roi import MARGIN as CASCADE_MARGIN, cascade_roi
 from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast, regions_of, usable_pairs, whole_tumour_only
-from SAMBASegmentLib.prompts import Boxes, boxes_from_mask, boxes_from_roi
-from SAMBASegmentLib.propagation import Rois, propagate_stack, rois_of_runs
+from SAMBASegmentLib.prompts import Boxes, boxes_from_mask
+from SAMBASegmentLib.propagation import Rois, propagate_stack, rois_of_box, rois_of_runs
 from SAMBASegmentLib.sam_runner import EmbeddingCache, segment_stack
 from SAMBASegmentLib.samba_bundle import SambaModels
 from SAMBASegmentLib.slices import VIEWS, from_view_slices, normalise_slices, slice_count, view_slices
 
 # yolo: YOLO's main runs, each an ROI prompted by propagation; yolo-boxes: YOLO's own top box on
 # every slice (the paper's prompts, and this project's before the runs; kept to reproduce them);
-# cascade: the box around the U-Net cascade's tumour (cascade_roi), prompted like a drawn ROI.
+# cascade: the box around the U-Net cascade's tumour (cascade_roi), prompted like a drawn ROI (roi): from
+# its middle slice out, its outer slices as reach (propagation.rois_of_box).
 PROMPTS = ("yolo", "yolo-boxes", "cascade", "roi", "mask")
 PROPAGATED = ("yolo", "cascade", "roi")
 # One box around one tumour (cascade, roi): pieces of tumour under a tenth of the largest are dropped.
@@ -117,11 +118,11 @@ def prompt_boxes(models: SambaModels, images: dict[str, np.ndarray], view: str, 
             return yolo_boxes(models.yolo, images, view, device)
         return yolo_rois(models.yolo, images, view, device)
     if prompt == "cascade":  # roi: the cascade's (run_samba), None where it found no tumour
-        return cascade_boxes(roi, _shape(images), view) if roi is not None else {}
+        return rois_of_box(*roi, _shape(images), view, CASCADE_MARGIN) if roi is not None else {}
     if prompt == "roi":
         if roi is None:
             raise ValueError("The ROI prompt needs a box: place a markups ROI around the tumour (--roi on the command line).")
-        return boxes_from_roi(roi[0], roi[1], _shape(images), view)
+        return rois_of_box(*roi, _shape(images), view, propagation.REACH)
     if prompt == "mask":
         if mask is None or not mask.any():
             raise ValueError("The segmentation prompt needs a non-empty segmentation.")

@@ -12,21 +12,24 @@ The boxes may hold several ROIs (YOLO's runs, rois_of_runs): each run is propaga
 seed, YOLO's most confident box in it, as the run's union box can be far larger than the tumour when
 one of its boxes strays (a drawn ROI has no seeds and starts from its middle slice). Each ROI also
 reaches a few slices past the run's ends, for the tumour's ends YOLO missed; there a mask is kept
-only while it is smaller than its neighbour's (a tumour tapers towards its end). The 3D U-Net's box
-has such a reach too: its margin (cascade_roi.cascade_boxes).
+only while it is smaller than its neighbour's (a tumour tapers towards its end). One box around the
+whole tumour (a drawn ROI, or the 3D U-Net's) has such a reach too: its outer REACH slices at each end,
+where a box drawn with room to spare holds no tumour but SAM still outlines something (rois_of_box).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from SAMBASegmentLib.prompts import Boxes, box_of_mask
+from SAMBASegmentLib.prompts import Boxes, box_of_mask, boxes_from_roi
+from SAMBASegmentLib.slices import view_axis
 from SAMBASegmentLib.sam_runner import EmbeddingCache, decode_boxes
 
 MARGIN = 3  # pixels around the neighbour's mask: LiteMedSAM's own bbox_shift in its 3D inference
 # Slices past a YOLO run's ends that propagation may go on into while SAM still finds tumour: YOLO
-# misses a tumour's thin ends (and whole stretches on scans unlike its training data). 5: the margin
-# of the drawn-ROI stand-in (evaluation.truth_roi), set before it was measured (docs/results.md).
+# misses a tumour's thin ends (and whole stretches on scans unlike its training data). Also the outer
+# slices of a drawn box, whose margin is unknown. 5: the margin of the drawn-ROI stand-in
+# (evaluation.ROI_MARGIN), set before it was measured (docs/results.md).
 REACH = 5
 
 
@@ -57,6 +60,15 @@ class Rois(dict):
         super().__init__(boxes)
         self.seeds: Boxes = dict(seeds or {})
         self.spans: set[int] = set(spans) if spans is not None else set(boxes)
+
+
+def rois_of_box(ijk_min, ijk_max, shape, view: str, reach: int) -> Rois:
+    """One 3D box (inclusive (k, j, i) corners) projected onto the slices of `view` it crosses, its
+    outer `reach` slices at each end along the view's axis as reach (Rois.spans holds the rest)."""
+    boxes = boxes_from_roi(ijk_min, ijk_max, shape, view)
+    axis = view_axis(view)
+    low, high = sorted((int(ijk_min[axis]), int(ijk_max[axis])))
+    return Rois(boxes, spans={n for n in boxes if low + reach <= n <= high - reach})
 
 
 def rois_of_runs(boxes: Boxes, runs: list[list[int]], scores: dict[int, float] | None = None,

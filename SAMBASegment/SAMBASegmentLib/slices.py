@@ -25,6 +25,11 @@ def view_slices(volume: np.ndarray, view: str) -> np.ndarray:
     return np.moveaxis(volume, _AXIS[view], 0)
 
 
+def view_axis(view: str) -> int:
+    """The (k, j, i) axis that `view`'s slices are taken along."""
+    return _AXIS[view]
+
+
 def slice_count(shape, view: str) -> int:
     """How many `view` slices a volume of `shape` (z, y, x) has."""
     return shape[_AXIS[view]]
