@@ -198,9 +198,9 @@ def _evaluate(args) -> int:
     from SAMBACore.device import choose_device
     from SAMBACore.evaluation import format_means, report_end
     from SAMBASegmentLib.evaluation import ROI_MARGIN, evaluate
+    from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
 
     margin = ROI_MARGIN if args.roi_margin is None else args.roi_margin
-    from SAMBASegmentLib.samba_bundle import load_samba_models, resolve_bundle
 
     if args.record and args.adapter:
         raise ValueError("--record stores the bundle's own metrics in its manifest: leave out --adapter, "

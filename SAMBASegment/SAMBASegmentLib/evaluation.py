@@ -49,5 +49,5 @@ def evaluate(models: SambaModels, data_dir, prompt: str = "cascade", mode: str =
                                                                    "regions": result.regions}
 
     scores = score_cases(data_dir, segment, log, on_case, allow_missing=True, contrasts=contrasts)
-    return {"prompt": prompt, "mode": mode, "preset": ",".join(sorted(ran)), "roi_margin": roi_margin if prompt == "roi" else None,
-            "contrasts": ",".join(contrasts) if contrasts else "as found", **scores}
+    return {"prompt": prompt, "roi_margin": roi_margin if prompt == "roi" else None, "mode": mode,
+            "preset": ",".join(sorted(ran)), "contrasts": ",".join(contrasts) if contrasts else "as found", **scores}
