@@ -101,7 +101,10 @@ def test_cascade_prompt_is_the_locators_box_prompted_as_a_drawn_one_and_finding_
     monkeypatch.setattr(pipeline, "propagate_stack", spy)
     drawn = run_samba(case, models, prompt="roi", roi=roi)
     drawn_calls = len(prompted)
-    located = run_samba(case, models, prompt="cascade", roi=((0, 0, 0), (1, 1, 1)), locate=locate)
+    fractions = []
+    located = run_samba(case, models, prompt="cascade", roi=((0, 0, 0), (1, 1, 1)), locate=locate,
+                        progress=lambda fraction, message: fractions.append(fraction))
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0, "the progress bar never goes back"
     assert asked == [["flair", "t1", "t1ce", "t2"]]  # every contrast given, once; a roi passed in is ignored
     assert located.boxes == drawn.boxes == {"axial": 11, "coronal": 18, "sagittal": 16}  # clipped to the case
     own = {11: range(1, 6), 18: range(3, 13), 16: range(2, 11)}  # the piece's extent along each view's axis

@@ -289,12 +289,14 @@ def run_samba(
     seconds: dict[str, float] = {}
 
     started = time.perf_counter()
+    boxes_from = 0.0  # where the progress bar stands when the per-view boxes start
     if prompt == "cascade":
         report(0.0, "Finding the tumour in 3D (U-Net cascade)")
         roi = (locate or cascade_roi)(images, device, lambda fraction, message: report(0.05 * fraction, message))
+        boxes_from = 0.05
     boxes = {}
     for v, view in enumerate(VIEWS):
-        report(v / len(VIEWS) * 0.1, f"{view}: finding the tumour on each slice")
+        report(boxes_from + v / len(VIEWS) * (0.1 - boxes_from), f"{view}: finding the tumour on each slice")
         wanted = any(w == view for _, w in pairs)  # a view no vote of the preset uses needs no boxes
         boxes[view] = prompt_boxes(models, images, view, prompt, roi, mask, device) if wanted else {}
     seconds["prompts"] = time.perf_counter() - started
