@@ -40,3 +40,34 @@ def test_the_bundled_cascade_boxes_a_phantom_tumour_close_to_its_true_box(tmp_pa
     # Measured 0.890 (1 and 2 threads alike); on the 10 held-out v1 phantoms 30000-30009 0.46-0.95, mean
     # 0.77 (docs/results.md): margin for the worst of those. A box elsewhere in the brain has IoU near 0.
     assert iou > 0.5, (found, truth)
+
+
+def test_with_little_memory_free_the_cascade_uses_smaller_patches_and_finds_the_same_box(tmp_path, monkeypatch):
+    """The prompt is for small machines: where its usual 128-voxel patches do not fit the memory free,
+    R2U-Net Segment's auto plan halves them (same box, slower); where nothing fits, a message says what to do."""
+    import pytest
+
+    from R2UNetSegmentLib import memory_plan
+    from SAMBACore.brats import find_case_files, read_case
+    from SAMBACore.phantom import write_cases
+    from SAMBASegmentLib import cascade_roi as prompt
+
+    case = write_cases(tmp_path, 1, seed=30010)[0]
+    images = read_case(find_case_files(case))[0]
+    plans = []
+
+    def progress(fraction, message):
+        plans.append(message)
+
+    usual = prompt.cascade_roi(images, progress=progress)
+    assert "128-voxel" in plans[0], plans[0]
+    # Less than the 128-voxel plan's estimate (1.3-2.1 GB on a BraTS-sized case), more than the 64-voxel one's.
+    monkeypatch.setattr(memory_plan, "available_bytes", lambda device="cpu": int(1.0 * 1024**3))
+    plans.clear()
+    small = prompt.cascade_roi(images, progress=progress)
+    assert "64-voxel" in plans[0], plans[0]
+    assert box_iou_3d(small, usual) > 0.95, (small, usual)  # patch-wise stage 2 blends windows: near-identical
+
+    monkeypatch.setattr(memory_plan, "available_bytes", lambda device="cpu": 50 * 1024**2)
+    with pytest.raises(MemoryError, match=r"needs about .* of memory and 50 MB is free.*draw an ROI"):
+        prompt.cascade_roi(images)

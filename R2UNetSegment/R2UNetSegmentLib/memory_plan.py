@@ -24,7 +24,12 @@ _FLOAT = 4  # bytes per float32
 
 
 class MemoryBudgetError(ValueError):
-    """No inference mode fits the memory budget; the message names the smallest that would."""
+    """No inference mode fits the memory budget; the message names the smallest that would
+    (`needed_bytes`, its estimate; `budget_bytes`, the budget), so that a caller can word its own."""
+
+    def __init__(self, message: str, needed_bytes: int = 0, budget_bytes: int = 0):
+        super().__init__(message)
+        self.needed_bytes, self.budget_bytes = needed_bytes, budget_bytes
 
 
 _PER_VOXEL: dict[tuple, tuple[float, float, int]] = {}
@@ -117,7 +122,7 @@ def _tensor_peak_bytes(models, image_shape, mode: str, patch_size: int) -> int:
     raise ValueError(f"unknown mode {mode!r}: choose one of {', '.join(MODES)}")
 
 
-def _format(n: int) -> str:
+def format_bytes(n: int) -> str:
     return f"{n / 1024**3:.2f} GB" if n >= 1024**3 else f"{n / 1024**2:.0f} MB"
 
 
@@ -158,9 +163,11 @@ def choose_mode(model_or_none, cascade_or_none, image_shape, budget_bytes: int, 
             return plan
     smallest = min(estimates, key=lambda plan: plan.estimate_bytes)
     raise MemoryBudgetError(
-        f"a memory budget of {_format(budget_bytes)} is too small for an image of shape {tuple(image_shape)}: "
-        f"the smallest, {smallest.describe()}, needs about {_format(smallest.estimate_bytes)}. "
-        "Raise the budget to at least that."
+        f"a memory budget of {format_bytes(budget_bytes)} is too small for an image of shape {tuple(image_shape)}: "
+        f"the smallest, {smallest.describe()}, needs about {format_bytes(smallest.estimate_bytes)}. "
+        "Raise the budget to at least that.",
+        smallest.estimate_bytes,
+        budget_bytes,
     )
 
 

@@ -23,20 +23,29 @@ from SAMBASegmentLib.prompts import roi_around
 
 BUNDLE = "phantom-cascade-any"  # R2U-Net Segment's bundle for any set of contrasts
 MARGIN = 5  # voxels: the drawn-ROI stand-in's (evaluation.ROI_MARGIN), not tuned for this
-PATCH = 128  # the cascade's full-resolution patch edge in every measurement of this prompt (about 3.8 GB peak)
+# The full-resolution patch edge of every measurement of this prompt (about 1.3-2.1 GB for the cascade on a
+# BraTS case). Where less memory is free, R2U-Net Segment's auto plan halves it (64: about 0.7-0.8 GB; down
+# to 16): the same box, more slowly, instead of running out of memory on the small machines SAMBA is for.
+PATCH = 128
 
 
 def cascade_whole_tumour(images: dict[str, np.ndarray], device: str = "cpu", progress=None) -> np.ndarray:
     """The cascade's whole tumour (bool, (K, J, I)) on the contrasts given (None or absent: missing)."""
     # R2U-Net Segment's package, imported here only: SAMBA without this prompt does not need it.
     from R2UNetSegmentLib import inference
+    from R2UNetSegmentLib.memory_plan import MemoryBudgetError, format_bytes
     from R2UNetSegmentLib.presence import stack
     from R2UNetSegmentLib.r2unet_bundle import load_r2unet_models, resolve_bundle
 
     models = load_r2unet_models(resolve_bundle(BUNDLE), device)
     image, present = stack(images)
-    labels, _, _ = inference.segment(inference.normalise(image), cascade=models.cascade, mode="cascade",
-                                     patch_size=PATCH, device=device, progress=progress, present=present)
+    try:  # mode auto with a cascade only: the largest patch up to PATCH that fits the memory free now
+        labels, _, _ = inference.segment(inference.normalise(image), cascade=models.cascade, mode="auto",
+                                         patch_size=PATCH, device=device, progress=progress, present=present)
+    except MemoryBudgetError as error:
+        raise MemoryError(f"The 3D U-Net's box needs about {format_bytes(error.needed_bytes)} of memory and "
+                          f"{format_bytes(error.budget_bytes)} is free. Close other programs and apply again, or draw "
+                          "an ROI around the tumour (prompt roi), which does not need the 3D U-Net.") from None
     return labels > 0
 
 
