@@ -205,16 +205,23 @@ def test_a_corrected_segmentation_in_the_scene_becomes_a_training_case(scene, ca
 
 def test_left_out_views_and_contrasts_default_to_what_the_default_preset_segments():
     """An adapter learns the slices it will see: LiteMedSAM on a CPU segments FLAIR axially (preset
-    fast), so that is all it trains on; on a GPU FLAIR and T1CE, axial and coronal (preset balanced's); the
+    fast), so that is all it trains on; on a GPU preset balanced's three stacks (FLAIR axial and coronal, T1CE axial); the
     small SAM anywhere all twelve stacks."""
     from LoRATrainerLib.train_lora import default_stacks
 
+    from LoRATrainerLib.train_lora import with_default_stacks
+
     small, lite = build_sam(TINY), build_sam({"type": "litemedsam"})  # the structure decides; weights unused
-    every = {"modalities": MODALITIES, "views": ("axial", "coronal", "sagittal")}
-    assert default_stacks(lite, "cpu") == {"modalities": ("flair",), "views": ("axial",)}
-    assert default_stacks(lite, "cuda") == {"modalities": ("flair", "t1ce"), "views": ("axial", "coronal")}
-    assert default_stacks(small, "cpu") == every
+    assert default_stacks(lite, "cpu") == (("flair", "axial"),)
+    balanced = (("flair", "axial"), ("flair", "coronal"), ("t1ce", "axial"))  # not T1CE coronal: balanced never runs it
+    assert default_stacks(lite, "cuda") == balanced
+    assert len(default_stacks(small, "cpu")) == 12
     assert LoraSettings().views is None and LoraSettings().modalities is None
+    on_gpu = with_default_stacks(LoraSettings(), lite, "cuda")
+    assert on_gpu.stacks == balanced and on_gpu.views == ("axial", "coronal") and on_gpu.record()["stacks"][2] == ["t1ce", "axial"]
+    # One of the two chosen: the other from the preset, each in each (what was asked for is trained).
+    chosen = with_default_stacks(LoraSettings(views=("sagittal",)), lite, "cuda")
+    assert chosen.stacks is None and chosen.views == ("sagittal",) and chosen.modalities == ("flair", "t1ce")
 
 
 def test_views_and_contrasts_typed_in_the_widget_or_on_the_command_line():

@@ -48,6 +48,11 @@ def test_samples_from_a_labelled_volume():
     assert len(binary) == 4 * (2 + 3 + 4)  # modalities x slices with tumour in axial, coronal, sagittal
     multi = sam_training.samples_from_case(images, labels, multimask=True, views=("axial",), modalities=("flair",))
     assert multi[1].target.shape == (3, 8, 10) and multi[1].target[2].sum() == 1  # ET on slice k=3
+    # A preset's stacks only (balanced's three), not each of its contrasts in each of its views (four).
+    balanced = sam_training.samples_from_case(images, labels, stacks=(("flair", "axial"), ("flair", "coronal"),
+                                                                      ("t1ce", "axial")))
+    shapes = [s.image.shape[:2] for s in balanced]
+    assert len(balanced) == 2 + 3 + 2 and shapes.count((8, 10)) == 4 and shapes.count((6, 10)) == 3, shapes
 
 
 def test_small_sam_learns_box_prompted_segmentation(measured):

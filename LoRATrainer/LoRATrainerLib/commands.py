@@ -138,8 +138,9 @@ def register(commands, train, bench) -> None:
     lora.add_argument("--tumour-fraction", type=float, help="U-Net: share of patches centred on tumour, the rest "
                       "anywhere in the brain (default 0.67; lower teaches fewer false positives)")
     lora.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
-    stacks = ("(default: those SAMBA Segment's default preset runs with the base on the device: flair and axial "
-              "for litemedsam-samba on a CPU, flair,t1ce and axial,coronal on a GPU, all for phantom-demo)")
+    stacks = ("(default, with neither given: the stacks SAMBA Segment's default preset runs with the base on the "
+              "device: flair axial for litemedsam-samba on a CPU; flair axial and coronal and t1ce axial on a GPU; "
+              "all for phantom-demo. Given: each listed contrast in each listed view)")
     lora.add_argument("--views", help=f"SAM: comma-separated slice views to train on {stacks}")
     lora.add_argument("--modalities", help=f"SAM: comma-separated contrasts ({','.join(MODALITIES)}) to train on {stacks}")
     held_out = lora.add_mutually_exclusive_group()

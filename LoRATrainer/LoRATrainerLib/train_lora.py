@@ -60,6 +60,9 @@ class LoraSettings:
     # None: the stacks SAMBA Segment's default preset runs with this base on this device (default_stacks)
     views: tuple[str, ...] | None = None
     modalities: tuple[str, ...] | None = None
+    # The (modality, view) pairs trained on, when neither views nor modalities was chosen: the default preset's
+    # own (balanced's three are not each of its contrasts in each of its views). None: views x modalities.
+    stacks: tuple[tuple[str, str], ...] | None = None
     val_slices: int = 300  # at most, spread evenly over the held-out slices: a quick check each epoch
 
     def __post_init__(self):
@@ -68,7 +71,9 @@ class LoraSettings:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}.")
         if self.lr <= 0:
             raise ValueError(f"The learning rate must be positive, not {self.lr}.")
-        unknown = sorted(set(self.views or ()) - set(VIEWS)) + sorted(set(self.modalities or ()) - set(MODALITIES))
+        views = set(self.views or ()) | {v for _, v in self.stacks or ()}
+        modalities = set(self.modalities or ()) | {m for m, _ in self.stacks or ()}
+        unknown = sorted(views - set(VIEWS)) + sorted(modalities - set(MODALITIES))
         if unknown:
             raise ValueError(f"Unknown views or modalities {unknown}: choose from {', '.join(VIEWS + MODALITIES)}.")
 
@@ -77,7 +82,11 @@ class LoraSettings:
         return adapters.LoraSpec(tuple(self.targets), self.rank, self.alpha, self.dropout)
 
     def record(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {k: _listed(v) for k, v in asdict(self).items()}
+
+
+def _listed(value):
+    return [_listed(v) for v in value] if isinstance(value, tuple) else value
 
 
 def stacks_from_text(views: str | None, modalities: str | None) -> dict[str, tuple[str, ...]]:
@@ -91,15 +100,26 @@ def stacks_from_text(views: str | None, modalities: str | None) -> dict[str, tup
     return stacks
 
 
-def default_stacks(sam, device) -> dict[str, tuple[str, ...]]:
-    """The views and modalities that SAMBA Segment's default preset runs with this SAM on this device
+def default_stacks(sam, device) -> tuple[tuple[str, str], ...]:
+    """The (modality, view) stacks that SAMBA Segment's default preset runs with this SAM on this device
     (pipeline.choose_preset): an adapter learns the slices it will see. LiteMedSAM on a CPU: FLAIR
-    axial only; on a GPU FLAIR and T1CE, axial and coronal (the preset balanced's); the small phantom SAM:
-    all four contrasts in all three views."""
+    axial only; on a GPU FLAIR axial and coronal and T1CE axial (the preset balanced's); the small phantom
+    SAM: all four contrasts in all three views."""
     from SAMBASegmentLib.pipeline import PRESETS, choose_preset
 
-    pairs = PRESETS[choose_preset("auto", sam, str(device))]
-    return {"modalities": tuple(dict.fromkeys(m for m, _ in pairs)), "views": tuple(dict.fromkeys(v for _, v in pairs))}
+    return tuple(PRESETS[choose_preset("auto", sam, str(device))])
+
+
+def with_default_stacks(settings: LoraSettings, sam, device) -> LoraSettings:
+    """`settings` with what was left out filled in from default_stacks: neither views nor modalities chosen,
+    the preset's own stacks; one of them chosen, the other from the preset's (each in each)."""
+    if settings.views is not None and settings.modalities is not None:
+        return settings
+    stacks = settings.stacks or default_stacks(sam, device)
+    views, modalities = tuple(dict.fromkeys(v for _, v in stacks)), tuple(dict.fromkeys(m for m, _ in stacks))
+    if settings.views is None and settings.modalities is None:
+        return replace(settings, views=views, modalities=modalities, stacks=stacks)
+    return replace(settings, views=settings.views or views, modalities=settings.modalities or modalities)
 
 
 class BoxPromptedSam(nn.Module):
@@ -118,7 +138,8 @@ class BoxPromptedSam(nn.Module):
 
 
 def _slices(cases: list[Case], settings: LoraSettings) -> list[SamSample]:
-    return [s for c in cases for s in samples_from_case(c.images, c.labels, settings.views, settings.modalities)]
+    return [s for c in cases
+            for s in samples_from_case(c.images, c.labels, settings.views, settings.modalities, stacks=settings.stacks)]
 
 
 def _model_inputs(sam, samples: list[SamSample], boxes: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,11 +217,10 @@ def train_lora(
     sam, bundle = models.sam, models.bundle
     base_sha = bundle.component("sam").sha256
     if settings.views is None or settings.modalities is None:
-        stacks = default_stacks(sam, world.device)
-        settings = replace(settings, views=settings.views or stacks["views"],
-                           modalities=settings.modalities or stacks["modalities"])
-        say(f"Training on {', '.join(settings.modalities)} in the {', '.join(settings.views)} view(s): what SAMBA "
-            f"Segment's default preset runs with this base on {world.device}")
+        settings = with_default_stacks(settings, sam, world.device)
+        trained = (", ".join(f"{m.upper()} {v}" for m, v in settings.stacks) if settings.stacks else
+                   f"{', '.join(settings.modalities)} in the {', '.join(settings.views)} view(s)")
+        say(f"Training on {trained}: what SAMBA Segment's default preset runs with this base on {world.device}")
     train, val = _slices(train_cases, settings), _spread(_slices(val_cases, settings), settings.val_slices)
     say(f"{len(train_cases)} training case(s), {len(train)} slices; {len(val_cases)} validation case(s), {len(val)} slices")
 

@@ -39,8 +39,12 @@ class SamSample:
 
 
 def samples_from_case(images: dict[str, np.ndarray], labels: np.ndarray, views=VIEWS, modalities=MODALITIES,
-                      multimask: bool = False) -> list[SamSample]:
-    """One sample per (modality, view, slice) that shows tumour."""
+                      multimask: bool = False, stacks=None) -> list[SamSample]:
+    """One sample per (modality, view, slice) that shows tumour. `stacks`: only these (modality, view)
+    pairs (a preset's, which is not every modality in every view); None: each of `modalities` in each of `views`."""
+    if stacks is not None:
+        views, modalities = _unique(v for _, v in stacks), _unique(m for m, _ in stacks)
+    wanted = set(stacks) if stacks is not None else {(m, v) for m in modalities for v in views}
     masks = region_masks(labels)
     regions = np.stack([masks["WT"], masks["TC"], masks["ET"]])
     samples = []
@@ -48,12 +52,16 @@ def samples_from_case(images: dict[str, np.ndarray], labels: np.ndarray, views=V
         whole = view_slices(masks["WT"], view)
         with_tumour = np.flatnonzero(whole.reshape(whole.shape[0], -1).any(axis=1))
         region_stack = np.stack([view_slices(region, view) for region in regions], axis=1)  # (N, 3, H, W)
-        for modality in modalities:
+        for modality in (m for m in modalities if (m, view) in wanted):
             stack = normalise_slices(view_slices(images[modality], view)[with_tumour])
             for image, n in zip(stack, with_tumour):
                 target = region_stack[n] if multimask else whole[n]
                 samples.append(SamSample(image, box_of_mask(whole[n]), target.copy()))
     return samples
+
+
+def _unique(names) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
 
 
 def jitter_box(box: np.ndarray, size, rng: np.random.Generator, max_px: int = MAX_JITTER) -> np.ndarray:
