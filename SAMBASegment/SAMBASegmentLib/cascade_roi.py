@@ -23,9 +23,10 @@ from SAMBASegmentLib.prompts import roi_around
 
 BUNDLE = "phantom-cascade-any"  # R2U-Net Segment's bundle for any set of contrasts
 MARGIN = 5  # voxels: the drawn-ROI stand-in's (evaluation.ROI_MARGIN), not tuned for this
-# The full-resolution patch edge of every measurement of this prompt (about 1.3-2.1 GB for the cascade on a
-# BraTS case). Where less memory is free, R2U-Net Segment's auto plan halves it (64: about 0.7-0.8 GB; down
-# to 16): the same box, more slowly, instead of running out of memory on the small machines SAMBA is for.
+# The full-resolution patch edge of every measurement of this prompt (estimated 1.3-2.1 GB for the cascade on a
+# BraTS case). Where the estimate does not fit the memory free, R2U-Net Segment's auto plan halves it (down to
+# 16): the same box, more slowly, though the measured saving is small (freed memory is kept, docs/results.md);
+# where nothing fits, the user is told before anything runs.
 PATCH = 128
 
 
