@@ -130,10 +130,12 @@ def assign_modalities(names: list[str], need_seg: bool = False, allow_missing: b
             problems.append("missing " + ", ".join(missing))
         for m, v in duplicated.items():
             problems.append(f"{m} is ambiguous ({', '.join(v)})")
-        what = "any of the BraTS inputs" if allow_missing else "the four BraTS inputs"
+        # allow_missing fails only when none of the four was found or one was found twice
+        what = ("any of the BraTS inputs" if missing else "the BraTS inputs") if allow_missing else "the four BraTS inputs"
+        fix = "Keep one file per contrast, named" if duplicated else "Name them"
         raise ModalityError(
             f"Could not identify {what}: {'; '.join(problems)}. Found: {read_as}. "
-            "Name them t1/t1n, t1ce/t1c, t2/t2w and flair/t2f, or choose them explicitly."
+            f"{fix} t1/t1n, t1ce/t1c, t2/t2w and flair/t2f; in Slicer you can also choose the volumes in the module's inputs."
         )
     return {key: found[key][0] for key in wanted if key in found}
 

@@ -122,7 +122,9 @@ def test_duplicate_modality(scene, nodes, case_dir, tiny_bundle, tmp_path, capsy
     shutil.copy(case_dir / case_file_name(case_dir.name, "flair"), case_dir / "CASE-00001-000-flair.nii.gz")
     files = _files(case_dir)
     code, _, err = _segment(case_dir, tmp_path / "out.seg.nrrd", tiny_bundle, capsys)
-    assert code == 2 and "flair is ambiguous" in err and "choose them explicitly" in err
+    assert code == 2 and err.count("\n") == 1
+    # t1, t1ce and t2 were found: not "any of", and what to do is to keep one file per contrast.
+    assert "Could not identify the BraTS inputs: flair is ambiguous" in err and "Keep one file per contrast" in err
     assert _files(case_dir) == files and not (tmp_path / "out.seg.nrrd").exists()
 
 
