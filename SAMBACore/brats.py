@@ -242,17 +242,20 @@ def read_case(files: dict[str, Path]) -> tuple[dict[str, np.ndarray], np.ndarray
     labels are converted to the internal convention. Each image's background is moved to 0
     (inputs.zero_background: a volume stored shifted by a constant trains and segments like the
     unshifted one). A truncated or corrupt file raises image_files.ImageFileError (an InputError)
-    naming it.
+    naming it; so does an empty, constant or NaN image (inputs.check_image), as when it is loaded in
+    Slicer. (ITK reads a NIfTI file's NaNs as 0, Slicer too; a NRRD or MetaImage keeps them.)
     """
     import SimpleITK as sitk
 
     from SAMBACore.image_files import read_image
-    from SAMBACore.inputs import zero_background
+    from SAMBACore.inputs import check_image, zero_background
 
     images, spacing = {}, None
     for key in (m for m in MODALITIES if m in files):  # a case may lack some (find_case_files' allow_missing)
         image = read_image(files[key])
-        images[key] = zero_background(sitk.GetArrayFromImage(image).astype(np.float32))
+        array = sitk.GetArrayFromImage(image).astype(np.float32)
+        check_image(str(files[key]), array)
+        images[key] = zero_background(array)
         spacing = spacing or tuple(reversed(image.GetSpacing()))
     labels = None
     if "seg" in files:

@@ -204,6 +204,26 @@ def test_segment_batch_and_evaluate_name_the_truncated_file_and_write_nothing(tm
     assert _files(cases) == inputs  # the inputs are never touched
 
 
+def test_evaluate_names_a_case_file_with_nans_and_scores_the_others(tmp_path, tiny_bundle, capsys):
+    """A NRRD keeps NaNs (ITK reads a NIfTI file's as 0): evaluate read them past the volume checks the
+    modules make, and the U-Net's normalisation then ended the whole run without naming the case."""
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[6:10, 10:15, 8:12] = 2
+    cases = tmp_path / "cases"
+    _write_case(cases / "GOOD-00001-000", {m: _image(i) for i, m in enumerate(MODALITIES)}, labels)
+    bad = _write_case(cases / "NAN-00002-000", {m: _image(i) for i, m in enumerate(MODALITIES)}, labels)
+    flair = bad / case_file_name(bad.name, "flair")
+    flair.unlink()
+    with_nans = _image(3)
+    with_nans[5, 5, 5:9] = np.nan
+    nrrd = _write(bad / f"{bad.name}_flair.nrrd", with_nans)
+    inputs = _files(cases)
+    code = cli.main(["evaluate", str(cases), "--bundle", str(tiny_bundle), "--device", "cpu", "--prompt", "roi"])
+    captured = capsys.readouterr()
+    assert code == 2 and f"Skipped {bad.name}: {nrrd} has 4 NaN or infinite voxels" in captured.out, captured
+    assert "Mean over 1 case(s)" in captured.out and _files(cases) == inputs
+
+
 def test_training_and_preview_reads_go_through_the_check(tmp_path, capsys):
     from LoRATrainerLib.training_data import check_case_geometry
 
