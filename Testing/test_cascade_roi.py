@@ -1,6 +1,7 @@
 """The cascade prompt's ROI: the box around the U-Net cascade's largest piece of tumour, grown like a drawn box."""
 
 import numpy as np
+import pytest
 
 from SAMBACore.pieces import largest_piece
 from SAMBASegmentLib.prompts import roi_around
@@ -25,16 +26,24 @@ def test_the_roi_surrounds_the_largest_piece_grown_by_the_margin():
     assert largest_piece(diagonal).sum() == 2
 
 
-def test_the_bundled_cascade_boxes_a_phantom_tumour_close_to_its_true_box(tmp_path, measured):
+@pytest.fixture(scope="module")
+def phantom_box(tmp_path_factory):
+    """(images, truth's ROI, the cascade prompt's ROI and its plan) for one phantom: one 128-voxel run shared."""
     from SAMBACore.brats import find_case_files, read_case
     from SAMBACore.phantom import write_cases
     from SAMBASegmentLib.cascade_roi import cascade_roi
     from SAMBASegmentLib.evaluation import truth_roi
 
-    case = write_cases(tmp_path, 1, seed=30010)[0]  # v1, neither trained on nor in a held-out set
+    case = write_cases(tmp_path_factory.mktemp("cascade-roi"), 1, seed=30010)[0]  # v1, neither trained on nor held out
     images, labels, _ = read_case(find_case_files(case, need_seg=True))
-    truth = truth_roi(labels, 5)
-    found = cascade_roi(images)
+    plans = []
+    found = cascade_roi(images, progress=lambda fraction, message: plans.append(message))
+    return images, truth_roi(labels, 5), found, plans[0]
+
+
+def test_the_bundled_cascade_boxes_a_phantom_tumour_close_to_its_true_box(phantom_box, measured):
+    _, truth, found, plan = phantom_box
+    assert "128-voxel" in plan, plan  # all the memory it needs is free here: the plan every measurement used
     iou = box_iou_3d(found, truth)
     measured("cascade_roi_iou", iou)
     # Measured 0.890 (1 and 2 threads alike); on the 10 held-out v1 phantoms 30000-30009 0.46-0.95, mean
@@ -42,29 +51,17 @@ def test_the_bundled_cascade_boxes_a_phantom_tumour_close_to_its_true_box(tmp_pa
     assert iou > 0.5, (found, truth)
 
 
-def test_with_little_memory_free_the_cascade_uses_smaller_patches_and_finds_the_same_box(tmp_path, monkeypatch):
+def test_with_little_memory_free_the_cascade_uses_smaller_patches_and_finds_the_same_box(phantom_box, monkeypatch):
     """The prompt is for small machines: where its usual 128-voxel patches do not fit the memory free,
     R2U-Net Segment's auto plan halves them (same box, slower); where nothing fits, a message says what to do."""
-    import pytest
-
     from R2UNetSegmentLib import memory_plan
-    from SAMBACore.brats import find_case_files, read_case
-    from SAMBACore.phantom import write_cases
     from SAMBASegmentLib import cascade_roi as prompt
 
-    case = write_cases(tmp_path, 1, seed=30010)[0]
-    images = read_case(find_case_files(case))[0]
+    images, _, usual, _ = phantom_box
     plans = []
-
-    def progress(fraction, message):
-        plans.append(message)
-
-    usual = prompt.cascade_roi(images, progress=progress)
-    assert "128-voxel" in plans[0], plans[0]
     # Less than the 128-voxel plan's estimate (1.3-2.1 GB on a BraTS-sized case), more than the 64-voxel one's.
     monkeypatch.setattr(memory_plan, "available_bytes", lambda device="cpu": int(1.0 * 1024**3))
-    plans.clear()
-    small = prompt.cascade_roi(images, progress=progress)
+    small = prompt.cascade_roi(images, progress=lambda fraction, message: plans.append(message))
     assert "64-voxel" in plans[0], plans[0]
     assert box_iou_3d(small, usual) > 0.95, (small, usual)  # patch-wise stage 2 blends windows: near-identical
 
