@@ -39,7 +39,7 @@ from SAMBACore.brats import MODALITIES
 from SAMBASegmentLib.sam_runner import decode_batched, decode_boxes, encode_slices, input_size, map_boxes, resize_slices
 from SAMBASegmentLib.sam_training import SamSample, jitter_box, samples_from_case
 from SAMBASegmentLib.samba_bundle import load_samba_models
-from SAMBASegmentLib.slices import VIEWS
+from SAMBASegmentLib.slices import VIEWS, views_and_contrasts
 
 VALIDATION_METRIC = ("whole-tumour Dice pooled over held-out slices, SAM prompted with each slice's "
                      "exact tumour box (no jitter); measures SAM's mask inside a good box, not YOLO or voting")
@@ -116,7 +116,7 @@ def with_default_stacks(settings: LoraSettings, sam, device) -> LoraSettings:
     if settings.views is not None and settings.modalities is not None:
         return settings
     stacks = settings.stacks or default_stacks(sam, device)
-    views, modalities = tuple(dict.fromkeys(v for _, v in stacks)), tuple(dict.fromkeys(m for m, _ in stacks))
+    views, modalities = views_and_contrasts(stacks)
     if settings.views is None and settings.modalities is None:
         return replace(settings, views=views, modalities=modalities, stacks=stacks)
     return replace(settings, views=settings.views or views, modalities=settings.modalities or modalities)

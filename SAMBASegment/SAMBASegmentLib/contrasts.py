@@ -16,6 +16,7 @@ from __future__ import annotations
 # What every module shares (names, messages, which regions a set of contrasts gives) is in SAMBACore.
 from SAMBACore.contrasts import (NAMES, WITHOUT_T1CE, contrasts_present, describe, given,
                                  regions_of, whole_tumour_only)
+from SAMBASegmentLib.slices import views_and_contrasts
 
 __all__ = ["NAMES", "PROMPT_ORDER", "WITHOUT_T1CE", "contrasts_present", "describe", "given", "prompt_contrast",
            "regions_of", "usable_pairs", "whole_tumour_only"]
@@ -34,5 +35,4 @@ def usable_pairs(pairs, present) -> tuple[tuple[str, str], ...]:
     usable = tuple(p for p in pairs if p[0] in present)
     if usable:
         return usable
-    views = tuple(dict.fromkeys(view for _, view in pairs))
-    return tuple((prompt_contrast(present), view) for view in views)
+    return tuple((prompt_contrast(present), view) for view in views_and_contrasts(pairs)[0])

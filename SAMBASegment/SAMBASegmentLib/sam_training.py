@@ -21,7 +21,7 @@ from segment_anything.modeling import Sam
 from SAMBACore.brats import MODALITIES, region_masks
 from SAMBASegmentLib.prompts import box_of_mask
 from SAMBASegmentLib.sam_runner import decode_logits, encode_slices, input_size, resize_slices
-from SAMBASegmentLib.slices import VIEWS, normalise_slices, view_slices
+from SAMBASegmentLib.slices import VIEWS, normalise_slices, view_slices, views_and_contrasts
 
 MAX_JITTER = 19  # pixels per side, as the paper
 ENCODE_PART = 64  # slices encoded per call when caching embeddings
@@ -43,7 +43,7 @@ def samples_from_case(images: dict[str, np.ndarray], labels: np.ndarray, views=V
     """One sample per (modality, view, slice) that shows tumour. `stacks`: only these (modality, view)
     pairs (a preset's, which is not every modality in every view); None: each of `modalities` in each of `views`."""
     if stacks is not None:
-        views, modalities = _unique(v for _, v in stacks), _unique(m for m, _ in stacks)
+        views, modalities = views_and_contrasts(stacks)
     wanted = set(stacks) if stacks is not None else {(m, v) for m in modalities for v in views}
     masks = region_masks(labels)
     regions = np.stack([masks["WT"], masks["TC"], masks["ET"]])
@@ -58,10 +58,6 @@ def samples_from_case(images: dict[str, np.ndarray], labels: np.ndarray, views=V
                 target = region_stack[n] if multimask else whole[n]
                 samples.append(SamSample(image, box_of_mask(whole[n]), target.copy()))
     return samples
-
-
-def _unique(names) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(names))
 
 
 def jitter_box(box: np.ndarray, size, rng: np.random.Generator, max_px: int = MAX_JITTER) -> np.ndarray:

@@ -16,6 +16,12 @@ LOW_PERCENTILE = 0.5
 HIGH_PERCENTILE = 99.5
 
 
+def views_and_contrasts(stacks) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The views and the contrasts of (contrast, view) stacks (a preset's), each once, in order of appearance."""
+    stacks = tuple(stacks)
+    return tuple(dict.fromkeys(v for _, v in stacks)), tuple(dict.fromkeys(m for m, _ in stacks))
+
+
 def view_slices(volume: np.ndarray, view: str) -> np.ndarray:
     """(N, H, W) stack of the view's slices; a numpy view of `volume`, not a copy.
 
