@@ -164,3 +164,26 @@ def test_samba_mc_needs_a_sam_trained_for_region_tokens(case, models, tmp_path):
         manifest = {**MANIFEST, "training": {"sam": {"mode": mode}}}
         save_samba_bundle(tmp_path / mode, models, {"sam": TINY_SAM, "voting": voting.CONFIG}, manifest)
         assert load_samba_models(tmp_path / mode).region_tokens is expected
+
+
+def test_core_t1ce_reoutlines_the_fused_labels_on_t1ce_and_only_where_there_is_t1ce(case, models, monkeypatch):
+    from SAMBACore.brats import NETC
+    from SAMBASegmentLib import pipeline
+
+    roi = ((3, 5, 4), (8, 14, 12))
+    seen = []
+
+    def outline(labels, t1ce, sam, cache, volume_key):  # stands in for LiteMedSAM (test_core_outline.py)
+        seen.append((labels.copy(), t1ce))
+        return np.where(labels > 0, NETC, 0).astype(np.uint8)
+
+    monkeypatch.setattr(pipeline, "outline_core", outline)
+    voted = run_samba(case, models, prompt="roi", roi=roi)
+    assert voted.labels.any() and not seen and "core" not in voted.seconds  # the default: the voting net's split
+    outlined = run_samba(case, models, prompt="roi", roi=roi, core="t1ce")
+    assert len(seen) == 1 and seen[0][1] is case["t1ce"] and np.array_equal(seen[0][0], voted.labels)
+    assert np.array_equal(outlined.labels, np.where(voted.labels > 0, NETC, 0)) and "core" in outlined.seconds
+    without_t1ce = {m: image for m, image in case.items() if m != "t1ce"}
+    assert run_samba(without_t1ce, models, prompt="roi", roi=roi, core="t1ce").whole_tumour_only and len(seen) == 1
+    with pytest.raises(ValueError, match="Unknown core method 'sam3': choose one of voting, t1ce"):
+        run_samba(case, models, prompt="roi", roi=roi, core="sam3")

@@ -10,6 +10,7 @@
 3. Fusion: the voting network on the 4 images + 12 votes; for SAMBA-mc, the majority of the
    votes per region.
 4. The agreement map: per voxel, the fraction of the 12 whole-tumour votes that say tumour.
+5. Optionally (core "t1ce"), the core re-outlined by SAM on T1CE around the enhancing tumour (core_outline.py).
 
 Any non-empty set of the four contrasts can be given (contrasts.py): SAM votes on those present,
 the votes of the others are filled in, and without T1CE only the whole tumour is produced
@@ -30,6 +31,7 @@ from SAMBACore.pieces import drop_small_pieces
 from SAMBASegmentLib import localizer, propagation, voting
 from SAMBASegmentLib.cascade_roi import MARGIN as CASCADE_MARGIN, cascade_roi
 from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast, regions_of, usable_pairs, whole_tumour_only
+from SAMBASegmentLib.core_outline import CORE_METHODS, outline_core
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask
 from SAMBASegmentLib.propagation import Rois, propagate_stack, rois_of_box, rois_of_runs
 from SAMBASegmentLib.sam_runner import EmbeddingCache, segment_stack
@@ -261,6 +263,7 @@ def run_samba(
     preset: str = "auto",
     voxel_mm3: float = 1.0,
     locate: Callable | None = None,
+    core: str = "voting",
 ) -> SambaResult:
     """Segment one case. `roi` is ((k, j, i) min, (k, j, i) max) voxel corners, inclusive.
 
@@ -269,9 +272,13 @@ def run_samba(
     Cancelled. `preset`: which modalities and views SAM runs on (PRESETS; auto: choose_preset).
     `voxel_mm3`: the volume of one voxel, for the smallest tumour-core piece kept (voting.drop_small_cores).
     `locate(images, device, progress)`: the ROI for the cascade prompt (default cascade_roi.cascade_roi).
+    `core`: voting (the voting net's split) or t1ce (SAM re-outlines it on T1CE around the enhancing
+    tumour: core_outline.py; mode samba with T1CE only).
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
+    if core not in CORE_METHODS:
+        raise ValueError(f"Unknown core method {core!r}: choose one of {', '.join(CORE_METHODS)}.")
     if mode == "samba" and models.voting is None and not keep_votes:
         raise ValueError("This bundle has no voting network to split the tumour into sub-regions: "
                          + ("use mode samba-mc, or " if models.region_tokens else "use ")
@@ -317,6 +324,11 @@ def run_samba(
     else:  # no slice had a prompt: nothing to fuse, and no tumour to report
         labels, agreement = np.zeros(votes.shape[2:], np.uint8), np.zeros(votes.shape[2:], np.float32)
     seconds["fusion"] = time.perf_counter() - started
+    if core == "t1ce" and mode == "samba" and "t1ce" in present and labels.any():
+        report(0.9, "Outlining the tumour core on T1CE")
+        started = time.perf_counter()
+        labels = voting.drop_small_cores(outline_core(labels, images["t1ce"], models.sam, cache, volume_key), voxel_mm3)
+        seconds["core"] = time.perf_counter() - started
     report(1.0, "Done" if labels.any() else "No tumour found")
     regions = regions_of(present)
     return SambaResult(labels, agreement, counts, seconds, votes[:, 0] if keep_votes else None, preset,
