@@ -98,6 +98,7 @@ class SAMBASegmentParameterNode:
     mode: Annotated[str, Choice(["samba", "samba-mc"])] = "samba"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     preset: Annotated[str, Choice(["auto", "all", "balanced", "fast"])] = "auto"
+    core: Annotated[str, Choice(["voting", "t1ce"])] = "voting"
     samCheckpoint: Path  # empty: the bundle's SAM
     samType: Annotated[str, Choice(["medsam", "vit_b", "vit_l", "vit_h"])] = "medsam"
     outputSegmentation: vtkMRMLSegmentationNode
@@ -108,7 +109,7 @@ class SAMBASegmentParameterNode:
 class SAMBASegmentLogic(ScriptedLoadableModuleLogic, SAMBASegmentCore):
     """From the Python console: `SAMBASegmentLogic().run(t1, t1ce, t2, flair)` returns the segmentation
     (None for a contrast the case lacks); keywords as in SAMBASegmentCore.prepare (method, bundle,
-    prompt, mode, roi_node, device, preset)."""
+    prompt, mode, roi_node, device, preset, core)."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
@@ -166,7 +167,7 @@ class SAMBASegmentWidget(BackgroundJobWidget):
         if samba and PROMPTS[p.prompt] == "mask" and p.promptSegmentation is None:
             missing.append("a prompt segmentation")
         for name in ("bundleLineEdit", "promptComboBox", "modeComboBox", "roiSelector", "promptSegmentationSelector",
-                     "presetComboBox", "samCheckpointPathLineEdit", "samTypeComboBox"):
+                     "presetComboBox", "coreComboBox", "samCheckpointPathLineEdit", "samTypeComboBox"):
             getattr(self.ui, name).enabled = samba
         self.ui.applyButton.enabled = not missing and not self.running
         self.ui.applyButton.toolTip = f"Select {', '.join(missing)} first." if missing else "Segment the tumour sub-regions."
@@ -188,7 +189,7 @@ class SAMBASegmentWidget(BackgroundJobWidget):
                 nodes, method=method, bundle=p.bundle, prompt=PROMPTS[p.prompt], mode=p.mode,
                 roi_node=p.roi if PROMPTS[p.prompt] == "roi" else None,
                 prompt_segmentation=p.promptSegmentation if PROMPTS[p.prompt] == "mask" else None,
-                device=choose_device(p.device), preset=p.preset,
+                device=choose_device(p.device), preset=p.preset, core=p.core,
                 sam_file=str(p.samCheckpoint) if str(p.samCheckpoint or "") not in ("", ".") else None,
                 sam_type=p.samType,
             )

@@ -32,6 +32,13 @@ PRESET_HELP = ("which contrasts and views SAM votes on: all (4 contrasts x 3 vie
                "(default: all with the small phantom SAM; with LiteMedSAM balanced on a GPU with the cascade or "
                "roi prompt, fast otherwise; all was worse than both on real scans)")
 
+CORE_METHODS = ("voting", "t1ce")  # core_outline.CORE_METHODS, here without importing torch
+CORE_HELP = ("how the tumour core is outlined: voting (default: the voting nets' split of the tumour), or t1ce "
+             "(experimental: on each axial slice with enhancing tumour, SAM outlines the core on T1CE in a box around "
+             "that enhancing tumour; a non-enhancing core is left to the voting nets; needs T1CE). On the three real "
+             "cases we have (looked at while designing it) t1ce gave a better core, on phantoms a worse one: "
+             "docs/results.md")
+
 
 def _roi_numbers(values: str) -> list[float]:
     """--roi R,A,S,R,A,S -> six floats, or a message saying what is wrong (before anything is loaded)."""
@@ -74,7 +81,7 @@ def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, 
         print(f"[{fraction:4.0%}] {message}", flush=True)
 
     result = run_samba(images, models, prompt=prompt, mode=args.mode, roi=roi, device=device, progress=report,
-                       preset=args.preset, voxel_mm3=bridge.voxel_mm3(reference))
+                       preset=args.preset, voxel_mm3=bridge.voxel_mm3(reference), core=args.core)
     print(f"Contrasts: {describe(result.contrasts)}")
     if result.whole_tumour_only:
         print(f"Warning: {WITHOUT_T1CE}", file=sys.stderr, flush=True)
@@ -215,16 +222,17 @@ def _evaluate(args) -> int:
     models = load_samba_models(resolve_bundle(args.bundle), device, adapter=args.adapter, **_picked(args))
     on_case = case_preview_writer(args.preview, f"SAMBA ({args.bundle}, {args.prompt} boxes, {args.mode})")
     report = evaluate(models, args.data_dir, prompt=args.prompt, mode=args.mode, device=device, on_case=on_case,
-                      preset=args.preset, contrasts=contrasts, roi_margin=margin)
+                      preset=args.preset, contrasts=contrasts, roi_margin=margin, core=args.core)
     report["adapter"] = str(args.adapter) if args.adapter else None
     report["picked_sam"] = models.picked_sam
     boxes = f"roi prompts (the true box + {margin} voxels)" if args.prompt == "roi" else f"{args.prompt} prompts"
-    print(f"Mean over {report['cases']} case(s), {boxes}, {args.mode}, preset {report['preset']}, "
+    print(f"Mean over {report['cases']} case(s), {boxes}, {args.mode}, preset {report['preset']}, core {args.core}, "
           f"contrasts {report['contrasts']}: " + format_means(report))
     if args.record:
         from SAMBACore.bundles import record_metrics
 
-        summary = {k: report[k] for k in ("prompt", "roi_margin", "mode", "preset", "cases", "mean", "mean_seconds")}
+        summary = {k: report[k] for k in ("prompt", "roi_margin", "mode", "preset", "core", "cases", "mean",
+                                          "mean_seconds")}
         summary["data"] = str(args.data_dir)
         record_metrics(resolve_bundle(args.bundle), args.record, summary)
         print(f"Recorded as metrics '{args.record}' in the bundle's manifest.")
@@ -325,6 +333,7 @@ def register(commands, train, bench) -> None:
     segment.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary SAM + voting, or multi-class SAM (samba-mc: only with a bundle whose SAM was trained for it, such as phantom-demo)")
     segment.add_argument("--device", choices=DEVICES, default="auto")
     segment.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help=PRESET_HELP)
+    segment.add_argument("--core", choices=CORE_METHODS, default="voting", help=CORE_HELP)
     segment.add_argument("--agreement", type=Path, help="also write the per-voxel SAM agreement map (.nrrd or .nii.gz; "
                          "for a batch, a folder for CASE-agreement.nrrd files)")
     segment.add_argument("--volumes", type=Path, help="also write the sub-region volumes in mL, a row per case, as a "
@@ -349,6 +358,7 @@ def register(commands, train, bench) -> None:
     evaluate.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="as for segment")
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help=PRESET_HELP)
+    evaluate.add_argument("--core", choices=CORE_METHODS, default="voting", help=CORE_HELP)
     evaluate.add_argument("--contrasts", metavar="LIST", help="use only these contrasts of each case, e.g. "
                           "t1ce,flair or flair (to measure a case without the others; without t1ce only the whole "
                           "tumour is produced and scored). Default: every contrast a case has")

@@ -35,19 +35,20 @@ def truth_roi(labels: np.ndarray, margin: int = ROI_MARGIN):
 
 def evaluate(models: SambaModels, data_dir, prompt: str = "cascade", mode: str = "samba", roi_margin: int = ROI_MARGIN,
              device: str = "cpu", log: Callable[[str], None] = print, on_case=None, preset: str = "auto",
-             contrasts=None) -> dict:
+             contrasts=None, core: str = "voting") -> dict:
     """Scores per case and their means (SAMBACore.evaluation.score_cases). Cases may have any set of the
-    four contrasts; `contrasts` uses only those (the others left out), to measure a subset."""
+    four contrasts; `contrasts` uses only those (the others left out), to measure a subset. `core`: as
+    pipeline.run_samba's."""
     ran = set()
 
     def segment(images, truth, files):
         roi = truth_roi(truth, roi_margin) if prompt == "roi" and truth.any() else None
         result = run_samba(images, models, prompt=prompt, mode=mode, roi=roi, cache=EmbeddingCache(), device=device,
-                           preset=preset, voxel_mm3=voxel_mm3(files))
+                           preset=preset, voxel_mm3=voxel_mm3(files), core=core)
         ran.add(result.preset)
         return internal_labels_of(result.labels, result.regions), {"contrasts": describe(result.contrasts),
                                                                    "regions": result.regions}
 
     scores = score_cases(data_dir, segment, log, on_case, allow_missing=True, contrasts=contrasts)
     return {"prompt": prompt, "roi_margin": roi_margin if prompt == "roi" else None, "mode": mode,
-            "preset": ",".join(sorted(ran)), "contrasts": ",".join(contrasts) if contrasts else "as found", **scores}
+            "preset": ",".join(sorted(ran)), "core": core, "contrasts": ",".join(contrasts) if contrasts else "as found", **scores}

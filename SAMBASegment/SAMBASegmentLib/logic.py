@@ -133,6 +133,7 @@ class Request:
     options: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # e.g. a volume was resampled: show them to the user
     voxel_mm3: float = 1.0  # of the reference grid: the smallest tumour-core piece kept is in mm^3
+    core: str = "voting"  # how the tumour core is outlined (core_outline.CORE_METHODS)
 
 
 class SAMBASegmentCore:
@@ -162,7 +163,8 @@ class SAMBASegmentCore:
 
     def prepare(self, nodes: dict, method: str = "samba", bundle: str = DEFAULT_BUNDLE, prompt: str = "cascade",
                 mode: str = "samba", roi_node=None, prompt_segmentation=None, device: str = "cpu",
-                preset: str = "auto", sam_file: str | None = None, sam_type: str | None = None) -> Request:
+                preset: str = "auto", sam_file: str | None = None, sam_type: str | None = None,
+                core: str = "voting") -> Request:
         if method not in METHODS:
             raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
         images, warnings = arrays_from_nodes(nodes)
@@ -175,7 +177,7 @@ class SAMBASegmentCore:
         key = "|".join(f"{m}:{nodes[m].GetID()}@{nodes[m].GetImageData().GetMTime()}" for m in images)
         return Request(images, method, bundle, prompt, mode, roi, mask, device, key, preset, sam_file,
                        sam_type if sam_file else None, warnings=warnings,
-                       voxel_mm3=bridge.voxel_mm3(reference))
+                       voxel_mm3=bridge.voxel_mm3(reference), core=core)
 
     def compute(self, request: Request, progress: Progress | None = None) -> SambaResult:
         if request.method == "threshold":
@@ -188,6 +190,7 @@ class SAMBASegmentCore:
         return run_samba(request.images, models, prompt=request.prompt, mode=request.mode, roi=request.roi,
                          mask=request.mask, cache=self.cache, volume_key=request.volume_key,
                          device=request.device, progress=progress, preset=request.preset, voxel_mm3=request.voxel_mm3,
+                         core=request.core,
                          locate=lambda images, device, report: self.locate(request.volume_key, device, images, report))
 
     def finish(self, scene, result: SambaResult, reference, output=None, name: str = "Tumour segmentation",
