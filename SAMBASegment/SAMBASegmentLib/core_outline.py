@@ -18,7 +18,7 @@ import numpy as np
 from SAMBACore.brats import ET, NETC, SNFH
 from SAMBASegmentLib.prompts import boxes_from_mask
 from SAMBASegmentLib.sam_runner import EmbeddingCache, segment_stack
-from SAMBASegmentLib.slices import from_view_slices, normalise_slices, view_slices
+from SAMBASegmentLib.slices import from_view_slices, prompted_slices
 
 CORE_METHODS = ("voting", "t1ce")
 MARGIN = 5  # voxels around each slice's enhancing tumour, as the 3D U-Net's and drawn boxes grow
@@ -35,10 +35,7 @@ def outline_core(labels: np.ndarray, t1ce: np.ndarray, sam, cache: EmbeddingCach
     boxes = boxes_from_mask(enhancing, "axial", margin=MARGIN)
     if not boxes:
         return labels
-    stack = view_slices(t1ce, "axial")
-    prompted = np.zeros(stack.shape + (3,), np.uint8)  # unprompted slices are never read
-    indices = sorted(boxes)
-    prompted[indices] = normalise_slices(stack[indices])
+    prompted = prompted_slices(t1ce, "axial", boxes)
     outlined = from_view_slices(segment_stack(sam, prompted, boxes, cache, (volume_key, "t1ce", "axial")), "axial")
     core = (outlined & (labels > 0)) | enhancing
     with_enhancing = enhancing.any(axis=(1, 2))[:, None, None]  # axial slice k holds ET

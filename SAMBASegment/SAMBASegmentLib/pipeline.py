@@ -36,7 +36,7 @@ from SAMBASegmentLib.prompts import Boxes, boxes_from_mask
 from SAMBASegmentLib.propagation import Rois, propagate_stack, rois_of_box, rois_of_runs
 from SAMBASegmentLib.sam_runner import EmbeddingCache, segment_stack
 from SAMBASegmentLib.samba_bundle import SambaModels
-from SAMBASegmentLib.slices import VIEWS, from_view_slices, normalise_slices, slice_count, view_slices
+from SAMBASegmentLib.slices import VIEWS, from_view_slices, normalise_slices, prompted_slices, slice_count, view_slices
 
 # yolo: YOLO's main runs, each an ROI prompted by propagation; yolo-boxes: YOLO's own top box on
 # every slice (the paper's prompts, and this project's before the runs; kept to reproduce them);
@@ -192,10 +192,7 @@ def sam_votes(images: dict[str, np.ndarray], sam, boxes: dict[str, Boxes], multi
             report((v + m / len(MODALITIES)) / len(VIEWS), f"{view}: SAM on {modality} ({len(view_boxes)} slices)")
             if not view_boxes:
                 continue
-            stack = view_slices(images[modality], view)
-            prompted = np.zeros(stack.shape + (3,), np.uint8)  # unprompted slices are never read
-            indices = sorted(view_boxes)
-            prompted[indices] = normalise_slices(stack[indices])
+            prompted = prompted_slices(images[modality], view, view_boxes)
             if propagate:
                 masks, _ = propagate_stack(sam, prompted, view_boxes, cache, (volume_key, modality, view), multimask)
             elif segment is None:

@@ -79,6 +79,16 @@ def normalise_slices(stack: np.ndarray) -> np.ndarray:
     return np.repeat(out.reshape(stack.shape)[..., None], 3, axis=-1)
 
 
+def prompted_slices(volume: np.ndarray, view: str, indices) -> np.ndarray:
+    """A volume's `view` slices as SAM's uint8 RGB (N, H, W, 3), only those at `indices` normalised: SAM
+    reads only the slices it has a box for, so the others are left zero rather than normalised for nothing."""
+    stack = view_slices(volume, view)
+    prompted = np.zeros(stack.shape + (3,), np.uint8)
+    indices = sorted(indices)
+    prompted[indices] = normalise_slices(stack[indices])
+    return prompted
+
+
 def _scale(values, low, high, keep) -> np.ndarray:
     """Clip to [low, high], map to 0-255, zero outside `keep`; a zero range maps to 255."""
     span = np.asarray(high - low, np.float64)
