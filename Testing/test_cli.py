@@ -77,6 +77,14 @@ def test_help_imports_neither_torch_nor_slicer():
     assert result.stdout.strip() == "[]"
 
 
+def test_the_cli_s_torch_free_copies_of_the_choices_match_the_pipeline_s():
+    from SAMBASegmentLib import commands, core_outline, pipeline
+
+    assert commands.CORE_METHODS == core_outline.CORE_METHODS
+    assert set(commands.PRESET_CHOICES) == {"auto", *pipeline.PRESETS}
+    assert set(commands.PROMPT_CHOICES) == set(pipeline.PROMPTS) - {"mask"}
+
+
 BLOCK_SLICER = """
 import sys
 class Block:
