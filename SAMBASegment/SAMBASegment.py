@@ -98,7 +98,7 @@ class SAMBASegmentParameterNode:
     mode: Annotated[str, Choice(["samba", "samba-mc"])] = "samba"
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     preset: Annotated[str, Choice(["auto", "all", "balanced", "fast"])] = "auto"
-    core: Annotated[str, Choice(["voting", "t1ce"])] = "voting"
+    core: Annotated[str, Choice(["t1ce", "voting"])] = "t1ce"  # core_outline.DEFAULT_CORE
     samCheckpoint: Path  # empty: the bundle's SAM
     samType: Annotated[str, Choice(["medsam", "vit_b", "vit_l", "vit_h"])] = "medsam"
     outputSegmentation: vtkMRMLSegmentationNode

@@ -81,6 +81,7 @@ def test_the_cli_s_torch_free_copies_of_the_choices_match_the_pipeline_s():
     from SAMBASegmentLib import commands, core_outline, pipeline
 
     assert commands.CORE_METHODS == core_outline.CORE_METHODS
+    assert commands.DEFAULT_CORE == core_outline.DEFAULT_CORE
     assert set(commands.PRESET_CHOICES) == {"auto", *pipeline.PRESETS}
     assert set(commands.PROMPT_CHOICES) == set(pipeline.PROMPTS) - {"mask"}
 

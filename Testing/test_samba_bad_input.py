@@ -301,7 +301,8 @@ def test_another_bundle_encodes_again_instead_of_reusing_the_first_ones_embeddin
     mask[3:13, 6:21, 4:16] = True
 
     def run(on_core, bundle):
-        request = on_core.prepare(nodes, bundle=str(bundle), prompt="mask", device="cpu")
+        # core voting: the T1CE core outline would reuse this run's own T1CE embeddings (hits within one bundle)
+        request = on_core.prepare(nodes, bundle=str(bundle), prompt="mask", device="cpu", core="voting")
         request.mask = mask
         return on_core.compute(request)
 

@@ -122,10 +122,10 @@ def test_one_box_prompts_drop_pieces_under_a_tenth_of_the_tumour(case, models, m
     fused[10, 18, 16] = 1  # a speck apart from it: 1 voxel
     monkeypatch.setattr(pipeline, "fuse_votes", lambda *args: (fused.copy(), fused.astype(np.float32)))
     roi = ((3, 5, 4), (8, 14, 12))
-    for prompt in ("roi", "cascade"):
-        result = run_samba(case, models, prompt=prompt, roi=roi, locate=lambda images, device, progress: roi)
+    for prompt in ("roi", "cascade"):  # core voting: the speck's label as fused (t1ce would drop small cores again)
+        result = run_samba(case, models, prompt=prompt, roi=roi, locate=lambda images, device, progress: roi, core="voting")
         assert result.labels.sum() == fused.sum() - 1 and not result.labels[10, 18, 16], prompt
-    kept = run_samba(case, models, prompt="mask", mask=fused > 0)  # several boxes, several lesions: kept
+    kept = run_samba(case, models, prompt="mask", mask=fused > 0, core="voting")  # several boxes, several lesions: kept
     assert kept.labels[10, 18, 16] == 1
 
 
@@ -178,9 +178,9 @@ def test_core_t1ce_reoutlines_the_fused_labels_on_t1ce_and_only_where_there_is_t
         return np.where(labels > 0, NETC, 0).astype(np.uint8)
 
     monkeypatch.setattr(pipeline, "outline_core", outline)
-    voted = run_samba(case, models, prompt="roi", roi=roi)
-    assert voted.labels.any() and not seen and "core" not in voted.seconds  # the default: the voting net's split
-    outlined = run_samba(case, models, prompt="roi", roi=roi, core="t1ce")
+    voted = run_samba(case, models, prompt="roi", roi=roi, core="voting")
+    assert voted.labels.any() and not seen and "core" not in voted.seconds
+    outlined = run_samba(case, models, prompt="roi", roi=roi)  # the default: t1ce
     assert len(seen) == 1 and seen[0][1] is case["t1ce"] and np.array_equal(seen[0][0], voted.labels)
     assert np.array_equal(outlined.labels, np.where(voted.labels > 0, NETC, 0)) and "core" in outlined.seconds
     without_t1ce = {m: image for m, image in case.items() if m != "t1ce"}

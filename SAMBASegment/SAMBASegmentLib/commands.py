@@ -33,11 +33,12 @@ PRESET_HELP = ("which contrasts and views SAM votes on: all (4 contrasts x 3 vie
                "roi prompt, fast otherwise; all was worse than both on real scans)")
 
 CORE_METHODS = ("voting", "t1ce")  # core_outline.CORE_METHODS, here without importing torch
-CORE_HELP = ("how the tumour core is outlined: voting (default: the voting nets' split of the tumour), or t1ce "
-             "(experimental: on each axial slice with enhancing tumour, SAM outlines the core on T1CE in a box around "
-             "that enhancing tumour; a non-enhancing core is left to the voting nets; needs T1CE). On the three real "
-             "cases we have (looked at while designing it) t1ce gave a better core, on phantoms a worse one: "
-             "docs/results.md")
+DEFAULT_CORE = "t1ce"  # core_outline.DEFAULT_CORE
+CORE_HELP = ("how the tumour core is outlined: t1ce (default: on each axial slice with enhancing tumour, SAM outlines "
+             "the core on T1CE in a box around that enhancing tumour; a non-enhancing core, or a case without T1CE, is "
+             "left to the voting nets) or voting (the voting nets' split of the tumour everywhere). On four real cases "
+             "t1ce gave as good or a better core (one of them held out from its design), on phantoms a slightly "
+             "worse one: docs/results.md")
 
 
 def _roi_numbers(values: str) -> list[float]:
@@ -333,7 +334,7 @@ def register(commands, train, bench) -> None:
     segment.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="binary SAM + voting, or multi-class SAM (samba-mc: only with a bundle whose SAM was trained for it, such as phantom-demo)")
     segment.add_argument("--device", choices=DEVICES, default="auto")
     segment.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help=PRESET_HELP)
-    segment.add_argument("--core", choices=CORE_METHODS, default="voting", help=CORE_HELP)
+    segment.add_argument("--core", choices=CORE_METHODS, default=DEFAULT_CORE, help=CORE_HELP)
     segment.add_argument("--agreement", type=Path, help="also write the per-voxel SAM agreement map (.nrrd or .nii.gz; "
                          "for a batch, a folder for CASE-agreement.nrrd files)")
     segment.add_argument("--volumes", type=Path, help="also write the sub-region volumes in mL, a row per case, as a "
@@ -358,7 +359,7 @@ def register(commands, train, bench) -> None:
     evaluate.add_argument("--mode", choices=("samba", "samba-mc"), default="samba", help="as for segment")
     evaluate.add_argument("--device", choices=DEVICES, default="auto")
     evaluate.add_argument("--preset", choices=PRESET_CHOICES, default="auto", help=PRESET_HELP)
-    evaluate.add_argument("--core", choices=CORE_METHODS, default="voting", help=CORE_HELP)
+    evaluate.add_argument("--core", choices=CORE_METHODS, default=DEFAULT_CORE, help=CORE_HELP)
     evaluate.add_argument("--contrasts", metavar="LIST", help="use only these contrasts of each case, e.g. "
                           "t1ce,flair or flair (to measure a case without the others; without t1ce only the whole "
                           "tumour is produced and scored). Default: every contrast a case has")

@@ -14,6 +14,7 @@ from SAMBACore.brats import internal_labels_of, region_masks
 from SAMBACore.evaluation import score_cases
 from SAMBACore.image_files import read_image_information
 from SAMBASegmentLib.contrasts import describe
+from SAMBASegmentLib.core_outline import DEFAULT_CORE
 from SAMBASegmentLib.pipeline import run_samba
 from SAMBASegmentLib.prompts import roi_around
 from SAMBASegmentLib.sam_runner import EmbeddingCache
@@ -35,7 +36,7 @@ def truth_roi(labels: np.ndarray, margin: int = ROI_MARGIN):
 
 def evaluate(models: SambaModels, data_dir, prompt: str = "cascade", mode: str = "samba", roi_margin: int = ROI_MARGIN,
              device: str = "cpu", log: Callable[[str], None] = print, on_case=None, preset: str = "auto",
-             contrasts=None, core: str = "voting") -> dict:
+             contrasts=None, core: str = DEFAULT_CORE) -> dict:
     """Scores per case and their means (SAMBACore.evaluation.score_cases). Cases may have any set of the
     four contrasts; `contrasts` uses only those (the others left out), to measure a subset. `core`: as
     pipeline.run_samba's."""

@@ -24,6 +24,7 @@ from SAMBACore.inputs import InputError, check_image, geometry_differences, skul
 from SAMBACore.metrics import volumes_ml
 from SAMBASegmentLib.cascade_roi import cascade_roi
 from SAMBASegmentLib.contrasts import WITHOUT_T1CE, given
+from SAMBASegmentLib.core_outline import DEFAULT_CORE
 from SAMBASegmentLib.pipeline import SambaResult, run_samba
 from SAMBASegmentLib.sam_runner import EmbeddingCache
 from SAMBASegmentLib.samba_bundle import SambaModels, load_samba_models, resolve_bundle
@@ -133,7 +134,7 @@ class Request:
     options: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # e.g. a volume was resampled: show them to the user
     voxel_mm3: float = 1.0  # of the reference grid: the smallest tumour-core piece kept is in mm^3
-    core: str = "voting"  # how the tumour core is outlined (core_outline.CORE_METHODS)
+    core: str = DEFAULT_CORE  # how the tumour core is outlined (core_outline.CORE_METHODS)
 
 
 class SAMBASegmentCore:
@@ -164,7 +165,7 @@ class SAMBASegmentCore:
     def prepare(self, nodes: dict, method: str = "samba", bundle: str = DEFAULT_BUNDLE, prompt: str = "cascade",
                 mode: str = "samba", roi_node=None, prompt_segmentation=None, device: str = "cpu",
                 preset: str = "auto", sam_file: str | None = None, sam_type: str | None = None,
-                core: str = "voting") -> Request:
+                core: str = DEFAULT_CORE) -> Request:
         if method not in METHODS:
             raise ValueError(f"Unknown method {method!r}: choose one of {', '.join(METHODS)}.")
         images, warnings = arrays_from_nodes(nodes)

@@ -31,7 +31,7 @@ from SAMBACore.pieces import drop_small_pieces
 from SAMBASegmentLib import localizer, propagation, voting
 from SAMBASegmentLib.cascade_roi import MARGIN as CASCADE_MARGIN, cascade_roi
 from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast, regions_of, usable_pairs, whole_tumour_only
-from SAMBASegmentLib.core_outline import CORE_METHODS, outline_core
+from SAMBASegmentLib.core_outline import CORE_METHODS, DEFAULT_CORE, outline_core
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask
 from SAMBASegmentLib.propagation import Rois, propagate_stack, rois_of_box, rois_of_runs
 from SAMBASegmentLib.sam_runner import EmbeddingCache, segment_stack
@@ -260,7 +260,7 @@ def run_samba(
     preset: str = "auto",
     voxel_mm3: float = 1.0,
     locate: Callable | None = None,
-    core: str = "voting",
+    core: str = DEFAULT_CORE,
 ) -> SambaResult:
     """Segment one case. `roi` is ((k, j, i) min, (k, j, i) max) voxel corners, inclusive.
 
@@ -269,8 +269,8 @@ def run_samba(
     Cancelled. `preset`: which modalities and views SAM runs on (PRESETS; auto: choose_preset).
     `voxel_mm3`: the volume of one voxel, for the smallest tumour-core piece kept (voting.drop_small_cores).
     `locate(images, device, progress)`: the ROI for the cascade prompt (default cascade_roi.cascade_roi).
-    `core`: voting (the voting net's split) or t1ce (SAM re-outlines it on T1CE around the enhancing
-    tumour: core_outline.py; mode samba with T1CE only).
+    `core`: t1ce (the default: SAM re-outlines it on T1CE around the enhancing tumour, core_outline.py;
+    mode samba with T1CE only) or voting (the voting net's split).
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}: choose one of {', '.join(MODES)}.")
