@@ -12,12 +12,19 @@ import numpy as np
 
 from SAMBACore import lesionwise, metrics
 from SAMBACore.brats import find_training_cases, read_case
+from SAMBACore.image_files import read_image_information
 from SAMBACore.inputs import InputError
 
 # segment(images by modality, truth labels, the case's files) -> (labels, notes for the report);
 # the truth is there for prompts drawn from it (an ROI standing in for a radiologist's box). A note
 # "regions" (a tuple) names the regions the labels hold, when not all three (no T1CE: WT only).
 SegmentCase = Callable[[dict, np.ndarray, dict], tuple[np.ndarray, dict]]
+
+
+def case_voxel_mm3(files: dict) -> float:
+    """The volume of one voxel of a case's images (their grid is the first image's), from its header:
+    the smallest tumour-core piece kept is in mm^3 (pieces.drop_small_cores)."""
+    return float(np.prod(read_image_information(next(iter(files.values()))).GetSpacing()))
 
 
 def score_cases(data_dir, segment: SegmentCase, log: Callable[[str], None] = print,

@@ -5,6 +5,7 @@ import torch
 
 from SAMBACore.brats import ET, NETC, SNFH
 from SAMBACore.metrics import region_metrics
+from SAMBACore.pieces import drop_small_cores
 from SAMBASegmentLib import voting
 from SAMBASegmentLib.sam_model import count_parameters
 
@@ -145,11 +146,11 @@ def test_small_core_pieces_become_edema_by_volume_in_mm3():
     labels[4:9, 4:9, 4] = ET
     labels[14, 14, 13:15] = ET  # 2 voxels, apart from the others
     labels[12:14, 4:6, 12:14] = NETC  # 8 voxels
-    cleaned = voting.drop_small_cores(labels)  # 1 mm voxels: the 2- and 8-voxel pieces go
+    cleaned = drop_small_cores(labels)  # 1 mm voxels: the 2- and 8-voxel pieces go
     assert (cleaned[4:9, 4:9, 4:9] == labels[4:9, 4:9, 4:9]).all()
     assert cleaned[14, 14, 13] == cleaned[12, 4, 12] == SNFH
     assert ((cleaned > 0) == (labels > 0)).all()  # the whole tumour is kept
-    kept = voting.drop_small_cores(labels, voxel_mm3=8.0)  # 2 mm voxels: the 8-voxel piece is 64 mm^3
+    kept = drop_small_cores(labels, voxel_mm3=8.0)  # 2 mm voxels: the 8-voxel piece is 64 mm^3
     assert kept[12, 4, 12] == NETC and kept[14, 14, 13] == SNFH
     empty = np.zeros((4, 4, 4), np.uint8)
-    assert (voting.drop_small_cores(empty) == 0).all()
+    assert (drop_small_cores(empty) == 0).all()

@@ -11,19 +11,13 @@ from typing import Callable
 import numpy as np
 
 from SAMBACore.brats import internal_labels_of, region_masks
-from SAMBACore.evaluation import score_cases
-from SAMBACore.image_files import read_image_information
+from SAMBACore.evaluation import case_voxel_mm3, score_cases
 from SAMBASegmentLib.contrasts import describe
 from SAMBASegmentLib.core_outline import DEFAULT_CORE
 from SAMBASegmentLib.pipeline import run_samba
 from SAMBASegmentLib.prompts import roi_around
 from SAMBASegmentLib.sam_runner import EmbeddingCache
 from SAMBASegmentLib.samba_bundle import SambaModels
-
-
-def voxel_mm3(files: dict) -> float:
-    """The volume of one voxel of a case's images (their grid is the first image's), from its header."""
-    return float(np.prod(read_image_information(next(iter(files.values()))).GetSpacing()))
 
 
 ROI_MARGIN = 5  # voxels around the true box: the stand-in for a hand-drawn box in every measurement
@@ -45,7 +39,7 @@ def evaluate(models: SambaModels, data_dir, prompt: str = "cascade", mode: str =
     def segment(images, truth, files):
         roi = truth_roi(truth, roi_margin) if prompt == "roi" and truth.any() else None
         result = run_samba(images, models, prompt=prompt, mode=mode, roi=roi, cache=EmbeddingCache(), device=device,
-                           preset=preset, voxel_mm3=voxel_mm3(files), core=core)
+                           preset=preset, voxel_mm3=case_voxel_mm3(files), core=core)
         ran.add(result.preset)
         return internal_labels_of(result.labels, result.regions), {"contrasts": describe(result.contrasts),
                                                                    "regions": result.regions}

@@ -27,7 +27,7 @@ import numpy as np
 
 from SAMBACore.brats import MODALITIES, SNFH, only_whole_tumour
 from SAMBACore.memory import freed_memory_kept
-from SAMBACore.pieces import drop_small_pieces
+from SAMBACore.pieces import drop_small_cores, drop_small_pieces
 from SAMBASegmentLib import localizer, propagation, voting
 from SAMBASegmentLib.cascade_roi import MARGIN as CASCADE_MARGIN, cascade_roi
 from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast, regions_of, usable_pairs, whole_tumour_only
@@ -226,7 +226,7 @@ def fuse_votes(images: dict[str, np.ndarray], votes: np.ndarray, models: SambaMo
                device: str = "cpu", pairs: tuple[tuple[str, str], ...] = ALL_VOTES,
                voxel_mm3: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(labels, agreement) from the votes of sam_votes: the voting net (binary; its core pieces under
-    voting.MIN_CORE_MM3 dropped), or the majority per region (SAMBA-mc). The agreement is over the
+    pieces.MIN_CORE_MM3 dropped), or the majority per region (SAMBA-mc). The agreement is over the
     votes SAM really ran (`pairs`), none filled in."""
     whole_votes = votes[:, 0]
     agreement = whole_votes[[ALL_VOTES.index(p) for p in pairs]].mean(axis=0, dtype=np.float32)
@@ -240,7 +240,7 @@ def fuse_votes(images: dict[str, np.ndarray], votes: np.ndarray, models: SambaMo
         labels = _labels_near_votes(models.voting, voting.voting_inputs(images, whole_votes), whole_votes, device)
         if models.whole_tumour_from_votes:
             labels = voting.within_votes(labels, agreement > 0.5)
-        labels = voting.drop_small_cores(labels, voxel_mm3)
+        labels = drop_small_cores(labels, voxel_mm3)
     return labels, agreement
 
 
@@ -267,7 +267,7 @@ def run_samba(
     `cache` keeps SAM's slice embeddings between runs on the same `volume_key`, so a second run
     with another ROI only encodes slices it has not seen. `progress(fraction, message)` may raise
     Cancelled. `preset`: which modalities and views SAM runs on (PRESETS; auto: choose_preset).
-    `voxel_mm3`: the volume of one voxel, for the smallest tumour-core piece kept (voting.drop_small_cores).
+    `voxel_mm3`: the volume of one voxel, for the smallest tumour-core piece kept (pieces.drop_small_cores).
     `locate(images, device, progress)`: the ROI for the cascade prompt (default cascade_roi.cascade_roi).
     `core`: t1ce (the default: SAM re-outlines it on T1CE around the enhancing tumour, core_outline.py;
     mode samba with T1CE only) or voting (the voting net's split).
@@ -324,7 +324,7 @@ def run_samba(
     if core == "t1ce" and mode == "samba" and "t1ce" in present and labels.any():
         report(0.9, "Outlining the tumour core on T1CE")
         started = time.perf_counter()
-        labels = voting.drop_small_cores(outline_core(labels, images["t1ce"], models.sam, cache, volume_key), voxel_mm3)
+        labels = drop_small_cores(outline_core(labels, images["t1ce"], models.sam, cache, volume_key), voxel_mm3)
         seconds["core"] = time.perf_counter() - started
     report(1.0, "Done" if labels.any() else "No tumour found")
     regions = regions_of(present)

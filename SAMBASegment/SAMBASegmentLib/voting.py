@@ -20,7 +20,6 @@ from monai.networks.nets import UNet
 
 from SAMBACore.brats import ET, MODALITIES, NETC, SNFH, region_masks
 from SAMBACore.contrast_curves import apply_contrast_curves
-from SAMBACore.pieces import small_pieces
 from SAMBASegmentLib.simulated_votes import drop_contrasts
 
 CONFIG = {"channels": [20, 40, 64], "strides": [2, 2], "num_res_units": 1, "roi": [96, 96, 96]}
@@ -95,19 +94,6 @@ def within_votes(labels: np.ndarray, whole: np.ndarray) -> np.ndarray:
     labels = np.where(whole, labels, 0).astype(np.uint8)
     labels[whole & (labels == 0)] = SNFH
     return labels
-
-
-# Tumour-core pieces smaller than this are dropped (made edema): BraTS 2023 leaves truth lesions of
-# 50 mm^3 or less out of its lesion-wise score, while each predicted piece that matches no lesion
-# counts as a false one. Chosen on the v2/v3 phantom tuning sets (docs/results.md): lesion-wise TC
-# +0.13 to +0.15 Dice there, voxel Dice within 0.002.
-MIN_CORE_MM3 = 50.0
-
-
-def drop_small_cores(labels: np.ndarray, voxel_mm3: float = 1.0, min_mm3: float = MIN_CORE_MM3) -> np.ndarray:
-    """`labels` with each 26-connected piece of tumour core (NETC or ET) under `min_mm3` made edema."""
-    small = small_pieces((labels == NETC) | (labels == ET), lambda sizes: sizes * voxel_mm3 < min_mm3)
-    return np.where(small, SNFH, labels).astype(labels.dtype)
 
 
 def regions_to_labels(regions: np.ndarray) -> np.ndarray:
