@@ -232,3 +232,22 @@ def test_a_cascade_drops_pieces_smaller_than_its_fraction_of_the_largest():
         cascade = Cascade(everywhere(1, 1), everywhere(4, 2), factor=0.5, min_piece_fraction=fraction)
         labels, _, _ = segment(image, cascade=cascade, mode="cascade", patch_size=16)
         assert (labels[2:14, 2:14, 2:14] == 2).all() and (labels[18:21, 18:21, 18:21] == small).all()
+
+
+def test_a_cascade_with_min_core_mm3_makes_small_core_pieces_edema_by_volume():
+    """phantom-r2unet's cascade keeps SAMBA's rule (pieces.drop_small_cores): a core piece under 50 mm^3
+    becomes edema; whether a piece is small depends on the voxel's volume."""
+    def everywhere(in_channels, label):  # a network that calls every voxel `label` (here: NETC, core)
+        net = UNet3D(in_channels, 4, (4, 8)).eval()
+        with torch.no_grad():
+            net.head.weight.zero_()
+            net.head.bias.copy_(torch.zeros(4).index_fill_(0, torch.tensor(label), 5.0))
+        return net
+
+    image = np.zeros((1, 24, 24, 24), np.float32)
+    image[0, 2:14, 2:14, 2:14] = 1.0  # a large piece of brain and a 27-voxel one
+    image[0, 18:21, 18:21, 18:21] = 1.0
+    for min_core, voxel_mm3, small in ((0.0, 1.0, 1), (50.0, 1.0, 2), (50.0, 8.0, 1)):
+        cascade = Cascade(everywhere(1, 1), everywhere(5, 1), factor=0.5, min_core_mm3=min_core)
+        labels, _, _ = segment(image, cascade=cascade, mode="cascade", patch_size=16, voxel_mm3=voxel_mm3)
+        assert (labels[2:14, 2:14, 2:14] == 1).all() and (labels[18:21, 18:21, 18:21] == small).all(), (min_core, voxel_mm3)

@@ -89,6 +89,13 @@ update_manifest(new, {
     "name": "phantom-r2unet", "description": description,
     "intended_use": "demonstration and tests only: trained on this project's synthetic phantoms, never on patients",
 })
+if recipe == "v1":  # SAMBA's small-core rule for the cascade, kept on v1 tuning phantoms (docs/results.md, session 36)
+    components = load_bundle(new).manifest["components"]
+    components["cascade_stage2"]["config"]["min_core_mm3"] = 50.0
+    update_manifest(new, {"components": components,
+                          "postprocessing": "cascade: pieces of tumour core (NETC or ET, 26-connected) under 50 mm^3 "
+                                            "made edema (min_core_mm3, SAMBA's rule, kept on v1 tuning phantoms "
+                                            "2026-12-07); outside the brain nothing is labelled"})
 models = load_r2unet_models(new)
 for entry in heldouts:
     data, folder = entry.split(":", 1)

@@ -40,6 +40,7 @@ class Cascade:
     stage2: nn.Module  # in: C + K channels (image + one-hot upsampled stage-1 labels); out: K
     factor: float = 0.3
     min_piece_fraction: float = 0.0  # drop_small_pieces on its labels; chosen per bundle on tuning phantoms
+    min_core_mm3: float = 0.0  # drop_small_cores on its BraTS labels (SAMBA's rule); per bundle, on tuning phantoms
 
 
 def normalise(image: np.ndarray) -> np.ndarray:
@@ -287,12 +288,13 @@ def network_input(network, image: np.ndarray, present=None) -> np.ndarray:
 
 
 def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, patch_size=64, device="cpu",
-            progress=None, probabilities=False, present=None):
+            progress=None, probabilities=False, present=None, voxel_mm3: float = 1.0):
     """(labels uint8 (*S), probabilities (K, *S) or None, mode used) for a normalised (C, *S) image.
 
     The networks run on the brain's bounding box (brain_box) only; outside it, and outside the brain
     itself within it (brain_mask), is background. A cascade with min_piece_fraction drops the small
-    pieces of its labels (drop_small_pieces).
+    pieces of its labels (drop_small_pieces); one with min_core_mm3 makes core pieces smaller than that
+    edema (drop_small_cores; `voxel_mm3`: the volume of one voxel of the image's grid).
     The whole-grid probabilities are made only when asked for (probabilities=True): at K float32
     per voxel they would be the largest array of a cascade run.
 
@@ -323,6 +325,10 @@ def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, pat
     labels[box[1:]] = np.where(brain, labels_from(inner), 0)
     if plan.mode == "cascade" and cascade.min_piece_fraction > 0:
         labels[box[1:]] = drop_small_pieces(labels[box[1:]], cascade.min_piece_fraction)
+    if plan.mode == "cascade" and cascade.min_core_mm3 > 0:
+        from SAMBACore.pieces import drop_small_cores  # scipy: loaded when a cascade needs it, as drop_small_pieces
+
+        labels[box[1:]] = drop_small_cores(labels[box[1:]], voxel_mm3, cascade.min_core_mm3)
     probs = None
     if probabilities:
         background = np.zeros(inner.shape[0], np.float32)  # what a voxel outside the brain gets

@@ -71,13 +71,13 @@ class R2UNetModels:
 
 
 def build_model(kind: str, config: dict) -> nn.Module:
-    """A network from its component kind and config. "factor" and "min_piece_fraction" (the cascade's, on its
-    stage 2) are not network arguments and are ignored;
+    """A network from its component kind and config. "factor", "min_piece_fraction" and "min_core_mm3" (the
+    cascade's, on its stage 2) are not network arguments and are ignored;
     "presence_flags" (trained with contrast dropout, presence.py) is kept as the attribute `presence_flags`."""
     if kind not in BUILDERS:
         raise BundleError(f"unknown model kind '{kind}' (known: {', '.join(BUILDERS)}); use a bundle made for R2UNetSegment")
     flags = bool(config.get("presence_flags", False))
-    config = {k: v for k, v in config.items() if k not in ("factor", "presence_flags", "min_piece_fraction")}
+    config = {k: v for k, v in config.items() if k not in ("factor", "presence_flags", "min_piece_fraction", "min_core_mm3")}
     if "widths" in config:
         config["widths"] = tuple(config["widths"])
     try:
@@ -145,7 +145,7 @@ def load_r2unet_models(path, device: str = "cpu", adapter=None) -> R2UNetModels:
     if "cascade_stage1" in names:
         stage2 = names["cascade_stage2"].config
         cascade = Cascade(load("cascade_stage1"), load("cascade_stage2"), float(stage2.get("factor", DEFAULT_FACTOR)),
-                          float(stage2.get("min_piece_fraction", 0.0)))
+                          float(stage2.get("min_piece_fraction", 0.0)), float(stage2.get("min_core_mm3", 0.0)))
     first = next(n for n in ("unet", "r2unet", "cascade_stage1") if n in names)
     config = names[first].config
     return R2UNetModels(unet, r2unet, cascade, bundle, int(config["in_channels"]), int(config["out_channels"]),
