@@ -86,6 +86,20 @@ def test_the_cli_s_torch_free_copies_of_the_choices_match_the_pipeline_s():
     assert set(commands.PROMPT_CHOICES) == set(pipeline.PROMPTS) - {"mask"}
 
 
+def test_the_module_s_core_field_offers_the_pipeline_s_methods_and_default():
+    """SAMBASegment.py cannot import the Lib at load (torch may not be installed yet): its copies are checked here."""
+    import ast
+    from pathlib import Path
+
+    from SAMBASegmentLib import core_outline
+
+    tree = ast.parse((Path(__file__).parents[1] / "SAMBASegment" / "SAMBASegment.py").read_text())
+    field = next(s for c in tree.body if isinstance(c, ast.ClassDef) for s in c.body
+                 if isinstance(s, ast.AnnAssign) and getattr(s.target, "id", None) == "core")
+    choices = ast.literal_eval(field.annotation.slice.elts[1].args[0])  # Annotated[str, Choice([...])]
+    assert set(choices) == set(core_outline.CORE_METHODS) and ast.literal_eval(field.value) == core_outline.DEFAULT_CORE
+
+
 BLOCK_SLICER = """
 import sys
 class Block:
