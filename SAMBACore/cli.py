@@ -79,7 +79,7 @@ def _demo(args) -> int:
         images = {key: bridge.array_from_volume(nodes[key]) for key in ("flair", "t1ce")}
         note = "Dice against the truth: " + ", ".join(f"{r} {v['dice']:.3f}" for r, v in scores.items())
         preview = preview_case(out_dir / "preview.png", images, result.labels, bridge.ijk_to_ras(nodes["t1"]),
-                               truth=truth, title=f"SAMBA ({args.bundle}, YOLO boxes) on phantom {case_dir.name}",
+                               truth=truth, title=f"SAMBA ({args.bundle}, the 3D U-Net's box, core {request.core}) on phantom {case_dir.name}",
                                note=note)
         stage("preview")
     print(f"\nCase: {case_dir}\nSegmentation: {out_path} (segments NETC, SNFH, ET)")
