@@ -1,4 +1,4 @@
-"""The tumour core outlined by SAM on T1CE, around the enhancing tumour the voting net found (option `core="t1ce"`).
+"""The tumour core outlined by SAM on T1CE, around the enhancing tumour the voting net found (`core="t1ce"`, the default).
 
 Why: on real scans the phantom-trained voting nets find the enhancing tumour well but split the core off
 too small or too large (docs/tried.md, "Why the core (TC) is poor"). The core of an enhancing glioma is
