@@ -59,6 +59,11 @@ def voxel_mm3(volume_node) -> float:
     return float(np.prod(volume_node.GetSpacing()))
 
 
+def spacing_kji(volume_node) -> tuple[float, float, float]:
+    """The node's voxel size in mm in array order (k, j, i), as array_from_volume's axes."""
+    return tuple(float(s) for s in reversed(volume_node.GetSpacing()))
+
+
 def _vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
     matrix = vtk.vtkMatrix4x4()
     for r in range(4):

@@ -21,10 +21,16 @@ from SAMBACore.inputs import InputError
 SegmentCase = Callable[[dict, np.ndarray, dict], tuple[np.ndarray, dict]]
 
 
+def case_spacing(files: dict) -> tuple[float, ...]:
+    """The voxel size in mm of a case's images (their grid is the first image's), from its header, in array
+    order (k, j, i)."""
+    return tuple(float(s) for s in reversed(read_image_information(next(iter(files.values()))).GetSpacing()))
+
+
 def case_voxel_mm3(files: dict) -> float:
-    """The volume of one voxel of a case's images (their grid is the first image's), from its header:
-    the smallest tumour-core piece kept is in mm^3 (pieces.drop_small_cores)."""
-    return float(np.prod(read_image_information(next(iter(files.values()))).GetSpacing()))
+    """The volume of one voxel of a case's images: the smallest tumour-core piece kept is in mm^3
+    (pieces.drop_small_cores)."""
+    return float(np.prod(case_spacing(files)))
 
 
 def score_cases(data_dir, segment: SegmentCase, log: Callable[[str], None] = print,

@@ -1,5 +1,6 @@
 """`slicer-samba r2unet` and `slicer-samba train unet|r2unet|cascade`, as a user runs them."""
 
+import dataclasses
 import math
 import re
 
@@ -35,10 +36,10 @@ def bundles(tmp_path_factory):
     return {1: tiny_bundle(folder / "one", 1), 4: tiny_bundle(folder / "four", 4)}
 
 
-def oblique_file(path, array):
+def oblique_file(path, array, spacing=(0.92, 1.04, 1.09)):  # within 10% of 1 mm: the networks run on this grid
     """An anisotropic image rotated about two axes, so that no voxel axis lines up with RAS."""
     image = sitk.GetImageFromArray(array)
-    image.SetSpacing((0.9, 1.3, 3.0))
+    image.SetSpacing(spacing)
     image.SetOrigin((10.0, -20.0, 5.0))
     c, s = math.cos(0.3), math.sin(0.3)
     rotation = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
@@ -76,6 +77,21 @@ def test_segments_an_oblique_file_on_its_own_grid(bundles, tmp_path, capsys):
     for value, display in LABEL_SEGMENTS.items():
         voxels = np.transpose(slicerio.extract_segments(seg, [(display.name, 1)])["voxels"], (2, 1, 0))
         np.testing.assert_array_equal(voxels == 1, labels == value)
+
+
+def test_a_thick_slice_volume_is_planned_and_segmented_on_1_mm(scene, bundles, tmp_path):
+    """The module passes the volume's voxel size (k, j, i) on: 5 mm slices are run on 1 mm (spacing.py)."""
+    from R2UNetSegmentLib.logic import R2UNetSegmentCore
+
+    from SAMBACore import bridge
+
+    volume = bridge.load_volume(scene, oblique_file(tmp_path / "thick.nii.gz", image_array(), (0.9, 1.3, 5.0)))
+    core = R2UNetSegmentCore()
+    request = core.prepare(scene, volume, bundle=str(bundles[1]), model="unet", mode="full")
+    assert request.spacing == pytest.approx((5.0, 1.3, 0.9))
+    result = core.compute(request)
+    assert result.labels.shape == (9, 12, 14)  # back on the volume's own grid
+    assert result.estimate_bytes > core.compute(dataclasses.replace(request, spacing=None)).estimate_bytes  # 41 slices, not 9
 
 
 def test_case_folder_with_a_four_channel_bundle(bundles, tmp_path, capsys):

@@ -19,6 +19,7 @@ from R2UNetSegmentLib.inference import (
 from R2UNetSegmentLib.memory import PeakMemory
 from R2UNetSegmentLib.memory_plan import SMALLEST_AUTO_PATCH, MemoryBudgetError, Plan, choose_mode, estimate_peak_bytes
 from R2UNetSegmentLib.r2unet import R2UNet
+from R2UNetSegmentLib.spacing import training_shape
 from R2UNetSegmentLib.unet3d import UNet3D
 from torch import nn
 
@@ -247,7 +248,50 @@ def test_a_cascade_with_min_core_mm3_makes_small_core_pieces_edema_by_volume():
     image = np.zeros((1, 24, 24, 24), np.float32)
     image[0, 2:14, 2:14, 2:14] = 1.0  # a large piece of brain and a 27-voxel one
     image[0, 18:21, 18:21, 18:21] = 1.0
-    for min_core, voxel_mm3, small in ((0.0, 1.0, 1), (50.0, 1.0, 2), (50.0, 8.0, 1)):
+    for min_core, spacing, small in ((0.0, 1.0, 1), (50.0, 1.0, 2), (50.0, 1.05, 2), (50.0, 2.0, 1)):
         cascade = Cascade(everywhere(1, 1), everywhere(5, 1), factor=0.5, min_core_mm3=min_core)
-        labels, _, _ = segment(image, cascade=cascade, mode="cascade", patch_size=16, voxel_mm3=voxel_mm3)
-        assert (labels[2:14, 2:14, 2:14] == 1).all() and (labels[18:21, 18:21, 18:21] == small).all(), (min_core, voxel_mm3)
+        labels, _, _ = segment(image, cascade=cascade, mode="cascade", patch_size=16, spacing=(spacing,) * 3)
+        assert (labels[2:14, 2:14, 2:14] == 1).all() and (labels[18:21, 18:21, 18:21] == small).all(), (min_core, spacing)
+
+
+def test_training_shape_leaves_grids_near_1_mm_alone_and_keeps_the_extent_of_others():
+    assert training_shape((155, 240, 240), (1.0, 1.0, 1.0)) is None
+    assert training_shape((155, 240, 240), (1.08, 0.94, 1.0)) is None  # within 10%
+    assert training_shape((155, 240, 240), None) is None
+    assert training_shape((31, 240, 240), (5.0, 1.0, 1.0)) == (151, 240, 240)  # first to last slice centre: 150 mm
+    assert training_shape((20, 101, 101), (3.0, 0.5, 0.5)) == (58, 51, 51)  # finer than 1 mm: fewer voxels
+
+
+class Recorder(nn.Module):
+    """A 1x1 convolution (class 1 where channel 0 > 0.5) that records the shapes it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, 1)
+        self.shapes = []
+        with torch.no_grad():
+            self.conv.weight.fill_(0.0)
+            self.conv.weight[1, 0] = 20.0
+            self.conv.bias.copy_(torch.tensor([0.0, -10.0]))
+
+    def forward(self, x):
+        self.shapes.append(tuple(x.shape[2:]))
+        return self.conv(x)
+
+
+def test_a_thick_slice_grid_is_segmented_on_1_mm_and_labelled_back_on_its_own_grid():
+    """The networks learned 1 mm grids: 5 mm slices are resampled to 1 mm for them (the network sees 56 slices
+    for 12), and each label comes back to the slice it belongs to."""
+    image = np.zeros((1, 12, 10, 10), np.float32)
+    image[0, 1:11, 1:9, 1:9] = 0.2  # the brain (its box: slices 1-10)
+    image[0, 4:7, 3:6, 3:6] = 1.0  # the lesion, on three 5 mm slices
+    model = Recorder()
+    labels, probs, _ = segment(image, model=model, mode="full", spacing=(5.0, 1.0, 1.0), probabilities=True)
+    # the brain's box on 1 mm: interpolated, slices 1-10 reach to 1 mm short of slices 0 and 11 (11 x 5 - 1)
+    assert model.shapes[-1] == (54, 8, 8)
+    assert labels.shape == (12, 10, 10) and probs.shape == (2, 56, 10, 10)
+    np.testing.assert_array_equal(labels, image[0] > 0.5)  # back on the 5 mm slices, where the lesion is
+    model.shapes.clear()
+    labels_1mm, _, _ = segment(image, model=model, mode="full", spacing=(1.0, 1.0, 1.0))
+    assert model.shapes[-1] == (10, 8, 8)  # a 1 mm grid is used as it is
+    np.testing.assert_array_equal(labels_1mm, labels)

@@ -34,7 +34,7 @@ def test_a_photo_is_segmented_as_one_2d_image_on_its_own_grid(scene, photo_bundl
     core = R2UNetSegmentCore()
     request = core.prepare(scene, photo, bundle=str(folder), model="r2unet", mode="full")
     assert request.image.shape == (3, 1, 45, 60) and request.flat
-    assert request.voxel_mm3 == pytest.approx(0.05 * 0.05 * 1.0)  # the grid's, for a cascade's smallest core piece
+    assert request.spacing is None  # a 2D model runs on the photo's own pixels: its 0.05 mm grid is not resampled
     result = core.compute(request)
     expected, _, _ = segment(normalise(np.moveaxis(rgb[0], -1, 0).astype(np.float32)), model=model, mode="full")
     np.testing.assert_array_equal(result.labels, expected[None])

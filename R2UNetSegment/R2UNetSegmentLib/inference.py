@@ -30,6 +30,7 @@ from .cascade_inputs import downsample, stage2_inputs, upsample_labels
 from .memory_plan import Plan, plan_for
 from .model_facts import in_channels, model_margin, probabilities, size_multiple, spatial_dims
 from .presence import check_contrasts, has_flags, with_flags
+from .spacing import TRAINING_SPACING_MM, resample, training_shape
 
 
 @dataclass
@@ -263,20 +264,24 @@ def usable_networks(model, cascade, present):
     return model, cascade
 
 
-def _input_shape(image, model, cascade) -> tuple[int, ...]:
-    """The networks' input shape on the brain's box (presence flags add four channels)."""
+def _input_shape(image, model, cascade, spacing=None) -> tuple[int, ...]:
+    """The networks' input shape on the brain's box (presence flags add four channels), on the 1 mm grid
+    segment() resamples a grid with `spacing` to."""
     flags = any(n is not None and has_flags(n) for n in (model, cascade and cascade.stage1))
-    return (image.shape[0] + (len(MODALITIES) if flags else 0),) + tuple(s.stop - s.start for s in brain_box(image))
+    box = tuple(s.stop - s.start for s in brain_box(image))
+    return (image.shape[0] + (len(MODALITIES) if flags else 0),) + (training_shape(box, spacing) or box)
 
 
 def plan_run(image, model=None, cascade=None, mode: str = "auto", budget_bytes=None, patch_size: int = 64,
-             device="cpu", present=None) -> Plan:
+             device="cpu", present=None, spacing=None) -> Plan:
     """The plan segment() follows: `mode` and `patch_size` as given, or for "auto" the fastest
     plan whose estimated peak on the brain's box fits `budget_bytes` (default: memory available now).
-    `present`: as for segment (a subset leaves out the networks without presence flags)."""
+    `present`, `spacing`: as for segment (a subset leaves out the networks without presence flags; a grid
+    far from 1 mm is planned for as resampled to it)."""
     if mode == "auto":
         model, cascade = usable_networks(model, cascade, present)
-    return plan_for(_input_shape(image, model, cascade), model, cascade, mode, budget_bytes, patch_size, device)
+    return plan_for(_input_shape(image, model, cascade, spacing), model, cascade, mode, budget_bytes, patch_size,
+                    device)
 
 
 def network_input(network, image: np.ndarray, present=None) -> np.ndarray:
@@ -288,13 +293,17 @@ def network_input(network, image: np.ndarray, present=None) -> np.ndarray:
 
 
 def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, patch_size=64, device="cpu",
-            progress=None, probabilities=False, present=None, voxel_mm3: float = 1.0):
-    """(labels uint8 (*S), probabilities (K, *S) or None, mode used) for a normalised (C, *S) image.
+            progress=None, probabilities=False, present=None, spacing=None):
+    """(labels uint8 (*S), probabilities (K, *S') or None, mode used) for a normalised (C, *S) image.
+
+    `spacing`: the grid's voxel size in mm, one per spatial axis (None: taken as the networks' 1 mm). A grid
+    more than 10% off 1 mm is resampled to 1 mm for the networks and the labels back (spacing.py); the
+    probabilities, where asked for, are then on the 1 mm grid (S'). Otherwise S' is S.
 
     The networks run on the brain's bounding box (brain_box) only; outside it, and outside the brain
     itself within it (brain_mask), is background. A cascade with min_piece_fraction drops the small
     pieces of its labels (drop_small_pieces); one with min_core_mm3 makes core pieces smaller than that
-    edema (drop_small_cores; `voxel_mm3`: the volume of one voxel of the image's grid).
+    edema (drop_small_cores, by the voxels' volume in mm^3).
     The whole-grid probabilities are made only when asked for (probabilities=True): at K float32
     per voxel they would be the largest array of a cascade run.
 
@@ -306,6 +315,11 @@ def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, pat
     the crop; one without refuses a subset (InputError), and mode auto leaves it out.
     """
     image = np.asarray(image)
+    original_shape = image.shape[1:]
+    fine = training_shape(original_shape, spacing)
+    if fine is not None:
+        image, spacing = resample(image, fine, order=1), (TRAINING_SPACING_MM,) * len(fine)
+    voxel_mm3 = float(np.prod(spacing)) if spacing is not None else 1.0
     if mode == "auto":
         model, cascade = usable_networks(model, cascade, present)
     box = (slice(None),) + brain_box(image)
@@ -338,6 +352,8 @@ def segment(image, model=None, cascade=None, mode="auto", budget_bytes=None, pat
         probs[:] = background.reshape((-1,) + (1,) * brain.ndim)
         inner[:, ~brain] = background[:, None]
         probs[box] = inner
+    if fine is not None:
+        labels = resample(labels, original_shape, order=0)
     if progress:
         progress(1.0, "done")
     return labels, probs, plan.mode

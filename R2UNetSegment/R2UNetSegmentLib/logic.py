@@ -60,7 +60,7 @@ def volumes_ml(labels: np.ndarray, classes: int, reference, regions=ALL_REGIONS)
     photo, its area in mm^2 / 1000)."""
     from SAMBACore import metrics
 
-    spacing = tuple(reversed(reference.GetSpacing()))
+    spacing = bridge.spacing_kji(reference)
     if classes == 4 and tuple(regions) == ("WT",):
         return {"WT": float(np.count_nonzero(labels)) * float(np.prod(spacing)) / 1000.0}
     if classes == 4:
@@ -96,7 +96,7 @@ class Request:
     flat: bool = False  # a 2D model on a single-slice image: the slice axis is dropped for the model
     adapter: str | None = None  # a LoRA adapter folder merged into one of the bundle's networks
     present: tuple[str, ...] | None = None  # the BraTS contrasts `image` holds (None: not a BraTS input)
-    voxel_mm3: float = 1.0  # of the volume's grid: a cascade's smallest tumour-core piece kept is in mm^3
+    spacing: tuple[float, ...] | None = None  # (k, j, i) mm of the volume's grid: off 1 mm, resampled for the networks
 
 
 @dataclass
@@ -150,7 +150,7 @@ class R2UNetSegmentCore:
         if present is not None and len(present) < expected:  # a BraTS case lacking some contrasts
             request = self._prepare_subset(image, names, present, models, bundle, model, mode, budget, patch_size,
                                            device, adapter)
-            request.voxel_mm3 = bridge.voxel_mm3(volume)
+            request.spacing = bridge.spacing_kji(volume)
             return request
         if image.shape[0] != expected:
             need = "the four BraTS volumes (T1, T1CE, T2, FLAIR) on one grid" if expected == 4 else \
@@ -175,7 +175,7 @@ class R2UNetSegmentCore:
             raise InputError(f"The bundle's model is 2D (for photos and single slices), but {volume.GetName()} has "
                              f"{image.shape[1]} slices: select a single-slice image, or choose a 3D bundle.")
         return Request(image, names, models.classes, bundle, model, mode, parse_budget(budget), patch_size, device, flat,
-                       str(adapter) if adapter else None, present, bridge.voxel_mm3(volume))
+                       str(adapter) if adapter else None, present, None if flat else bridge.spacing_kji(volume))
 
     def _prepare_subset(self, image, names, present, models, bundle, model, mode, budget, patch_size, device,
                         adapter) -> Request:
@@ -216,9 +216,9 @@ class R2UNetSegmentCore:
         started = time.perf_counter()
         image = normalise(image)
         plan = plan_run(image, model, cascade, request.mode, request.budget_bytes, request.patch_size, request.device,
-                        present=present)
+                        present=present, spacing=request.spacing)
         labels, _, _ = segment(image, model=model, cascade=cascade, mode=plan.mode, patch_size=plan.patch_size,
-                               device=request.device, progress=progress, present=present, voxel_mm3=request.voxel_mm3)
+                               device=request.device, progress=progress, present=present, spacing=request.spacing)
         labels = labels[None] if request.flat else labels  # back to the volume's (k, j, i)
         regions = regions_of(present) if present is not None else ALL_REGIONS
         if regions == ("WT",):  # without T1CE the sub-regions are not known: the whole tumour, label 1
