@@ -264,3 +264,19 @@ def test_r2unet_evaluate_command_scores_a_subset(flagged_bundle, tiny_cases, cap
     assert report["mean"]["WT"]["dice"] == pytest.approx(api["mean"]["WT"]["dice"], abs=1e-6)
     assert main(["r2unet-evaluate", str(tiny_cases), "--bundle", str(tiny_cases / "no-such-bundle")]) == 2
     assert "no-such-bundle" in capsys.readouterr().err
+
+
+def test_the_cascade_only_bundle_keeps_to_the_memory_budget(tmp_path, capsys):
+    """phantom-cascade-any has no U-Net, so mode auto can only run its cascade; it used to run it whatever the
+    budget (an estimate of 680 MB ran under a 100 MB budget). Now auto plans the cascade alone, in the budget,
+    with four contrasts and with a subset, and refuses before anything runs when even 16-voxel patches do not fit."""
+    from SAMBACore.phantom import write_cases
+
+    case = write_cases(tmp_path / "cases", 1, seed=30011)[0]
+    out = tmp_path / "out.seg.nrrd"
+    for contrasts in ([], ["--contrasts", "flair"]):
+        code = main(["r2unet", str(case), "-o", str(out), "--bundle", "phantom-cascade-any", "--memory-budget", "1MB",
+                     *contrasts])
+        err = capsys.readouterr().err
+        assert code == 2 and "a memory budget of 1 MB is too small" in err and "cascade (16-voxel patches)" in err, err
+        assert not out.exists()

@@ -160,16 +160,16 @@ class R2UNetSegmentCore:
                              "trained for this input.")
         if models.adapted:
             mode = _mode_using(models.adapted, model, mode, adapter)
-        if mode == "auto" and getattr(models, model) is None and models.cascade is not None:
-            mode = "cascade"  # a cascade-only bundle (phantom-cascade-any): auto has no other choice
+        # A cascade-only bundle (phantom-cascade-any) in mode auto: auto plans the cascade alone, in the budget
+        cascade_only = mode == "auto" and getattr(models, model) is None and models.cascade is not None
         if mode == "cascade" and models.cascade is None:
             raise InputError(f"The bundle {bundle} has no cascade; choose mode full, patch or auto.")
-        if mode != "cascade" and getattr(models, model) is None:
+        if mode != "cascade" and not cascade_only and getattr(models, model) is None:
             raise InputError(f"The bundle {bundle} has no {model} model; choose another model or mode cascade.")
         segments_for(models.classes)
         from R2UNetSegmentLib.model_facts import spatial_dims
 
-        network = models.cascade.stage1 if mode == "cascade" else getattr(models, model)
+        network = models.cascade.stage1 if mode == "cascade" or cascade_only else getattr(models, model)
         flat = spatial_dims(network) == 2
         if flat and image.shape[1] != 1:
             raise InputError(f"The bundle's model is 2D (for photos and single slices), but {volume.GetName()} has "
@@ -187,9 +187,9 @@ class R2UNetSegmentCore:
                              "leave the adapter out.")
         networks = {"cascade": models.cascade and models.cascade.stage1, "unet": models.unet, "r2unet": models.r2unet}
         flagged = [name for name, network in networks.items() if network is not None and has_flags(network)]
-        if mode == "auto":
-            mode = "cascade" if "cascade" in flagged and model not in flagged else mode
-        chosen = "cascade" if mode == "cascade" else model
+        # mode auto with a model that cannot take a subset: auto plans the cascade alone (inference.usable_networks)
+        cascade_only = mode == "auto" and "cascade" in flagged and model not in flagged
+        chosen = "cascade" if mode == "cascade" or cascade_only else model
         if networks.get(chosen) is None:
             raise InputError(f"The bundle {bundle} has no {chosen}; choose another model or mode.")
         if chosen not in flagged:
