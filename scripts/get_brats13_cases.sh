@@ -30,6 +30,8 @@ if [ -z "$repo" ]; then
   repo=$work/deepmedic
   git clone --quiet https://github.com/deepmedic/deepmedic "$repo"
 fi
+git -C "$repo" cat-file -e "$commit^{commit}" 2>/dev/null || {
+  echo "$repo is not a clone of deepmedic/deepmedic holding commit $commit: clone it, or leave REPO out." >&2; exit 1; }
 src=$work/files
 mkdir "$src"
 git -C "$repo" archive "$commit" examples/dataForExamples/brats2015TrainingData | tar -x -C "$src"
