@@ -56,7 +56,7 @@ def ijk_to_ras(volume_node) -> np.ndarray:
 
 def voxel_mm3(volume_node) -> float:
     """The volume of one voxel of the node's grid, in mm^3."""
-    return float(np.prod(volume_node.GetSpacing()))
+    return float(np.prod(spacing_kji(volume_node)))
 
 
 def spacing_kji(volume_node) -> tuple[float, float, float]:
