@@ -31,13 +31,13 @@ def phantom_box(tmp_path_factory):
     """(images, truth's ROI, the cascade prompt's ROI and its plan) for one phantom: one 128-voxel run shared."""
     from SAMBACore.brats import find_case_files, read_case
     from SAMBACore.phantom import write_cases
-    from SAMBASegmentLib.cascade_roi import cascade_roi
+    from SAMBASegmentLib.cascade_roi import cascade_piece, roi_of_piece
     from SAMBASegmentLib.evaluation import truth_roi
 
     case = write_cases(tmp_path_factory.mktemp("cascade-roi"), 1, seed=30010)[0]  # v1, neither trained on nor held out
     images, labels, _ = read_case(find_case_files(case, need_seg=True))
     plans = []
-    found = cascade_roi(images, progress=lambda fraction, message: plans.append(message))
+    found = roi_of_piece(cascade_piece(images, progress=lambda fraction, message: plans.append(message)))
     return images, truth_roi(labels, 5), found, plans[0]
 
 
@@ -61,10 +61,10 @@ def test_with_little_memory_free_the_cascade_uses_smaller_patches_and_finds_the_
     plans = []
     # Less than the 128-voxel plan's estimate (1.3-2.1 GB on a BraTS-sized case), more than the 64-voxel one's.
     monkeypatch.setattr(memory_plan, "available_bytes", lambda device="cpu": int(1.0 * 1024**3))
-    small = prompt.cascade_roi(images, progress=lambda fraction, message: plans.append(message))
+    small = prompt.roi_of_piece(prompt.cascade_piece(images, progress=lambda fraction, message: plans.append(message)))
     assert "64-voxel" in plans[0], plans[0]
     assert box_iou_3d(small, usual) > 0.95, (small, usual)  # patch-wise stage 2 blends windows: near-identical
 
     monkeypatch.setattr(memory_plan, "available_bytes", lambda device="cpu": 50 * 1024**2)
     with pytest.raises(MemoryError, match=r"needs about .* of memory and 50 MB is free.*draw an ROI"):
-        prompt.cascade_roi(images)
+        prompt.cascade_piece(images)

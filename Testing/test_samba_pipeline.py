@@ -83,14 +83,15 @@ def test_cascade_prompt_is_the_locators_box_prompted_as_a_drawn_one_and_finding_
     from SAMBASegmentLib.cascade_roi import MARGIN
 
     assert MARGIN == propagation.REACH  # else a drawn box and the locator's would differ below
-    piece = ((1, 3, 2), (5, 12, 10))  # what the cascade found, in a (12, 20, 18) case
-    roi = (tuple(v - MARGIN for v in piece[0]), tuple(v + MARGIN for v in piece[1]))
+    piece = np.zeros(case["flair"].shape, bool)  # what the cascade found, in a (12, 20, 18) case
+    piece[1:6, 3:13, 2:11] = True
+    roi = ((1 - MARGIN, 3 - MARGIN, 2 - MARGIN), (5 + MARGIN, 12 + MARGIN, 10 + MARGIN))
     asked, prompted = [], []
 
     def locate(images, device, progress):
         asked.append(sorted(m for m, image in images.items() if image is not None))
         progress(1.0, "located")
-        return roi
+        return piece
 
     original = pipeline.propagate_stack
 
@@ -110,7 +111,7 @@ def test_cascade_prompt_is_the_locators_box_prompted_as_a_drawn_one_and_finding_
     own = {11: range(1, 6), 18: range(3, 13), 16: range(2, 11)}  # the piece's extent along each view's axis
     assert prompted[drawn_calls:] == prompted[:drawn_calls], "the same box: the same reach"
     assert prompted[drawn_calls:] and all(spans == list(own[n]) for n, spans in prompted[drawn_calls:])
-    nothing = run_samba(case, models, prompt="cascade", locate=lambda images, device, progress: None)
+    nothing = run_samba(case, models, prompt="cascade", locate=lambda images, device, progress: np.zeros_like(piece))
     assert not nothing.tumour_found and nothing.boxes == {"axial": 0, "coronal": 0, "sagittal": 0}
 
 
@@ -122,8 +123,10 @@ def test_one_box_prompts_drop_pieces_under_a_tenth_of_the_tumour(case, models, m
     fused[10, 18, 16] = 1  # a speck apart from it: 1 voxel
     monkeypatch.setattr(pipeline, "fuse_votes", lambda *args: (fused.copy(), fused.astype(np.float32)))
     roi = ((3, 5, 4), (8, 14, 12))
+    found = np.zeros(fused.shape, bool)
+    found[3:8, 5:12, 4:10] = True  # the cascade's piece (the fusion is replaced here: any piece would do)
     for prompt in ("roi", "cascade"):  # core voting: the speck's label as fused (t1ce would drop small cores again)
-        result = run_samba(case, models, prompt=prompt, roi=roi, locate=lambda images, device, progress: roi, core="voting")
+        result = run_samba(case, models, prompt=prompt, roi=roi, locate=lambda images, device, progress: found, core="voting")
         assert result.labels.sum() == fused.sum() - 1 and not result.labels[10, 18, 16], prompt
     kept = run_samba(case, models, prompt="mask", mask=fused > 0, core="voting")  # several boxes, several lesions: kept
     assert kept.labels[10, 18, 16] == 1
@@ -187,3 +190,48 @@ def test_core_t1ce_reoutlines_the_fused_labels_on_t1ce_and_only_where_there_is_t
     assert run_samba(without_t1ce, models, prompt="roi", roi=roi, core="t1ce").whole_tumour_only and len(seen) == 1
     with pytest.raises(ValueError, match="Unknown core method 'sam3': choose one of voting, t1ce"):
         run_samba(case, models, prompt="roi", roi=roi, core="sam3")
+
+
+def test_the_3d_unets_tumour_is_joined_only_on_slices_where_a_vote_fell_short_of_it():
+    from SAMBASegmentLib.cascade_roi import join_where_short
+
+    piece = np.zeros((4, 6, 6), bool)
+    piece[1:3, 1:5, 1:5] = True  # 16 voxels on slices 1 and 2
+    votes = np.zeros((2,) + piece.shape, bool)
+    votes[0, 1, 1:5, 1:4] = True  # covers 12 of 16 on slice 1 (0.75: not short) ...
+    votes[0, 2, 1:5, 1:3] = True  # ... and 8 of 16 on slice 2 (short)
+    votes[0, 0, 0, 0] = True  # a voxel on a slice without the piece: left alone
+    joined = join_where_short(votes, piece, 0.75)
+    np.testing.assert_array_equal(joined[0, 1], votes[0, 1])
+    np.testing.assert_array_equal(joined[0, 2], votes[0, 2] | piece[2])
+    assert joined[0, 0, 0, 0] and not joined[0, 3].any()
+    np.testing.assert_array_equal(joined[1], piece)  # a vote that found nothing: the piece, where there is one
+    np.testing.assert_array_equal(join_where_short(votes, piece, 1.01)[0], votes[0] | piece)
+
+
+def test_with_the_cascade_prompt_the_fusion_gets_the_3d_unets_tumour_where_sams_votes_fell_short(case, models, monkeypatch):
+    """run_samba joins the piece into the whole-tumour votes before fusion (cascade prompt only; the same box drawn
+    as an ROI gets SAM's votes as they are)."""
+    from SAMBASegmentLib import pipeline
+
+    piece = np.zeros(case["flair"].shape, bool)
+    piece[4:7, 6:12, 5:11] = True
+    original_votes, original_fuse = pipeline.sam_votes, pipeline.fuse_votes
+
+    def sam_found_nothing(*args, **kwargs):  # every whole-tumour outline collapsed
+        votes = original_votes(*args, **kwargs)
+        votes[:, 0] = False
+        return votes
+
+    fused = []
+
+    def recorded(images, votes, *args):
+        fused.append(votes[:, 0].copy())
+        return original_fuse(images, votes, *args)
+
+    monkeypatch.setattr(pipeline, "sam_votes", sam_found_nothing)
+    monkeypatch.setattr(pipeline, "fuse_votes", recorded)
+    run_samba(case, models, prompt="cascade", locate=lambda images, device, progress: piece, core="voting")
+    run_samba(case, models, prompt="roi", roi=pipeline.roi_of_piece(piece), core="voting")
+    assert all((vote == piece).all() for vote in fused[0])
+    assert not fused[1].any()

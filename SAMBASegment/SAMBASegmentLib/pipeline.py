@@ -29,7 +29,7 @@ from SAMBACore.brats import MODALITIES, SNFH, only_whole_tumour
 from SAMBACore.memory import freed_memory_kept
 from SAMBACore.pieces import drop_small_cores, drop_small_pieces
 from SAMBASegmentLib import localizer, propagation, voting
-from SAMBASegmentLib.cascade_roi import MARGIN as CASCADE_MARGIN, cascade_roi
+from SAMBASegmentLib.cascade_roi import MARGIN as CASCADE_MARGIN, cascade_piece, join_where_short, roi_of_piece
 from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast, regions_of, usable_pairs, whole_tumour_only
 from SAMBASegmentLib.core_outline import CORE_METHODS, DEFAULT_CORE, outline_core
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask
@@ -268,7 +268,8 @@ def run_samba(
     with another ROI only encodes slices it has not seen. `progress(fraction, message)` may raise
     Cancelled. `preset`: which modalities and views SAM runs on (PRESETS; auto: choose_preset).
     `voxel_mm3`: the volume of one voxel, for the smallest tumour-core piece kept (pieces.drop_small_cores).
-    `locate(images, device, progress)`: the ROI for the cascade prompt (default cascade_roi.cascade_roi).
+    `locate(images, device, progress)`: the tumour the cascade prompt boxes, a (K, J, I) bool mask (default
+    cascade_roi.cascade_piece).
     `core`: t1ce (the default: SAM re-outlines it on T1CE around the enhancing tumour, core_outline.py;
     mode samba with T1CE only) or voting (the voting net's split).
     """
@@ -296,7 +297,8 @@ def run_samba(
     boxes_from = 0.0  # where the progress bar stands when the per-view boxes start
     if prompt == "cascade":
         report(0.0, "Finding the tumour in 3D (U-Net cascade)")
-        roi = (locate or cascade_roi)(images, device, lambda fraction, message: report(0.05 * fraction, message))
+        mask = (locate or cascade_piece)(images, device, lambda fraction, message: report(0.05 * fraction, message))
+        roi = roi_of_piece(mask)
         boxes_from = 0.05
     boxes = {}
     for v, view in enumerate(VIEWS):
@@ -309,6 +311,8 @@ def run_samba(
     votes = sam_votes(images, models.sam, boxes, multimask, cache, volume_key,
                       progress=lambda fraction, message: report(0.1 + 0.75 * fraction, message),
                       propagate=prompt in PROPAGATED, pairs=pairs)
+    if prompt == "cascade" and mask is not None:  # where SAM's outline fell short of the 3D U-Net's tumour
+        votes[:, 0] = join_where_short(votes[:, 0], mask)
     seconds["sam"] = time.perf_counter() - started
 
     report(0.85, "Fusing the votes")
