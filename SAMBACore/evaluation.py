@@ -12,25 +12,12 @@ import numpy as np
 
 from SAMBACore import lesionwise, metrics
 from SAMBACore.brats import find_training_cases, read_case
-from SAMBACore.image_files import read_image_information
 from SAMBACore.inputs import InputError
 
-# segment(images by modality, truth labels, the case's files) -> (labels, notes for the report);
-# the truth is there for prompts drawn from it (an ROI standing in for a radiologist's box). A note
+# segment(images by modality, truth labels, voxel size in mm in (k, j, i) order) -> (labels, notes for the
+# report); the truth is there for prompts drawn from it (an ROI standing in for a radiologist's box). A note
 # "regions" (a tuple) names the regions the labels hold, when not all three (no T1CE: WT only).
-SegmentCase = Callable[[dict, np.ndarray, dict], tuple[np.ndarray, dict]]
-
-
-def case_spacing(files: dict) -> tuple[float, ...]:
-    """The voxel size in mm of a case's images (their grid is the first image's), from its header, in array
-    order (k, j, i)."""
-    return tuple(float(s) for s in reversed(read_image_information(next(iter(files.values()))).GetSpacing()))
-
-
-def case_voxel_mm3(files: dict) -> float:
-    """The volume of one voxel of a case's images: the smallest tumour-core piece kept is in mm^3
-    (pieces.drop_small_cores)."""
-    return float(np.prod(case_spacing(files)))
+SegmentCase = Callable[[dict, np.ndarray, tuple], tuple[np.ndarray, dict]]
 
 
 def score_cases(data_dir, segment: SegmentCase, log: Callable[[str], None] = print,
@@ -58,7 +45,7 @@ def score_cases(data_dir, segment: SegmentCase, log: Callable[[str], None] = pri
             log(f"[{index + 1}/{len(cases)}] Skipped {skipped[-1]}")
             continue
         started = time.perf_counter()
-        labels, notes = segment(images, truth, files)
+        labels, notes = segment(images, truth, spacing)
         seconds = time.perf_counter() - started
         regions = notes.pop("regions", None)
         scores = metrics.region_metrics(labels, truth, spacing)

@@ -117,7 +117,7 @@ def test_evaluate_reports_lesionwise_scores_per_case_and_mean(tmp_path, monkeypa
     blob = cube((4, 4, 30), 3)
 
     def evaluate(models, data_dir, prompt, mode, device, on_case, preset, contrasts=None, roi_margin=5, core="t1ce"):
-        segment = lambda images, truth, files: (np.where(blob, 2, truth).astype(np.uint8), {})  # noqa: E731
+        segment = lambda images, truth, spacing: (np.where(blob, 2, truth).astype(np.uint8), {})  # noqa: E731
         return {"prompt": prompt, "mode": mode, "preset": preset, "core": core, "contrasts": "as found",
                 **score_cases(data_dir, segment, print, on_case)}
 

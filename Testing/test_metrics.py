@@ -203,9 +203,18 @@ def test_score_cases_scores_what_the_segmenter_returns(tmp_path):
     folder = write_tiny_cases(tmp_path / "cases", range(2))
     (folder / "NOT-A-CASE").mkdir()
     logs = []
-    perfect = score_cases(folder, lambda images, truth, files: (truth, {"note": "truth"}), logs.append)
+    perfect = score_cases(folder, lambda images, truth, spacing: (truth, {"note": "truth"}), logs.append)
     assert perfect["cases"] == 2 and [c["note"] for c in perfect["per_case"]] == ["truth", "truth"]
     assert all(perfect["mean"][region]["dice"] == 1.0 for region in ("ET", "TC", "WT"))
     assert "(truth)" in logs[0] and "WT 1.000" in logs[0]
-    empty = score_cases(folder, lambda images, truth, files: (np.zeros_like(truth), {}), logs.append)
+    empty = score_cases(folder, lambda images, truth, spacing: (np.zeros_like(truth), {}), logs.append)
     assert empty["mean"]["WT"]["dice"] == 0.0 and empty["mean"]["WT"]["sensitivity"] == 0.0
+
+    import SimpleITK as sitk  # the segmenter gets the case's voxel size (k, j, i) from its header
+    for path in folder.glob("*/*.nii.gz"):
+        image = sitk.ReadImage(str(path))
+        image.SetSpacing((0.9, 1.2, 5.0))
+        sitk.WriteImage(image, str(path))
+    seen = []
+    score_cases(folder, lambda images, truth, spacing: (seen.append(spacing) or truth, {}), logs.append)
+    assert len(seen) == 2 and np.allclose(seen, [(5.0, 1.2, 0.9)] * 2)  # NIfTI keeps float32

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from SAMBACore.brats import internal_labels_of
 from SAMBACore.contrasts import describe, regions_of
-from SAMBACore.evaluation import case_spacing, score_cases
+from SAMBACore.evaluation import score_cases
 
 from .presence import stack
 from .r2unet_bundle import R2UNetModels
@@ -22,11 +22,11 @@ def evaluate(models: R2UNetModels, data_dir, mode: str = "cascade", model: str =
     score_cases (a preview picture of each case)."""
     from .inference import normalise, segment
 
-    def segment_case(images, truth, files):
+    def segment_case(images, truth, spacing):
         image, present = stack(images)
         labels, _, mode_used = segment(normalise(image), model=getattr(models, model), cascade=models.cascade,
                                        mode=mode, patch_size=patch_size, device=device, present=present,
-                                       spacing=case_spacing(files))
+                                       spacing=spacing)
         regions = regions_of(present)
         if regions == ("WT",):
             labels = internal_labels_of((labels > 0).astype("uint8"), regions)

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from SAMBACore.brats import internal_labels_of, region_masks
-from SAMBACore.evaluation import case_voxel_mm3, score_cases
+from SAMBACore.evaluation import score_cases
 from SAMBASegmentLib.contrasts import describe
 from SAMBASegmentLib.core_outline import DEFAULT_CORE
 from SAMBASegmentLib.pipeline import run_samba
@@ -36,10 +36,10 @@ def evaluate(models: SambaModels, data_dir, prompt: str = "cascade", mode: str =
     pipeline.run_samba's."""
     ran = set()
 
-    def segment(images, truth, files):
+    def segment(images, truth, spacing):
         roi = truth_roi(truth, roi_margin) if prompt == "roi" and truth.any() else None
         result = run_samba(images, models, prompt=prompt, mode=mode, roi=roi, cache=EmbeddingCache(), device=device,
-                           preset=preset, voxel_mm3=case_voxel_mm3(files), core=core)
+                           preset=preset, voxel_mm3=float(np.prod(spacing)), core=core)
         ran.add(result.preset)
         return internal_labels_of(result.labels, result.regions), {"contrasts": describe(result.contrasts),
                                                                    "regions": result.regions}
