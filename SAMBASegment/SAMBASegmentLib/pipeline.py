@@ -41,7 +41,8 @@ from SAMBASegmentLib.slices import VIEWS, from_view_slices, normalise_slices, pr
 # yolo: YOLO's main runs, each an ROI prompted by propagation; yolo-boxes: YOLO's own top box on
 # every slice (the paper's prompts, and this project's before the runs; kept to reproduce them);
 # cascade: the box around the U-Net cascade's tumour (cascade_roi), prompted like a drawn ROI (roi): from
-# its middle slice out, its outer slices as reach (propagation.rois_of_box).
+# its middle slice out, its outer slices as reach (propagation.rois_of_box); its tumour is then joined to SAM's
+# outline on the slices where that falls short of it (cascade_roi.join_where_short).
 PROMPTS = ("yolo", "yolo-boxes", "cascade", "roi", "mask")
 PROPAGATED = ("yolo", "cascade", "roi")
 # One box around one tumour (cascade, roi): pieces of tumour under a tenth of the largest are dropped.
