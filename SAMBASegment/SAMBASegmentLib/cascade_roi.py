@@ -56,9 +56,9 @@ def cascade_piece(images: dict[str, np.ndarray], device: str = "cpu", progress=N
     return largest_piece(cascade_whole_tumour(images, device, progress))
 
 
-def roi_of_piece(piece: np.ndarray | None):
-    """((k, j, i) min, (k, j, i) max) around the piece, grown by MARGIN; None for no piece."""
-    return roi_around(piece, MARGIN) if piece is not None else None
+def roi_of_piece(piece: np.ndarray):
+    """((k, j, i) min, (k, j, i) max) around the piece, grown by MARGIN; None for an empty piece."""
+    return roi_around(piece, MARGIN)
 
 
 # On an axial slice where SAM's whole-tumour vote covers less than this fraction of the piece, the piece is joined

@@ -296,10 +296,11 @@ def run_samba(
 
     started = time.perf_counter()
     boxes_from = 0.0  # where the progress bar stands when the per-view boxes start
+    piece = None  # the cascade prompt's tumour (kept apart from `mask`, the user's segmentation for prompt mask)
     if prompt == "cascade":
         report(0.0, "Finding the tumour in 3D (U-Net cascade)")
-        mask = (locate or cascade_piece)(images, device, lambda fraction, message: report(0.05 * fraction, message))
-        roi = roi_of_piece(mask)
+        piece = (locate or cascade_piece)(images, device, lambda fraction, message: report(0.05 * fraction, message))
+        roi = roi_of_piece(piece)
         boxes_from = 0.05
     boxes = {}
     for v, view in enumerate(VIEWS):
@@ -312,8 +313,8 @@ def run_samba(
     votes = sam_votes(images, models.sam, boxes, multimask, cache, volume_key,
                       progress=lambda fraction, message: report(0.1 + 0.75 * fraction, message),
                       propagate=prompt in PROPAGATED, pairs=pairs)
-    if prompt == "cascade" and mask is not None:  # where SAM's outline fell short of the 3D U-Net's tumour
-        votes[:, 0] = join_where_short(votes[:, 0], mask)
+    if piece is not None:  # where SAM's outline fell short of the 3D U-Net's tumour
+        votes[:, 0] = join_where_short(votes[:, 0], piece)
     seconds["sam"] = time.perf_counter() - started
 
     report(0.85, "Fusing the votes")
