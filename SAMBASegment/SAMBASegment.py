@@ -210,6 +210,8 @@ class SAMBASegmentWidget(BackgroundJobWidget):
             found += " (no T1CE: the whole tumour only)"
         self.ui.statusLabel.text = found if result.tumour_found else (
             "No tumour found: the segmentation is empty. Draw an ROI around the lesion and use 'Drawn ROI'.")
+        if result.warnings:  # e.g. the 3D U-Net found two tumour-like regions: the user checks which was outlined
+            slicer.util.warningDisplay("\n\n".join(result.warnings), windowTitle="SAMBA Segment: check the result")
 
 
 class SAMBASegmentTest(ScriptedLoadableModuleTest):

@@ -26,18 +26,35 @@ def test_the_roi_surrounds_the_largest_piece_grown_by_the_margin():
     assert largest_piece(diagonal).sum() == 2
 
 
+def test_a_second_piece_nearly_as_large_as_the_boxed_one_is_told_to_the_user():
+    from SAMBASegmentLib.cascade_roi import RIVAL_FRACTION, rival_warning
+
+    tumour = np.zeros((20, 20, 20), bool)
+    tumour[1:6, 1:11, 1:11] = True  # 500 voxels
+    tumour[10:15, 10:18, 10:18] = True  # 320 voxels, apart from it: 0.64 of the largest
+    piece = largest_piece(tumour)
+    assert piece.sum() == 500
+    message = rival_warning(tumour, piece, voxel_mm3=8.0)  # 2 mm voxels: 4.0 and 2.6 mL
+    assert message and "4.0 and 2.6 mL" in message and "Drawn ROI" in message
+    tumour[10:15, 10:18, 10:18] = False
+    tumour[10:15, 10:15, 10:15] = True  # 125 voxels: 0.25 of the largest, under RIVAL_FRACTION
+    assert 125 < RIVAL_FRACTION * 500 and rival_warning(tumour, largest_piece(tumour)) is None
+    empty = np.zeros((4, 4, 4), bool)
+    assert rival_warning(empty, empty) is None
+
+
 @pytest.fixture(scope="module")
 def phantom_box(tmp_path_factory):
     """(images, truth's ROI, the cascade prompt's ROI and its plan) for one phantom: one 128-voxel run shared."""
     from SAMBACore.brats import find_case_files, read_case
     from SAMBACore.phantom import write_cases
-    from SAMBASegmentLib.cascade_roi import cascade_piece, roi_of_piece
+    from SAMBASegmentLib.cascade_roi import cascade_whole_tumour, roi_of_piece
     from SAMBASegmentLib.evaluation import truth_roi
 
     case = write_cases(tmp_path_factory.mktemp("cascade-roi"), 1, seed=30010)[0]  # v1, neither trained on nor held out
     images, labels, _ = read_case(find_case_files(case, need_seg=True))
     plans = []
-    found = roi_of_piece(cascade_piece(images, progress=lambda fraction, message: plans.append(message)))
+    found = roi_of_piece(largest_piece(cascade_whole_tumour(images, progress=lambda fraction, message: plans.append(message))))
     return images, truth_roi(labels, 5), found, plans[0]
 
 
@@ -61,10 +78,11 @@ def test_with_little_memory_free_the_cascade_uses_smaller_patches_and_finds_the_
     plans = []
     # Less than the 128-voxel plan's estimate (1.3-2.1 GB on a BraTS-sized case), more than the 64-voxel one's.
     monkeypatch.setattr(memory_plan, "available_bytes", lambda device="cpu": int(1.0 * 1024**3))
-    small = prompt.roi_of_piece(prompt.cascade_piece(images, progress=lambda fraction, message: plans.append(message)))
+    small = prompt.roi_of_piece(largest_piece(prompt.cascade_whole_tumour(
+        images, progress=lambda fraction, message: plans.append(message))))
     assert "64-voxel" in plans[0], plans[0]
     assert box_iou_3d(small, usual) > 0.95, (small, usual)  # patch-wise stage 2 blends windows: near-identical
 
     monkeypatch.setattr(memory_plan, "available_bytes", lambda device="cpu": 50 * 1024**2)
     with pytest.raises(MemoryError, match=r"needs about .* of memory and 50 MB is free.*draw an ROI"):
-        prompt.cascade_piece(images)
+        prompt.cascade_whole_tumour(images)

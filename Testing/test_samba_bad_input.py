@@ -318,13 +318,13 @@ def test_a_second_apply_on_the_same_volumes_reuses_the_3d_unets_box(nodes, tiny_
     skips the 3D U-Net; volumes that changed are located again."""
     calls = []
 
-    def counted_cascade_piece(images, device, progress):  # the 3D U-Net itself: test_cascade_roi.py
+    def counted_cascade(images, device, progress):  # the 3D U-Net itself: test_cascade_roi.py
         calls.append(sorted(images))
         piece = np.zeros(next(iter(images.values())).shape, bool)
         piece[8:10, 11:15, 9:11] = True
         return piece
 
-    monkeypatch.setattr(logic, "cascade_piece", counted_cascade_piece)
+    monkeypatch.setattr(logic, "cascade_whole_tumour", counted_cascade)
     core = SAMBASegmentCore()
     for preset in ("fast", "balanced"):
         core.compute(core.prepare(nodes, bundle=str(tiny_bundle), prompt="cascade", preset=preset))

@@ -132,6 +132,18 @@ def test_one_box_prompts_drop_pieces_under_a_tenth_of_the_tumour(case, models, m
     assert kept.labels[10, 18, 16] == 1
 
 
+def test_the_cascade_prompt_boxes_the_largest_piece_and_says_when_another_is_nearly_as_large(case, models):
+    tumour = np.zeros(case["flair"].shape, bool)
+    tumour[0:3, 3:11, 3:11] = True  # 192 voxels on axial slices 0-2: the box is around this one
+    tumour[5:12, 13:18, 12:17] = True  # 175 voxels on slices 5-11, apart from it
+    result = run_samba(case, models, prompt="cascade", locate=lambda images, device, progress: tumour, core="voting")
+    assert result.boxes["axial"] == 8  # slices 0-7: the first piece's, grown by 5 (the second's or both: 12)
+    assert len(result.warnings) == 1 and "two separate tumour-like regions" in result.warnings[0]
+    tumour[5:12, 13:18, 12:17] = False  # one piece: nothing to tell
+    assert run_samba(case, models, prompt="cascade", locate=lambda images, device, progress: tumour,
+                     core="voting").warnings == []
+
+
 def test_bundle_round_trip_gives_the_same_result(case, models, tmp_path):
     configs = {"sam": TINY_SAM, "voting": voting.CONFIG}
     save_samba_bundle(tmp_path / "b", models, configs, MANIFEST)

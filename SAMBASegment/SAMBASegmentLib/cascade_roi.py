@@ -4,7 +4,8 @@ YOLO boxes each slice on its own and, trained on phantoms, boxes real tumours lo
 case twice the tumour's width, docs/tried.md), and a loose box makes LiteMedSAM outline whatever the
 box holds. The cascade sees the whole volume in 3D: even where its outline is poor, the box around
 it is close to the tumour's (3D-box IoU 0.73-0.82 on the three real cases). Its whole tumour's
-largest piece, grown by a drawn ROI's margin, then prompts SAM as a radiologist's box does (propagation.rois_of_box).
+largest piece, grown by a drawn ROI's margin, then prompts SAM as a radiologist's box does (propagation.rois_of_box);
+when another piece is nearly as large, the user is told (rival_warning).
 The cascade is any-contrast (presence flags), so this works on whatever contrasts SAMBA is given.
 
 The margin is there for the tumour the cascade missed at its ends, not for more of the ROI to fill:
@@ -51,9 +52,21 @@ def cascade_whole_tumour(images: dict[str, np.ndarray], device: str = "cpu", pro
     return labels > 0
 
 
-def cascade_piece(images: dict[str, np.ndarray], device: str = "cpu", progress=None) -> np.ndarray:
-    """The cascade's largest piece of tumour (bool, (K, J, I); all False when it finds none)."""
-    return largest_piece(cascade_whole_tumour(images, device, progress))
+# Another piece of the cascade's tumour at least this fraction of the largest: the box, around the largest, may be
+# around the wrong one (a v1 phantom, 22007: a false FLAIR-bright piece 1.2x the tumour's size, docs/results.md).
+# The user is told; nothing else changes.
+RIVAL_FRACTION = 0.5
+
+
+def rival_warning(tumour: np.ndarray, piece: np.ndarray, voxel_mm3: float = 1.0) -> str | None:
+    """What to tell the user when the cascade's `tumour` holds, beside its largest `piece`, another piece at least
+    RIVAL_FRACTION of it; None otherwise."""
+    size, rival = int(piece.sum()), int(largest_piece(tumour & ~piece).sum())
+    if size == 0 or rival < RIVAL_FRACTION * size:
+        return None
+    return (f"The 3D U-Net found two separate tumour-like regions of similar size ({size * voxel_mm3 / 1000:.1f} and "
+            f"{rival * voxel_mm3 / 1000:.1f} mL) and SAMBA outlined the larger. If the tumour you see is not the one "
+            "segmented, draw a box around it and use the prompt 'Drawn ROI' (--roi on the command line).")
 
 
 def roi_of_piece(piece: np.ndarray):

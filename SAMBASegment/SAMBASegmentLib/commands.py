@@ -86,6 +86,8 @@ def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, 
     print(f"Contrasts: {describe(result.contrasts)}")
     if result.whole_tumour_only:
         print(f"Warning: {WITHOUT_T1CE}", file=sys.stderr, flush=True)
+    for warning in result.warnings:
+        print(f"Warning: {warning}", file=sys.stderr, flush=True)
     segmentation = bridge.segmentation_from_labels(scene, result.labels, reference, segments_for(result.regions),
                                                    "Tumour segmentation")
     print(f"Segmentation: {bridge.save_segmentation(segmentation, output)}")

@@ -22,7 +22,7 @@ from SAMBACore.brats import (ALL_REGIONS, LABEL_SEGMENTS, MODALITIES, REGION_SEG
 from SAMBACore.bundle_names import DEFAULT_BUNDLE
 from SAMBACore.inputs import InputError, check_image, geometry_differences, skull_strip_warning, zero_background
 from SAMBACore.metrics import volumes_ml
-from SAMBASegmentLib.cascade_roi import cascade_piece
+from SAMBASegmentLib.cascade_roi import cascade_whole_tumour
 from SAMBASegmentLib.contrasts import WITHOUT_T1CE, given
 from SAMBASegmentLib.core_outline import DEFAULT_CORE
 from SAMBASegmentLib.pipeline import SambaResult, run_samba
@@ -144,14 +144,14 @@ class SAMBASegmentCore:
     def __init__(self):
         self._models: dict[tuple, SambaModels] = {}
         self.cache = EmbeddingCache()
-        self._located: dict[tuple, np.ndarray] = {}  # (volume_key, device) -> the cascade prompt's tumour
+        self._located: dict[tuple, np.ndarray] = {}  # (volume_key, device) -> the cascade's tumour
 
     def locate(self, volume_key: str, device: str, images, progress):
-        """cascade_piece for these volumes, run once: a second Apply (another preset or mode) skips the
+        """cascade_whole_tumour for these volumes, run once: a second Apply (another preset or mode) skips the
         3D U-Net (about 15 s on a CPU). One set of volumes is remembered, as for the models."""
         key = (volume_key, device)
         if key not in self._located:
-            self._located = {key: cascade_piece(images, device, progress)}
+            self._located = {key: cascade_whole_tumour(images, device, progress)}
         return self._located[key]
 
     def models(self, bundle: str, device: str, sam_file: str | None = None, sam_type: str | None = None) -> SambaModels:
@@ -224,4 +224,6 @@ class SAMBASegmentCore:
         result = self.compute(request, progress)
         if result.whole_tumour_only:
             log.warning(WITHOUT_T1CE)
+        for warning in result.warnings:
+            log.warning(warning)
         return self.finish(scene, result, reference_node(nodes), output, name).segmentation

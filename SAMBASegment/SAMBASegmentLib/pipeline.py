@@ -27,9 +27,10 @@ import numpy as np
 
 from SAMBACore.brats import MODALITIES, SNFH, only_whole_tumour
 from SAMBACore.memory import freed_memory_kept
-from SAMBACore.pieces import drop_small_cores, drop_small_pieces
+from SAMBACore.pieces import drop_small_cores, drop_small_pieces, largest_piece
 from SAMBASegmentLib import localizer, propagation, voting
-from SAMBASegmentLib.cascade_roi import MARGIN as CASCADE_MARGIN, cascade_piece, join_where_short, roi_of_piece
+from SAMBASegmentLib.cascade_roi import (MARGIN as CASCADE_MARGIN, cascade_whole_tumour, join_where_short, rival_warning,
+                                         roi_of_piece)
 from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast, regions_of, usable_pairs, whole_tumour_only
 from SAMBASegmentLib.core_outline import CORE_METHODS, DEFAULT_CORE, outline_core
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask
@@ -77,6 +78,7 @@ class SambaResult:
     preset: str = "all"  # which votes SAM ran (PRESETS)
     contrasts: tuple[str, ...] = MODALITIES  # the contrasts given, and used
     regions: tuple[str, ...] = ("ET", "TC", "WT")  # what `labels` holds; ("WT",): labels 1 = whole tumour
+    warnings: list[str] = field(default_factory=list)  # what the user should check (cascade_roi.rival_warning)
 
     @property
     def tumour_found(self) -> bool:
@@ -269,8 +271,8 @@ def run_samba(
     with another ROI only encodes slices it has not seen. `progress(fraction, message)` may raise
     Cancelled. `preset`: which modalities and views SAM runs on (PRESETS; auto: choose_preset).
     `voxel_mm3`: the volume of one voxel, for the smallest tumour-core piece kept (pieces.drop_small_cores).
-    `locate(images, device, progress)`: the tumour the cascade prompt boxes, a (K, J, I) bool mask (default
-    cascade_roi.cascade_piece).
+    `locate(images, device, progress)`: the cascade's tumour, a (K, J, I) bool mask (default
+    cascade_roi.cascade_whole_tumour); the cascade prompt boxes its largest piece.
     `core`: t1ce (the default: SAM re-outlines it on T1CE around the enhancing tumour, core_outline.py;
     mode samba with T1CE only) or voting (the voting net's split).
     """
@@ -296,10 +298,14 @@ def run_samba(
 
     started = time.perf_counter()
     boxes_from = 0.0  # where the progress bar stands when the per-view boxes start
+    warnings: list[str] = []
     piece = None  # the cascade prompt's tumour (kept apart from `mask`, the user's segmentation for prompt mask)
     if prompt == "cascade":
         report(0.0, "Finding the tumour in 3D (U-Net cascade)")
-        piece = (locate or cascade_piece)(images, device, lambda fraction, message: report(0.05 * fraction, message))
+        tumour = (locate or cascade_whole_tumour)(images, device, lambda fraction, message: report(0.05 * fraction, message))
+        piece = largest_piece(tumour)
+        rival = rival_warning(tumour, piece, voxel_mm3)
+        warnings += [rival] if rival else []
         roi = roi_of_piece(piece)
         boxes_from = 0.05
     boxes = {}
@@ -335,4 +341,4 @@ def run_samba(
     report(1.0, "Done" if labels.any() else "No tumour found")
     regions = regions_of(present)
     return SambaResult(labels, agreement, counts, seconds, votes[:, 0] if keep_votes else None, preset,
-                       present, regions)
+                       present, regions, warnings)
