@@ -64,7 +64,7 @@ def rival_warning(tumour: np.ndarray, piece: np.ndarray, voxel_mm3: float = 1.0)
     size, rival = int(piece.sum()), int(largest_piece(tumour & ~piece).sum())
     if size == 0 or rival < RIVAL_FRACTION * size:
         return None
-    return (f"The 3D U-Net found two separate tumour-like regions of similar size ({size * voxel_mm3 / 1000:.1f} and "
+    return (f"The 3D U-Net found two separate tumour-like regions ({size * voxel_mm3 / 1000:.1f} and "
             f"{rival * voxel_mm3 / 1000:.1f} mL) and SAMBA outlined the larger. If the tumour you see is not the one "
             "segmented, draw a box around it and use the prompt 'Drawn ROI' (--roi on the command line).")
 
