@@ -54,7 +54,8 @@ def phantom_box(tmp_path_factory):
     case = write_cases(tmp_path_factory.mktemp("cascade-roi"), 1, seed=30010)[0]  # v1, neither trained on nor held out
     images, labels, _ = read_case(find_case_files(case, need_seg=True))
     plans = []
-    found = roi_of_piece(largest_piece(cascade_whole_tumour(images, progress=lambda fraction, message: plans.append(message))))
+    tumour = cascade_whole_tumour(images, progress=lambda fraction, message: plans.append(message))
+    found = roi_of_piece(largest_piece(tumour))
     return images, truth_roi(labels, 5), found, plans[0]
 
 

@@ -29,8 +29,8 @@ from SAMBACore.brats import MODALITIES, SNFH, only_whole_tumour
 from SAMBACore.memory import freed_memory_kept
 from SAMBACore.pieces import drop_small_cores, drop_small_pieces, largest_piece
 from SAMBASegmentLib import localizer, propagation, voting
-from SAMBASegmentLib.cascade_roi import (MARGIN as CASCADE_MARGIN, cascade_whole_tumour, join_where_short, rival_warning,
-                                         roi_of_piece)
+from SAMBASegmentLib.cascade_roi import (MARGIN as CASCADE_MARGIN, cascade_whole_tumour, join_where_short,
+                                         rival_warning, roi_of_piece)
 from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast, regions_of, usable_pairs, whole_tumour_only
 from SAMBASegmentLib.core_outline import CORE_METHODS, DEFAULT_CORE, outline_core
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask
@@ -302,10 +302,12 @@ def run_samba(
     piece = None  # the cascade prompt's tumour (kept apart from `mask`, the user's segmentation for prompt mask)
     if prompt == "cascade":
         report(0.0, "Finding the tumour in 3D (U-Net cascade)")
-        tumour = (locate or cascade_whole_tumour)(images, device, lambda fraction, message: report(0.05 * fraction, message))
+        tumour = (locate or cascade_whole_tumour)(images, device,
+                                                  lambda fraction, message: report(0.05 * fraction, message))
         piece = largest_piece(tumour)
         rival = rival_warning(tumour, piece, voxel_mm3)
-        warnings += [rival] if rival else []
+        if rival:
+            warnings.append(rival)
         roi = roi_of_piece(piece)
         boxes_from = 0.05
     boxes = {}
