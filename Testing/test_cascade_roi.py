@@ -43,49 +43,19 @@ def test_a_second_piece_nearly_as_large_as_the_boxed_one_is_told_to_the_user():
     assert rival_warning(empty, empty) is None
 
 
-def test_the_box_goes_around_a_smaller_enhancing_piece_when_the_largest_does_not_enhance():
-    """PHANTOM-22007: a false FLAIR-bright piece larger than the tumour, with no enhancing tumour in it."""
-    from SAMBACore.brats import ET, NETC, SNFH
-    from SAMBASegmentLib.cascade_roi import ENHANCING_RIVAL_FRACTION, ENHANCING_SHARE, piece_to_box, rival_warning
-
-    tumour = np.zeros((20, 20, 20), np.uint8)
-    tumour[1:6, 1:11, 1:11] = SNFH  # 500 voxels, no enhancing tumour
-    tumour[10:15, 10:18, 10:18] = SNFH  # 320 voxels, apart from it
-    tumour[11:13, 11:13, 11:15] = ET  # 16 voxels: 5% of it
-    assert 16 >= ENHANCING_SHARE * 320 > 15 and 320 >= ENHANCING_RIVAL_FRACTION * 500
-    boxed = piece_to_box(tumour, with_t1ce=True)
-    assert boxed.sum() == 320 and boxed[12, 12, 12]
-    message = rival_warning(tumour, boxed, voxel_mm3=8.0)  # 2 mm voxels: 2.6 and 4.0 mL
-    assert "the 2.6 mL one, which enhances on T1CE, not the larger (4.0 mL)" in message and "Drawn ROI" in message
-    assert piece_to_box(tumour, with_t1ce=False).sum() == 500  # without T1CE the cascade's ET is a guess
-    assert piece_to_box(tumour > 0, with_t1ce=True).sum() == 500  # a bool mask: no ET anywhere
-    tumour[12, 12, 11] = NETC  # 15 ET voxels: under 5% of the piece, it no longer enhances
-    assert piece_to_box(tumour, with_t1ce=True).sum() == 500
-    tumour[12, 12, 11] = ET
-    tumour[2, 2, 2:7] = ET  # 5 ET voxels in the largest: 1%, it does not enhance
-    assert piece_to_box(tumour, with_t1ce=True).sum() == 320
-    tumour[2, 2:7, 2:7] = ET  # 25 voxels, 5% of the largest: it enhances and is kept
-    assert piece_to_box(tumour, with_t1ce=True).sum() == 500
-    tumour[tumour == ET] = SNFH
-    tumour[10:15, 10:18, 10:18] = 0
-    tumour[10:13, 10:15, 10:18] = ET  # 120 voxels, all enhancing, but under 0.25 of the largest
-    assert 120 < ENHANCING_RIVAL_FRACTION * 500 and piece_to_box(tumour, with_t1ce=True).sum() == 500
-    assert not piece_to_box(np.zeros((4, 4, 4), np.uint8), with_t1ce=True).any()
-
-
 @pytest.fixture(scope="module")
 def phantom_box(tmp_path_factory):
     """(images, truth's ROI, the cascade prompt's ROI and its plan) for one phantom: one 128-voxel run shared."""
     from SAMBACore.brats import find_case_files, read_case
     from SAMBACore.phantom import write_cases
-    from SAMBASegmentLib.cascade_roi import cascade_tumour, piece_to_box, roi_of_piece
+    from SAMBASegmentLib.cascade_roi import cascade_whole_tumour, roi_of_piece
     from SAMBASegmentLib.evaluation import truth_roi
 
     case = write_cases(tmp_path_factory.mktemp("cascade-roi"), 1, seed=30010)[0]  # v1, neither trained on nor held out
     images, labels, _ = read_case(find_case_files(case, need_seg=True))
     plans = []
-    tumour = cascade_tumour(images, progress=lambda fraction, message: plans.append(message))
-    found = roi_of_piece(piece_to_box(tumour, with_t1ce=True))  # as the pipeline boxes it
+    tumour = cascade_whole_tumour(images, progress=lambda fraction, message: plans.append(message))
+    found = roi_of_piece(largest_piece(tumour))
     return images, truth_roi(labels, 5), found, plans[0]
 
 
@@ -109,11 +79,11 @@ def test_with_little_memory_free_the_cascade_uses_smaller_patches_and_finds_the_
     plans = []
     # Less than the 128-voxel plan's estimate (1.3-2.1 GB on a BraTS-sized case), more than the 64-voxel one's.
     monkeypatch.setattr(memory_plan, "available_bytes", lambda device="cpu": int(1.0 * 1024**3))
-    small = prompt.roi_of_piece(prompt.piece_to_box(prompt.cascade_tumour(
-        images, progress=lambda fraction, message: plans.append(message)), with_t1ce=True))
+    small = prompt.roi_of_piece(largest_piece(prompt.cascade_whole_tumour(
+        images, progress=lambda fraction, message: plans.append(message))))
     assert "64-voxel" in plans[0], plans[0]
     assert box_iou_3d(small, usual) > 0.95, (small, usual)  # patch-wise stage 2 blends windows: near-identical
 
     monkeypatch.setattr(memory_plan, "available_bytes", lambda device="cpu": 50 * 1024**2)
     with pytest.raises(MemoryError, match=r"needs about .* of memory and 50 MB is free.*draw an ROI"):
-        prompt.cascade_tumour(images)
+        prompt.cascade_whole_tumour(images)

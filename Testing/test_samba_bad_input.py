@@ -324,7 +324,7 @@ def test_a_second_apply_on_the_same_volumes_reuses_the_3d_unets_box(nodes, tiny_
         piece[8:10, 11:15, 9:11] = True
         return piece
 
-    monkeypatch.setattr(logic, "cascade_tumour", counted_cascade)
+    monkeypatch.setattr(logic, "cascade_whole_tumour", counted_cascade)
     core = SAMBASegmentCore()
     for preset in ("fast", "balanced"):
         core.compute(core.prepare(nodes, bundle=str(tiny_bundle), prompt="cascade", preset=preset))

@@ -3,10 +3,9 @@
 YOLO boxes each slice on its own and, trained on phantoms, boxes real tumours loosely (on one real
 case twice the tumour's width, docs/tried.md), and a loose box makes LiteMedSAM outline whatever the
 box holds. The cascade sees the whole volume in 3D: even where its outline is poor, the box around
-it is close to the tumour's (3D-box IoU 0.73-0.82 on the three real cases). One piece of its tumour, grown by a
-drawn ROI's margin, then prompts SAM as a radiologist's box does (propagation.rois_of_box): the largest, unless the
-largest does not enhance on T1CE and a smaller one does (piece_to_box); when another piece is nearly as large, or
-the boxed piece is not the largest, the user is told (rival_warning).
+it is close to the tumour's (3D-box IoU 0.73-0.82 on the three real cases). Its whole tumour's
+largest piece, grown by a drawn ROI's margin, then prompts SAM as a radiologist's box does (propagation.rois_of_box);
+when another piece is nearly as large, the user is told (rival_warning).
 The cascade is any-contrast (presence flags), so this works on whatever contrasts SAMBA is given.
 
 The margin is there for the tumour the cascade missed at its ends, not for more of the ROI to fill:
@@ -20,9 +19,7 @@ Where SAM's outline of a slice falls short of the piece, the piece is joined to 
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
-from SAMBACore.brats import ET
 from SAMBACore.pieces import largest_piece
 from SAMBASegmentLib.prompts import roi_around
 
@@ -35,8 +32,8 @@ MARGIN = 5  # voxels: the drawn-ROI stand-in's (evaluation.ROI_MARGIN), not tune
 PATCH = 128
 
 
-def cascade_tumour(images: dict[str, np.ndarray], device: str = "cpu", progress=None) -> np.ndarray:
-    """The cascade's tumour (BraTS labels, uint8, (K, J, I)) on the contrasts given (None or absent: missing)."""
+def cascade_whole_tumour(images: dict[str, np.ndarray], device: str = "cpu", progress=None) -> np.ndarray:
+    """The cascade's whole tumour (bool, (K, J, I)) on the contrasts given (None or absent: missing)."""
     # R2U-Net Segment's package, imported here only: SAMBA without this prompt does not need it.
     from R2UNetSegmentLib import inference
     from R2UNetSegmentLib.memory_plan import MemoryBudgetError, format_bytes
@@ -52,57 +49,24 @@ def cascade_tumour(images: dict[str, np.ndarray], device: str = "cpu", progress=
         raise MemoryError(f"The 3D U-Net's box needs about {format_bytes(error.needed_bytes)} of memory and "
                           f"{format_bytes(error.budget_bytes)} is free. Close other programs and apply again, or draw "
                           "an ROI around the tumour (prompt roi), which does not need the 3D U-Net.") from None
-    return labels.astype(np.uint8)
+    return labels > 0
 
 
-# A piece "enhances" when the cascade calls at least this share of it enhancing tumour. On the tuning cases (v3, v4
-# and v1 phantoms, real-brats13-5, real-dev; out/rule-s41.md) largest pieces that were not tumour had 0-0.07%,
-# tumour pieces none (non-enhancing) or 11-84%.
-ENHANCING_SHARE = 0.05
-# A smaller piece that enhances is boxed instead of a largest that does not when it is at least this fraction of it:
-# the tumour was such a piece, 0.28-0.84 of a FLAIR-bright false one, on six of 48 tuning cases (PHANTOM-22007 v1,
-# five v3/v4; checked on 20 unseen v3/v4 phantoms: WT +0.09 mean, docs/results.md); a real case (real-gli-00001)
-# has a false enhancing piece 0.25 of its enhancing tumour, kept by the rule's first condition.
-ENHANCING_RIVAL_FRACTION = 0.25
-
-
-def piece_to_box(tumour: np.ndarray, with_t1ce: bool) -> np.ndarray:
-    """The piece (bool) of the cascade's `tumour` (BraTS labels) that the box goes around: its largest 26-connected
-    piece, unless T1CE was given, the largest does not enhance and a piece at least ENHANCING_RIVAL_FRACTION of its
-    size does: then the largest such piece. Without T1CE the cascade's enhancing tumour is a guess: the largest."""
-    pieces, count = ndimage.label(tumour > 0, np.ones((3, 3, 3), bool))
-    if count == 0:
-        return np.zeros(tumour.shape, bool)
-    sizes = np.bincount(pieces.ravel(), minlength=count + 1)[1:]
-    enhancing = np.bincount(pieces[tumour == ET], minlength=count + 1)[1:]
-    by_size = np.argsort(-sizes, kind="stable")
-    enhances = enhancing >= ENHANCING_SHARE * sizes
-    chosen = by_size[0]
-    if with_t1ce and not enhances[chosen]:
-        rivals = [i for i in by_size[1:] if enhances[i] and sizes[i] >= ENHANCING_RIVAL_FRACTION * sizes[chosen]]
-        chosen = rivals[0] if rivals else chosen
-    return pieces == chosen + 1
-
-
-# Another piece of the cascade's tumour at least this fraction of the boxed one: the box may be around the wrong one
-# (a v1 phantom, 22007: a false FLAIR-bright piece 1.2x the tumour's size, docs/results.md). The user is told.
+# Another piece of the cascade's tumour at least this fraction of the largest: the box, around the largest, may be
+# around the wrong one (a v1 phantom, 22007: a false FLAIR-bright piece 1.2x the tumour's size, docs/results.md).
+# The user is told; nothing else changes.
 RIVAL_FRACTION = 0.5
-_REDRAW = ("If the tumour you see is not the one segmented, draw a box around it and use the prompt 'Drawn ROI' "
-           "(--roi on the command line).")
 
 
 def rival_warning(tumour: np.ndarray, piece: np.ndarray, voxel_mm3: float = 1.0) -> str | None:
-    """What to tell the user when the cascade's `tumour` (any labels) holds, beside the boxed `piece`, a larger piece
-    (piece_to_box chose an enhancing one) or one at least RIVAL_FRACTION of it; None otherwise."""
-    size, rival = int(piece.sum()), int(largest_piece((tumour > 0) & ~piece).sum())
-    mL = voxel_mm3 / 1000
-    if size and rival > size:
-        return (f"The 3D U-Net found two separate tumour-like regions and SAMBA outlined the {size * mL:.1f} mL one, "
-                f"which enhances on T1CE, not the larger ({rival * mL:.1f} mL), which does not. " + _REDRAW)
+    """What to tell the user when the cascade's `tumour` holds, beside its largest `piece`, another piece at least
+    RIVAL_FRACTION of it; None otherwise."""
+    size, rival = int(piece.sum()), int(largest_piece(tumour & ~piece).sum())
     if size == 0 or rival < RIVAL_FRACTION * size:
         return None
-    return (f"The 3D U-Net found two separate tumour-like regions ({size * mL:.1f} and {rival * mL:.1f} mL) and "
-            "SAMBA outlined the larger. " + _REDRAW)
+    return (f"The 3D U-Net found two separate tumour-like regions ({size * voxel_mm3 / 1000:.1f} and "
+            f"{rival * voxel_mm3 / 1000:.1f} mL) and SAMBA outlined the larger. If the tumour you see is not the one "
+            "segmented, draw a box around it and use the prompt 'Drawn ROI' (--roi on the command line).")
 
 
 def roi_of_piece(piece: np.ndarray):

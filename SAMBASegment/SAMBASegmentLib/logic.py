@@ -22,7 +22,7 @@ from SAMBACore.brats import (ALL_REGIONS, LABEL_SEGMENTS, MODALITIES, REGION_SEG
 from SAMBACore.bundle_names import DEFAULT_BUNDLE
 from SAMBACore.inputs import InputError, check_image, geometry_differences, skull_strip_warning, zero_background
 from SAMBACore.metrics import volumes_ml
-from SAMBASegmentLib.cascade_roi import cascade_tumour
+from SAMBASegmentLib.cascade_roi import cascade_whole_tumour
 from SAMBASegmentLib.contrasts import WITHOUT_T1CE, given
 from SAMBASegmentLib.core_outline import DEFAULT_CORE
 from SAMBASegmentLib.pipeline import SambaResult, run_samba
@@ -147,11 +147,11 @@ class SAMBASegmentCore:
         self._located: dict[tuple, np.ndarray] = {}  # (volume_key, device) -> the cascade's tumour
 
     def locate(self, volume_key: str, device: str, images, progress):
-        """cascade_tumour for these volumes, run once: a second Apply (another preset or mode) skips the
+        """cascade_whole_tumour for these volumes, run once: a second Apply (another preset or mode) skips the
         3D U-Net (about 15 s on a CPU). One set of volumes is remembered, as for the models."""
         key = (volume_key, device)
         if key not in self._located:
-            self._located = {key: cascade_tumour(images, device, progress)}
+            self._located = {key: cascade_whole_tumour(images, device, progress)}
         return self._located[key]
 
     def models(self, bundle: str, device: str, sam_file: str | None = None, sam_type: str | None = None) -> SambaModels:

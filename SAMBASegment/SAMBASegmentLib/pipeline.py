@@ -27,9 +27,9 @@ import numpy as np
 
 from SAMBACore.brats import MODALITIES, SNFH, only_whole_tumour
 from SAMBACore.memory import freed_memory_kept
-from SAMBACore.pieces import drop_small_cores, drop_small_pieces
+from SAMBACore.pieces import drop_small_cores, drop_small_pieces, largest_piece
 from SAMBASegmentLib import localizer, propagation, voting
-from SAMBASegmentLib.cascade_roi import (MARGIN as CASCADE_MARGIN, cascade_tumour, join_where_short, piece_to_box,
+from SAMBASegmentLib.cascade_roi import (MARGIN as CASCADE_MARGIN, cascade_whole_tumour, join_where_short,
                                          rival_warning, roi_of_piece)
 from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast, regions_of, usable_pairs, whole_tumour_only
 from SAMBASegmentLib.core_outline import CORE_METHODS, DEFAULT_CORE, outline_core
@@ -271,9 +271,8 @@ def run_samba(
     with another ROI only encodes slices it has not seen. `progress(fraction, message)` may raise
     Cancelled. `preset`: which modalities and views SAM runs on (PRESETS; auto: choose_preset).
     `voxel_mm3`: the volume of one voxel, for the smallest tumour-core piece kept (pieces.drop_small_cores).
-    `locate(images, device, progress)`: the cascade's tumour, (K, J, I) BraTS labels (default
-    cascade_roi.cascade_tumour; a bool mask reads as tumour without ET); the cascade prompt boxes one piece of it
-    (cascade_roi.piece_to_box).
+    `locate(images, device, progress)`: the cascade's tumour, a (K, J, I) bool mask (default
+    cascade_roi.cascade_whole_tumour); the cascade prompt boxes its largest piece.
     `core`: t1ce (the default: SAM re-outlines it on T1CE around the enhancing tumour, core_outline.py;
     mode samba with T1CE only) or voting (the voting net's split).
     """
@@ -303,8 +302,9 @@ def run_samba(
     piece = None  # the cascade prompt's tumour (kept apart from `mask`, the user's segmentation for prompt mask)
     if prompt == "cascade":
         report(0.0, "Finding the tumour in 3D (U-Net cascade)")
-        tumour = (locate or cascade_tumour)(images, device, lambda fraction, message: report(0.05 * fraction, message))
-        piece = piece_to_box(tumour, "t1ce" in present)
+        tumour = (locate or cascade_whole_tumour)(images, device,
+                                                  lambda fraction, message: report(0.05 * fraction, message))
+        piece = largest_piece(tumour)
         rival = rival_warning(tumour, piece, voxel_mm3)
         if rival:
             warnings.append(rival)
