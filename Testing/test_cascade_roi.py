@@ -26,7 +26,7 @@ def test_the_roi_surrounds_the_largest_piece_grown_by_the_margin():
     assert largest_piece(diagonal).sum() == 2
 
 
-def test_a_second_piece_nearly_as_large_as_the_boxed_one_is_told_to_the_user():
+def test_a_second_piece_at_least_half_as_large_as_the_boxed_one_is_told_to_the_user():
     from SAMBASegmentLib.cascade_roi import RIVAL_FRACTION, rival_warning
 
     tumour = np.zeros((20, 20, 20), bool)

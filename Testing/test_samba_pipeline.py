@@ -132,7 +132,7 @@ def test_one_box_prompts_drop_pieces_under_a_tenth_of_the_tumour(case, models, m
     assert kept.labels[10, 18, 16] == 1
 
 
-def test_the_cascade_prompt_boxes_the_largest_piece_and_says_when_another_is_nearly_as_large(case, models):
+def test_the_cascade_prompt_boxes_the_largest_piece_and_says_when_another_is_at_least_half_as_large(case, models):
     tumour = np.zeros(case["flair"].shape, bool)
     tumour[0:3, 3:11, 3:11] = True  # 192 voxels on axial slices 0-2: the box is around this one
     tumour[5:12, 13:18, 12:17] = True  # 175 voxels on slices 5-11, apart from it

@@ -5,7 +5,7 @@ case twice the tumour's width, docs/tried.md), and a loose box makes LiteMedSAM 
 box holds. The cascade sees the whole volume in 3D: even where its outline is poor, the box around
 it is close to the tumour's (3D-box IoU 0.73-0.82 on the three real cases). Its whole tumour's
 largest piece, grown by a drawn ROI's margin, then prompts SAM as a radiologist's box does (propagation.rois_of_box);
-when another piece is nearly as large, the user is told (rival_warning).
+when another piece is at least half as large, the user is told (rival_warning).
 The cascade is any-contrast (presence flags), so this works on whatever contrasts SAMBA is given.
 
 The margin is there for the tumour the cascade missed at its ends, not for more of the ROI to fill:
