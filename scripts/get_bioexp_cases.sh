@@ -19,18 +19,9 @@ out=${1:?usage: scripts/get_bioexp_cases.sh OUT_DIR [REPO]}
 repo=${2:-}
 commit=c0a88e70e26d857720a23238a0e875d360974654
 sums=$(cd "$(dirname "$0")" && pwd)/bioexp_cases.sha256
-if [ -z "$repo" ]; then
-  repo=$(mktemp -d)
-  trap 'rm -rf "$repo"' EXIT
-  git clone --quiet https://github.com/koriavinash1/BioExp "$repo"
-fi
-mkdir -p "$out/all" "$out/bioexp-tune" "$out/bioexp-check"
-while read -r _ file; do
-  mkdir -p "$out/all/$(dirname "$file")"
-  git -C "$repo" show "$commit:sample_vol/brats/$file" > "$out/all/$file"
-done < "$sums"
-(cd "$out/all" && sha256sum --check --quiet "$sums") || {
-  echo "Some files in $out/all are not the files our numbers came from (sha256 differs): do not use them." >&2; exit 1; }
+mkdir -p "$out/bioexp-tune" "$out/bioexp-check"
+"$(dirname "$0")/checked_files_from_git.sh" https://github.com/koriavinash1/BioExp "$repo" "$commit" sample_vol/brats \
+  "$sums" "$out/all"
 index=0
 for case in $(cut -d' ' -f3 "$sums" | cut -d/ -f1 | sort -u); do
   index=$((index + 1))

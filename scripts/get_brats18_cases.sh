@@ -17,16 +17,6 @@ out=${1:?usage: scripts/get_brats18_cases.sh OUT_DIR [REPO]}
 repo=${2:-}
 commit=5d4f3810f1c776050b6937b6db5b7afa17527efd
 sums=$(cd "$(dirname "$0")" && pwd)/brats18_cases.sha256
-if [ -z "$repo" ]; then
-  repo=$(mktemp -d)
-  trap 'rm -rf "$repo"' EXIT
-  git clone --quiet https://github.com/koriavinash1/DeepBrainSeg "$repo"
-fi
-mkdir -p "$out"
-while read -r _ file; do
-  mkdir -p "$out/$(dirname "$file")"
-  git -C "$repo" show "$commit:sample_volume/brats/$file" > "$out/$file"
-done < "$sums"
-(cd "$out" && sha256sum --check --quiet "$sums") || {
-  echo "Some files in $out are not the files our numbers came from (sha256 differs): do not use them." >&2; exit 1; }
+"$(dirname "$0")/checked_files_from_git.sh" https://github.com/koriavinash1/DeepBrainSeg "$repo" "$commit" \
+  sample_volume/brats "$sums" "$out"
 echo "$(wc -l < "$sums") files of 20 cases written to $out"
