@@ -430,9 +430,9 @@ def register(commands, train, bench) -> None:
     voting_parser.add_argument("--fine-tune", action="store_true",
                                help="go on training the bundle's voting net(s) on these cases instead of a new net: "
                                     "for a site's own labelled or corrected cases (use a lower --lr, e.g. 3e-4); the "
-                                    "manifest lists the cases' names. Score it on cases it did not see, and train on every "
-                                    "kind of tumour you will segment: on two real cases it learned their tumour type "
-                                    "and lost a third; on sixteen enhancing ones it called enhancing tumour in a "
+                                    "manifest lists the cases' names. Score it on cases it did not see, and train on "
+                                    "every kind of tumour you will segment: on two real cases it learned their tumour "
+                                    "type and lost a third; on sixteen enhancing ones it called enhancing tumour in a "
                                     "non-enhancing one (docs/tried.md)")
     voting_parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
     voting_parser.add_argument("--whole-tumour", choices=("net", "votes"), default="net",
