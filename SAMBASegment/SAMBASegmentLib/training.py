@@ -42,14 +42,14 @@ def _load_cases(data_dir, log: Progress):
     return [case[1:] for case in _load_named_cases(data_dir, log)]
 
 
-def _load_named_cases(data_dir, log: Progress, need: tuple[str, ...] | None = None):
+def _load_named_cases(data_dir, log: Progress, need: dict[str, str] | None = None):
     """[(case folder name, images, labels)] of the usable cases in `data_dir`: with all four contrasts, or
-    (`need` given) with any set of them that holds those in `need`."""
+    (`need` given: {contrast: why the caller needs it}) with any set of them that holds those in `need`."""
     cases, skipped = find_training_cases(data_dir, allow_missing=need is not None)
     if need is not None:
         lacking = [files for files in cases if any(m not in files for m in need)]
-        skipped += [f"{files['seg'].parent.name}: has no {', '.join(m for m in need if m not in files)} "
-                    "(the voting net's enhancing tumour is learned from it)" for files in lacking]
+        skipped += [f"{files['seg'].parent.name}: has no "
+                    + ", ".join(f"{m} ({why})" for m, why in need.items() if m not in files) for files in lacking]
         cases = [files for files in cases if files not in lacking]
         if not cases:
             raise ModalityError(f"No usable case in {data_dir}: none has {' and '.join(need)}. Skipped: {skipped[0]}")
@@ -230,7 +230,7 @@ def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: i
     if votes not in VOTE_SOURCES:
         raise ValueError(f"Unknown vote source {votes!r}: choose one of {', '.join(VOTE_SOURCES)}.")
     # A site's cases often lack T1 or T2: the net takes any set of contrasts (missing ones zero), but T1CE it needs.
-    named = _load_named_cases(data_dir, log, need=("t1ce",))
+    named = _load_named_cases(data_dir, log, need={"t1ce": "the voting net's enhancing tumour is learned from it"})
     cases = [case[1:] for case in named]
     samples, presets = [], set()
     if votes == "simulated":
