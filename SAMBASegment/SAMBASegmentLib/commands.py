@@ -173,8 +173,7 @@ def _train(args) -> int:
         config = {"whole_tumour": "votes"} if args.whole_tumour == "votes" else None
         training.train_voting(args.data_dir, args.output, steps=args.steps, preset=args.preset, votes=args.votes,
                               drop_contrasts=args.drop_contrasts, contrast_curves=args.contrast_curves,
-                              config=config, add_member=args.add_member, fine_tune=args.fine_tune, lr=args.lr,
-                              unenhanced_copies=args.unenhanced_copies, **common)
+                              config=config, add_member=args.add_member, fine_tune=args.fine_tune, lr=args.lr, **common)
     print(f"Bundle updated: {args.output} ({args.component})")
     return 0
 
@@ -425,10 +424,6 @@ def register(commands, train, bench) -> None:
                                help="with probability P each image of a sample is passed through a random monotone "
                                     "intensity curve, so that the net learns which tissue is brighter, not by how "
                                     "much: for phantoms, whose contrast ratios real scans do not share (default 0)")
-    voting_parser.add_argument("--unenhanced-copies", type=float, default=0.0, metavar="P",
-                               help="with --votes simulated: with probability P a case with T1 and enhancing tumour "
-                                    "also gives a copy whose tumour does not enhance (its core on T1CE made as on T1, "
-                                    "ET labelled non-enhancing core), for training cases that all enhance (default 0)")
     voting_parser.add_argument("--add-member", action="store_true",
                                help="keep the bundle's voting net(s) and add this one: their outputs are averaged "
                                     "(an ensemble of nets trained on different data or augmentation)")

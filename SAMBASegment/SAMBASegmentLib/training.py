@@ -16,7 +16,7 @@ import torch
 
 from SAMBACore.brats import MODALITIES, ModalityError, find_training_cases, read_case, region_masks
 from SAMBACore.bundles import BundleError, check_state_dict, load_bundle, load_state_dict, save_bundle
-from SAMBASegmentLib import localizer, sam_training, simulated_votes, unenhanced, voting
+from SAMBASegmentLib import localizer, sam_training, simulated_votes, voting
 from SAMBASegmentLib.pipeline import run_samba
 from SAMBASegmentLib.sam_model import SMALL_DEFAULT, build_sam
 from SAMBASegmentLib.samba_bundle import backbone_state_dict, load_samba_models, trained_on_backbone
@@ -202,11 +202,12 @@ def sam_votes_for_training(models, images, labels, device: str = "cpu", preset: 
 VOTE_SOURCES = ("sam", "simulated")
 
 
-def _simulated_sample(channels, labels, rng) -> tuple[np.ndarray, np.ndarray]:
+def _simulated_sample(images, labels, rng) -> tuple[np.ndarray, np.ndarray]:
     """Voting inputs with votes simulated from the truth, cut to the tumour and its surroundings
-    (`channels`: voting.image_channels, z-scored over the whole brain, as at inference), stored as float16."""
+    (images z-scored over the whole brain first, as at inference), stored as float16."""
     whole = region_masks(labels)["WT"]
-    channels, labels, whole = simulated_votes.crop_to_tumour([channels, labels, whole], whole)
+    channels, labels, whole = simulated_votes.crop_to_tumour([voting.image_channels(images, labels.shape), labels, whole],
+                                                             whole)
     votes = simulated_votes.simulated_votes(whole, rng)
     return np.concatenate([channels, votes]).astype(np.float16), labels
 
@@ -214,13 +215,10 @@ def _simulated_sample(channels, labels, rng) -> tuple[np.ndarray, np.ndarray]:
 def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: int = 64, batch: int = 2,
                  lr: float = 3e-3, device: str = "cpu", command: str = "", log: Progress = print, preset: str = "auto",
                  votes: str = "sam", drop_contrasts: float = 0.0, contrast_curves: float = 0.0,
-                 config: dict | None = None, add_member: bool = False, fine_tune: bool = False,
-                 unenhanced_copies: float = 0.0):
+                 config: dict | None = None, add_member: bool = False, fine_tune: bool = False):
     """The voting net on the votes of the bundle's SAM (`votes` sam), or on votes simulated from the
     true whole tumour (simulated: no SAM run, see simulated_votes.py), with contrast dropout `drop_contrasts`
-    and random contrast curves `contrast_curves` (contrast_curves.py). `unenhanced_copies` (simulated votes
-    only): the probability that a case with T1 and enhancing tumour also gives a copy of itself whose tumour
-    does not enhance (unenhanced.py).
+    and random contrast curves `contrast_curves` (contrast_curves.py).
     `config` adds entries to the component's config (e.g. {"whole_tumour": "votes"}). `add_member`: keep
     the bundle's voting net(s) and add the new one, their logits averaged (voting.VotingEnsemble).
     `fine_tune`: go on training the bundle's voting net(s) (every member, their averaged logits) on
@@ -231,22 +229,15 @@ def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: i
     earlier = _voting_members(bundle_dir) if add_member or fine_tune else None
     if votes not in VOTE_SOURCES:
         raise ValueError(f"Unknown vote source {votes!r}: choose one of {', '.join(VOTE_SOURCES)}.")
-    if unenhanced_copies and votes != "simulated":
-        raise ValueError("Unenhanced copies are made with simulated votes: add --votes simulated.")
     # A site's cases often lack T1 or T2: the net takes any set of contrasts (missing ones zero), but T1CE it needs.
     named = _load_named_cases(data_dir, log, need={"t1ce": "the voting net's enhancing tumour is learned from it"})
     cases = [case[1:] for case in named]
-    samples, presets, copied = [], set(), []
+    samples, presets = [], set()
     if votes == "simulated":
         rng = np.random.default_rng(seed)
-        pick = np.random.default_rng(seed + 2)  # its own stream: without copies the samples are as they were
-        for index, (name, images, labels) in enumerate(named):
+        for index, (images, labels) in enumerate(cases):
             log(f"simulated votes for case {index + 1}/{len(cases)}")
-            channels = voting.image_channels(images, labels.shape)
-            samples.append(_simulated_sample(channels, labels, rng))
-            if unenhanced_copies and unenhanced.can_erase(channels, labels) and pick.random() < unenhanced_copies:
-                copied.append(name)
-                samples.append(_simulated_sample(*unenhanced.erase_enhancement(channels, labels), rng))
+            samples.append(_simulated_sample(images, labels, rng))
         votes_from = (f"simulated from the true whole tumour: grown or shrunk by up to {simulated_votes.MAX_GROW} "
                       f"voxels, up to {simulated_votes.MAX_MISSED_ENDS} end slices missed, "
                       f"{simulated_votes.SINGLE_VOTE_FRACTION:.0%} of cases one vote copied 12 times")
@@ -280,10 +271,6 @@ def train_voting(data_dir, bundle_dir, steps: int = 600, seed: int = 0, patch: i
     if drop_contrasts:
         record["contrast_dropout"] = (f"p {drop_contrasts}: a random non-empty set of t1, t2, flair zeroed "
                                       "(t1ce kept: without it the net is not used)")
-    if unenhanced_copies:
-        record["unenhanced_copies"] = (f"p {unenhanced_copies} per case with t1 and ET: a copy with the core's t1ce "
-                                       "made its t1 (linear fit on the healthy brain), ET labelled NETC; "
-                                       f"{len(copied)} copies: {', '.join(copied) or 'none'}")
     if contrast_curves:
         record["contrast_curves"] = (f"p {contrast_curves} per image: a random monotone intensity curve "
                                      "(MONAI RandHistogramShift, 4-8 control points), brain mean and std kept")
