@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Lays out real-extra-3: three more real glioma cases with expert labels and all four contrasts, none of them in any
 # other set here (FLAIR correlation with each of real-brats18-20, real-bioexp-22, real-brats13-5, real-dev and
-# real-brainles-25 at most 0.53 inside the brain, where a copy of one patient gives about 0.9 and more). All three
-# enhance. Held out: laid out in session 43, read by nothing yet (docs/results.md, "Real data held out for later").
+# real-brainles-25 at most 0.53 inside the brain, where a copy of one patient, DeepMedic's brats_2013_pat0006 against
+# Brats18_2013_20_1, gives 1.00). All three enhance. Held out: laid out in session 43, read by nothing yet
+# (docs/results.md, the "Real scans" paragraph at the top).
 #
 # Sources (the images and labels are BraTS training data under the BraTS terms: cite Menze et al., IEEE TMI 2015,
 # Bakas et al., Sci Data 2017, and for BraTS 2021 Baid et al., arXiv:2107.02314; SRI24, 1 mm, skull-stripped; labels
