@@ -199,7 +199,9 @@ def test_core_t1ce_reoutlines_the_fused_labels_on_t1ce_and_only_where_there_is_t
     assert len(seen) == 1 and seen[0][1] is case["t1ce"] and np.array_equal(seen[0][0], voted.labels)
     assert np.array_equal(outlined.labels, np.where(voted.labels > 0, NETC, 0)) and "core" in outlined.seconds
     without_t1ce = {m: image for m, image in case.items() if m != "t1ce"}
-    assert run_samba(without_t1ce, models, prompt="roi", roi=roi, core="t1ce").whole_tumour_only and len(seen) == 1
+    whole = run_samba(without_t1ce, models, prompt="roi", roi=roi, core="t1ce")
+    assert whole.whole_tumour_only and len(seen) == 1
+    assert whole.warnings[0].startswith("No T1CE: only the whole tumour") and not outlined.warnings  # told once, first
     with pytest.raises(ValueError, match="Unknown core method 'sam3': choose one of voting, t1ce"):
         run_samba(case, models, prompt="roi", roi=roi, core="sam3")
 

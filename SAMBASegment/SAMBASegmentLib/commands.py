@@ -65,7 +65,7 @@ def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, 
     """One case folder -> its .seg.nrrd (and agreement map); returns the sub-region volumes in mL."""
     from SAMBACore import bridge
     from SAMBACore.brats import MODALITIES, find_case_files, segments_for
-    from SAMBASegmentLib.contrasts import WITHOUT_T1CE, describe
+    from SAMBASegmentLib.contrasts import describe
     from SAMBASegmentLib.logic import arrays_from_nodes, reference_node, volume_columns
     from SAMBASegmentLib.pipeline import run_samba
 
@@ -84,8 +84,6 @@ def _segment_case(case_dir: Path, output: Path, agreement: Path | None, models, 
     result = run_samba(images, models, prompt=prompt, mode=args.mode, roi=roi, device=device, progress=report,
                        preset=args.preset, voxel_mm3=bridge.voxel_mm3(reference), core=args.core)
     print(f"Contrasts: {describe(result.contrasts)}")
-    if result.whole_tumour_only:
-        print(f"Warning: {WITHOUT_T1CE}", file=sys.stderr, flush=True)
     for warning in result.warnings:
         print(f"Warning: {warning}", file=sys.stderr, flush=True)
     segmentation = bridge.segmentation_from_labels(scene, result.labels, reference, segments_for(result.regions),

@@ -23,7 +23,7 @@ from SAMBACore.bundle_names import DEFAULT_BUNDLE
 from SAMBACore.inputs import InputError, check_image, geometry_differences, skull_strip_warning, zero_background
 from SAMBACore.metrics import volumes_ml
 from SAMBASegmentLib.cascade_roi import cascade_whole_tumour
-from SAMBASegmentLib.contrasts import WITHOUT_T1CE, given
+from SAMBASegmentLib.contrasts import given
 from SAMBASegmentLib.core_outline import DEFAULT_CORE
 from SAMBASegmentLib.pipeline import SambaResult, run_samba
 from SAMBASegmentLib.sam_runner import EmbeddingCache
@@ -222,8 +222,6 @@ class SAMBASegmentCore:
         for warning in request.warnings:
             log.warning(warning)
         result = self.compute(request, progress)
-        if result.whole_tumour_only:
-            log.warning(WITHOUT_T1CE)
         for warning in result.warnings:
             log.warning(warning)
         return self.finish(scene, result, reference_node(nodes), output, name).segmentation

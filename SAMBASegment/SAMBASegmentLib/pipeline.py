@@ -31,7 +31,8 @@ from SAMBACore.pieces import drop_small_cores, drop_small_pieces, largest_piece
 from SAMBASegmentLib import localizer, propagation, voting
 from SAMBASegmentLib.cascade_roi import (MARGIN as CASCADE_MARGIN, cascade_whole_tumour, join_where_short,
                                          rival_warning, roi_of_piece)
-from SAMBASegmentLib.contrasts import contrasts_present, prompt_contrast, regions_of, usable_pairs, whole_tumour_only
+from SAMBASegmentLib.contrasts import (WITHOUT_T1CE, contrasts_present, prompt_contrast, regions_of, usable_pairs,
+                                      whole_tumour_only)
 from SAMBASegmentLib.core_outline import CORE_METHODS, DEFAULT_CORE, outline_core
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask
 from SAMBASegmentLib.propagation import Rois, propagate_stack, rois_of_box, rois_of_runs
@@ -78,7 +79,7 @@ class SambaResult:
     preset: str = "all"  # which votes SAM ran (PRESETS)
     contrasts: tuple[str, ...] = MODALITIES  # the contrasts given, and used
     regions: tuple[str, ...] = ("ET", "TC", "WT")  # what `labels` holds; ("WT",): labels 1 = whole tumour
-    warnings: list[str] = field(default_factory=list)  # what the user should check (cascade_roi.rival_warning)
+    warnings: list[str] = field(default_factory=list)  # what the user should know: WITHOUT_T1CE, rival_warning
 
     @property
     def tumour_found(self) -> bool:
@@ -342,5 +343,7 @@ def run_samba(
         seconds["core"] = time.perf_counter() - started
     report(1.0, "Done" if labels.any() else "No tumour found")
     regions = regions_of(present)
+    if only_whole_tumour(regions):  # what cannot be known without T1CE: said first, wherever warnings are shown
+        warnings.insert(0, WITHOUT_T1CE)
     return SambaResult(labels, agreement, counts, seconds, votes[:, 0] if keep_votes else None, preset,
                        present, regions, warnings)
