@@ -31,8 +31,8 @@ from SAMBACore.pieces import drop_small_cores, drop_small_pieces, largest_piece
 from SAMBASegmentLib import localizer, propagation, voting
 from SAMBASegmentLib.cascade_roi import (MARGIN as CASCADE_MARGIN, cascade_whole_tumour, join_where_short,
                                          rival_warning, roi_of_piece)
-from SAMBASegmentLib.contrasts import (WITHOUT_T1CE, contrasts_present, prompt_contrast, regions_of, usable_pairs,
-                                      whole_tumour_only)
+from SAMBASegmentLib.contrasts import (FLAIR_ALONE_BOX, WITHOUT_T1CE, contrasts_present, prompt_contrast, regions_of,
+                                      usable_pairs, whole_tumour_only)
 from SAMBASegmentLib.core_outline import CORE_METHODS, DEFAULT_CORE, outline_core
 from SAMBASegmentLib.prompts import Boxes, boxes_from_mask
 from SAMBASegmentLib.propagation import Rois, propagate_stack, rois_of_box, rois_of_runs
@@ -345,5 +345,7 @@ def run_samba(
     regions = regions_of(present)
     if only_whole_tumour(regions):  # what cannot be known without T1CE: said first, wherever warnings are shown
         warnings.insert(0, WITHOUT_T1CE)
+    if prompt == "cascade" and present == ("flair",):
+        warnings.append(FLAIR_ALONE_BOX)
     return SambaResult(labels, agreement, counts, seconds, votes[:, 0] if keep_votes else None, preset,
                        present, regions, warnings)
