@@ -145,7 +145,8 @@ def test_the_cascade_prompt_boxes_the_largest_piece_and_says_when_another_is_at_
     # FLAIR alone: the automatic box is less sure (measured on real cases), and the user is told what to do.
     flair = run_samba({"flair": case["flair"]}, models, prompt="cascade",
                       locate=lambda images, device, progress: tumour, core="voting")
-    assert flair.warnings[0].startswith("No T1CE") and "FLAIR alone" in flair.warnings[1] and "--roi" in flair.warnings[1]
+    assert flair.warnings[0].startswith("No T1CE")
+    assert "FLAIR alone" in flair.warnings[1] and "--roi" in flair.warnings[1]
     drawn = run_samba({"flair": case["flair"]}, models, prompt="roi", roi=((0, 3, 3), (2, 10, 10)), core="voting")
     assert len(drawn.warnings) == 1  # a drawn box: only the no-T1CE message
 

@@ -18,8 +18,8 @@ from SAMBACore.contrasts import (NAMES, WITHOUT_T1CE, contrasts_present, describ
                                  regions_of, whole_tumour_only)
 from SAMBASegmentLib.slices import views_and_contrasts
 
-__all__ = ["FLAIR_ALONE_BOX", "NAMES", "PROMPT_ORDER", "WITHOUT_T1CE", "contrasts_present", "describe", "given", "prompt_contrast",
-           "regions_of", "usable_pairs", "whole_tumour_only"]
+__all__ = ["FLAIR_ALONE_BOX", "NAMES", "PROMPT_ORDER", "WITHOUT_T1CE", "contrasts_present", "describe", "given",
+           "prompt_contrast", "regions_of", "usable_pairs", "whole_tumour_only"]
 
 PROMPT_ORDER = ("flair", "t2", "t1ce", "t1")  # the whole tumour stands out most on the first
 
