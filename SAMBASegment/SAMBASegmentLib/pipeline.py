@@ -79,7 +79,7 @@ class SambaResult:
     preset: str = "all"  # which votes SAM ran (PRESETS)
     contrasts: tuple[str, ...] = MODALITIES  # the contrasts given, and used
     regions: tuple[str, ...] = ("ET", "TC", "WT")  # what `labels` holds; ("WT",): labels 1 = whole tumour
-    warnings: list[str] = field(default_factory=list)  # what the user should know: WITHOUT_T1CE, rival_warning
+    warnings: list[str] = field(default_factory=list)  # what the user should know: WITHOUT_T1CE, rival_warning, FLAIR_ALONE_BOX
 
     @property
     def tumour_found(self) -> bool:
@@ -309,6 +309,8 @@ def run_samba(
         rival = rival_warning(tumour, piece, voxel_mm3)
         if rival:
             warnings.append(rival)
+        if present == ("flair",):  # with FLAIR alone this box missed tumours a drawn one found (measured)
+            warnings.append(FLAIR_ALONE_BOX)
         roi = roi_of_piece(piece)
         boxes_from = 0.05
     boxes = {}
@@ -345,7 +347,5 @@ def run_samba(
     regions = regions_of(present)
     if only_whole_tumour(regions):  # what cannot be known without T1CE: said first, wherever warnings are shown
         warnings.insert(0, WITHOUT_T1CE)
-    if prompt == "cascade" and present == ("flair",):
-        warnings.append(FLAIR_ALONE_BOX)
     return SambaResult(labels, agreement, counts, seconds, votes[:, 0] if keep_votes else None, preset,
                        present, regions, warnings)
