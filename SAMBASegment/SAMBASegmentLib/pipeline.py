@@ -79,7 +79,8 @@ class SambaResult:
     preset: str = "all"  # which votes SAM ran (PRESETS)
     contrasts: tuple[str, ...] = MODALITIES  # the contrasts given, and used
     regions: tuple[str, ...] = ("ET", "TC", "WT")  # what `labels` holds; ("WT",): labels 1 = whole tumour
-    warnings: list[str] = field(default_factory=list)  # what the user should know: WITHOUT_T1CE, rival_warning, FLAIR_ALONE_BOX
+    # what the user should know: WITHOUT_T1CE, rival_warning, FLAIR_ALONE_BOX
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def tumour_found(self) -> bool:
